@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh machine with only Python:
+#   make bench   the main job: the benchmark suite (creates .venv, installs, builds the compiled library)
+#   make test    the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch>=2.5
+BENCH_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup bench test lint gpu-validate clean
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: setup.py pyproject.toml $(wildcard csrc/*.* csrc/*/*.*)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q setuptools wheel ninja "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --no-build-isolation -e ".[test]"
+	touch $@
+
+bench: setup
+	$(BIN)/lsvit-bench $(BENCH_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf build *.egg-info lsvit_kernels/*.so $(VENV)

@@ -1,0 +1,28 @@
+"""lsvit_kernels: fused patch embedding for video and image transformers.
+
+Public API: ``patch_embed`` (the op), ``PatchEmbed2d`` / ``PatchEmbed3d`` (drop-in modules), the geometry
+helpers, and backend controls (``use_backend``, ``available_backends``, ``last_backend``).
+"""
+
+from . import backends  # noqa: F401  (registers the backends)
+from .geometry import PatchGrid, patch_grid, token_counts
+from .modules import PatchEmbed2d, PatchEmbed3d
+from .ops import fold_normalization, patch_embed
+from .registry import BackendUnavailableError, available_backends, backend_names, last_backend, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "PatchEmbed2d",
+    "PatchEmbed3d",
+    "PatchGrid",
+    "available_backends",
+    "backend_names",
+    "fold_normalization",
+    "last_backend",
+    "patch_embed",
+    "patch_grid",
+    "token_counts",
+    "use_backend",
+]

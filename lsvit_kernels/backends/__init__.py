@@ -1,0 +1,7 @@
+"""One module per backend; importing this package registers every backend with the registry.
+
+Each backend module must import without its optional dependency (Triton, the compiled library) and report
+why it is unavailable through its ``unavailable_reason`` instead.
+"""
+
+from . import reference  # noqa: F401

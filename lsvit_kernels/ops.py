@@ -1,0 +1,257 @@
+"""The patch-embedding op: schema (declared once), fake implementation, autograd, and the public function.
+
+``lsvit::patch_embed`` and ``lsvit::patch_embed_backward`` are Python custom ops whose implementation asks the
+backend registry which kernel computes the call. The compiled library's kernels are registered by C++ on the
+kernel-level schemas ``lsvit::native_patch_embed_forward`` / ``_backward``, declared here too, so that every
+schema of the package lives in this file and the package imports without the library.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import geometry, registry
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+# Kernel-level schemas implemented by csrc/ (TORCH_LIBRARY_IMPL for CPU and CUDA).
+_lib = torch.library.Library("lsvit", "FRAGMENT")
+_lib.define(
+    "native_patch_embed_forward(Tensor video, Tensor weight, Tensor? bias, Tensor? pos_embed, "
+    "Tensor? cls_token) -> Tensor"
+)
+_lib.define(
+    "native_patch_embed_backward(Tensor grad_tokens, Tensor video, Tensor weight, int pos_rows, bool has_bias, "
+    "bool has_cls, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+def _grid_of(video: Tensor, weight: Tensor, pos_embed: Optional[Tensor], cls_token: Optional[Tensor]):
+    return geometry.patch_grid(
+        video.shape,
+        weight.shape,
+        has_cls=cls_token is not None,
+        pos_rows=None if pos_embed is None else pos_embed.shape[0],
+    )
+
+
+@torch.library.custom_op("lsvit::patch_embed", mutates_args=())
+def _patch_embed(
+    video: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    pos_embed: Optional[Tensor],
+    cls_token: Optional[Tensor],
+    backend: Optional[str],
+) -> Tensor:
+    """Tokens (B, T', S + N, E) of a logical (B, T, C, H, W) video; see docs/op.md."""
+    grid = _grid_of(video, weight, pos_embed, cls_token)
+    if grid.batch == 0:
+        return weight.new_empty(grid.output_shape)
+    chosen = registry.resolve(video.device.type, backend, weight.dtype)
+    out = chosen.forward(video, weight, bias, pos_embed, cls_token)
+    registry.mark_ran(chosen.name)
+    return out
+
+
+@_patch_embed.register_fake
+def _patch_embed_fake(video, weight, bias, pos_embed, cls_token, backend):
+    grid = _grid_of(video, weight, pos_embed, cls_token)
+    return weight.new_empty(grid.output_shape)
+
+
+@torch.library.custom_op("lsvit::patch_embed_backward", mutates_args=())
+def _patch_embed_backward(
+    grad_tokens: Tensor,
+    video: Tensor,
+    weight: Tensor,
+    pos_rows: int,
+    has_bias: bool,
+    has_cls: bool,
+    output_mask: Sequence[bool],
+    backend: Optional[str],
+) -> list[Tensor]:
+    """(grad_video, grad_weight, grad_bias, grad_pos, grad_cls); an empty tensor where not asked for."""
+    mask = [bool(m) for m in output_mask]
+    mask[2] &= has_bias
+    mask[3] &= pos_rows > 0
+    mask[4] &= has_cls
+    chosen = registry.resolve(video.device.type, backend, weight.dtype)
+    grads = chosen.backward(grad_tokens.contiguous(), video, weight, pos_rows, has_bias, has_cls, mask)
+    registry.mark_ran(chosen.name)
+    placeholder = weight.new_empty(0)
+    return [g if (m and g is not None) else placeholder.clone() for g, m in zip(grads, mask)]
+
+
+@_patch_embed_backward.register_fake
+def _patch_embed_backward_fake(grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask, backend):
+    e = weight.shape[0]
+    shapes = [
+        video.shape if output_mask[0] else None,
+        weight.shape if output_mask[1] else None,
+        (e,) if output_mask[2] and has_bias else None,
+        (pos_rows, e) if output_mask[3] and pos_rows > 0 else None,
+        (e,) if output_mask[4] and has_cls else None,
+    ]
+    dtypes = [video.dtype] + [weight.dtype] * 4
+    return [weight.new_empty(s if s is not None else (0,), dtype=d) for s, d in zip(shapes, dtypes)]
+
+
+def _setup_context(ctx, inputs, output):
+    video, weight, bias, pos_embed, cls_token, backend = inputs
+    ctx.save_for_backward(video, weight)  # the video itself, never a patch matrix
+    ctx.pos_rows = 0 if pos_embed is None else pos_embed.shape[0]
+    ctx.has_bias = bias is not None
+    ctx.has_cls = cls_token is not None
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_tokens):
+    video, weight = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:5])
+    if not any(mask):
+        return None, None, None, None, None, None
+    grads = _patch_embed_backward(
+        grad_tokens.contiguous(), video, weight, ctx.pos_rows, ctx.has_bias, ctx.has_cls, mask, ctx.backend
+    )
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,)
+
+
+_patch_embed.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fold_normalization(
+    weight: Tensor,
+    bias: Optional[Tensor],
+    mean: Sequence[float] | Tensor,
+    std: Sequence[float] | Tensor,
+    pixel_scale: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Fold ``(x * pixel_scale - mean_c) / std_c`` into a (E, C, t, ph, pw) weight and its bias.
+
+    W' = W * pixel_scale / std_c and b' = b - sum_k W mean_c / std_c, so a kernel fed raw pixels (uint8 with
+    ``pixel_scale=1/255``) computes exactly what normalize-then-embed computes, with no normalization pass.
+    Differentiable: gradients reach the original weight and bias.
+    """
+    c = weight.shape[1]
+    mean_t = torch.as_tensor(mean, dtype=torch.float64, device=weight.device).flatten()
+    std_t = torch.as_tensor(std, dtype=torch.float64, device=weight.device).flatten()
+    if mean_t.numel() != c or std_t.numel() != c:
+        raise ValueError(
+            f"mean and std need one value per channel (C={c}); got {mean_t.numel()} and {std_t.numel()}"
+        )
+    if bool((std_t <= 0).any()):
+        raise ValueError(f"std must be positive; got {std_t.tolist()}")
+    shape = (1, c) + (1,) * (weight.dim() - 2)
+    w32 = weight.float()
+    scale = (pixel_scale / std_t).to(torch.float32).view(shape)
+    shift = (mean_t / std_t).to(torch.float32).view(shape)
+    folded_w = (w32 * scale).to(weight.dtype)
+    folded_b = -(w32 * shift).sum(dim=tuple(range(1, weight.dim())))
+    if bias is not None:
+        folded_b = folded_b + bias.float()
+    return folded_w, folded_b.to(weight.dtype)
+
+
+def _check_tensor(name: str, t: Optional[Tensor], weight: Tensor) -> None:
+    if t is None:
+        return
+    if t.device != weight.device:
+        raise ValueError(f"{name} is on {t.device} but weight is on {weight.device}; move both to one device")
+    if t.dtype != weight.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but weight has {weight.dtype}; cast {name} to {weight.dtype}")
+
+
+def patch_embed(
+    video: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    pos_embed: Optional[Tensor] = None,
+    *,
+    cls_token: Optional[Tensor] = None,
+    layout: str = "BTCHW",
+    mean: Optional[Sequence[float] | Tensor] = None,
+    std: Optional[Sequence[float] | Tensor] = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Cut a video into patches or tubelets, project them, add bias + positional embedding: one op.
+
+    Args:
+        video: ``(B, T, C, H, W)`` (``layout="BTCHW"``) or ``(B, C, T, H, W)`` (``layout="BCTHW"``), any
+            strides, float32/float16/bfloat16 (the weight's dtype) or uint8. A 4D ``(B, C, H, W)`` image is one
+            frame.
+        weight: ``nn.Conv3d`` layout ``(E, C, t, P, P)`` or ``nn.Conv2d`` layout ``(E, C, P, P)``.
+        bias: ``(E,)`` or None.
+        pos_embed: ``(S + N, E)`` broadcast over time steps, or ``(T' (S + N), E)`` one row per token (a leading
+            dimension of 1 is allowed). With a CLS token, row 0 of each step belongs to the CLS slot.
+        cls_token: ``E`` values (any shape); when given each time step gets a leading CLS slot,
+            ``out[:, :, 0] = cls_token + pos_embed[0]``.
+        mean, std: per-channel normalization folded into weight and bias (for uint8 video, mean/std are in
+            [0, 1] units, as torchvision's). No normalization pass runs.
+        backend: a registered backend name; None chooses automatically (see ``registry``).
+
+    Returns:
+        ``(B, T', S + N, E)`` contiguous tokens in the weight's dtype (``(B, S + N, E)`` for a 4D image);
+        ``.view(B * T', S + N, E)`` gives the per-step sequences, ``.flatten(1, 2)`` the per-clip sequence.
+    """
+    is_image = video.dim() == 4
+    b, t, c, h, w = geometry.video_dims(video.shape, layout)
+    if is_image:
+        video = video.unsqueeze(1)
+    elif layout == "BCTHW":
+        video = video.permute(0, 2, 1, 3, 4)  # a view: the op reads any strides
+    weight5 = weight.unsqueeze(2) if weight.dim() == 4 else weight
+    geometry.normalize_weight_shape(weight.shape)
+
+    if not weight.is_floating_point() or weight.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"weight must be float32, float16 or bfloat16; got {weight.dtype}")
+    if video.device != weight.device:
+        raise ValueError(f"video is on {video.device} but weight is on {weight.device}; move both to one device")
+    if video.dtype == torch.uint8:
+        pixel_scale = 1.0 / 255.0
+    elif video.dtype == weight.dtype:
+        pixel_scale = 1.0
+    else:
+        raise TypeError(
+            f"video has dtype {video.dtype} but weight has {weight.dtype}; cast the video to {weight.dtype} "
+            f"(or pass uint8 pixels with mean/std)"
+        )
+    for name, tensor in (("bias", bias), ("pos_embed", pos_embed), ("cls_token", cls_token)):
+        _check_tensor(name, tensor, weight)
+
+    if pos_embed is not None:
+        if pos_embed.dim() == 3 and pos_embed.shape[0] == 1:
+            pos_embed = pos_embed[0]
+        if pos_embed.dim() != 2 or pos_embed.shape[1] != weight.shape[0]:
+            raise ValueError(
+                f"pos_embed must be (rows, E={weight.shape[0]}) or (1, rows, E); got {list(pos_embed.shape)}"
+            )
+    if cls_token is not None:
+        cls_token = cls_token.reshape(-1)
+    geometry.patch_grid(
+        video.shape,
+        weight5.shape,
+        has_cls=cls_token is not None,
+        pos_rows=None if pos_embed is None else pos_embed.shape[0],
+        bias_shape=None if bias is None else bias.shape,
+        cls_numel=None if cls_token is None else cls_token.numel(),
+    )
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise ValueError("give both mean and std to fold normalization into the weight, or neither")
+        weight5, bias = fold_normalization(weight5, bias, mean, std, pixel_scale)
+    elif video.dtype == torch.uint8:
+        weight5 = weight5 * pixel_scale  # raw pixels in [0, 255] map to [0, 1]
+
+    out = _patch_embed(
+        video,
+        weight5.contiguous(),
+        None if bias is None else bias.contiguous(),
+        None if pos_embed is None else pos_embed.contiguous(),
+        None if cls_token is None else cls_token.contiguous(),
+        backend,
+    )
+    return out[:, 0] if is_image else out
