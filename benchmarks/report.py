@@ -1,0 +1,269 @@
+"""Render the suite's JSON as Markdown: ``python -m benchmarks.report bench_out/results.json``.
+
+Every number in the tables comes from the JSON; nothing is typed by hand. The suite prints the same Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+BASELINES = ("conv", "linear", "compile")
+
+
+def _ms(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def _num(value: Optional[float], digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _ratio(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _contestant_order(results: dict) -> list[str]:
+    names: list[str] = []
+    for entry in results["cases"]:
+        for record in entry["results"]:
+            if record["contestant"] not in names:
+                names.append(record["contestant"])
+    return names
+
+
+def best_ours(entry: dict) -> Optional[dict]:
+    ours = [r for r in entry["results"] if r["kind"] == "ours" and r["status"] == "ok"]
+    return min(ours, key=lambda r: r["median_ms"]) if ours else None
+
+
+def _cell(record: Optional[dict]) -> str:
+    if record is None:
+        return "-"
+    if record["status"] == "ok":
+        return _ms(record["median_ms"])
+    return "FAILED" if record["status"] == "failed" else "skip"
+
+
+def machine_lines(results: dict) -> list[str]:
+    m = results["machine"]
+    s = results["settings"]
+    device = m.get("gpu_name") or f"{m['cpu_model']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads)"
+    load = m.get("load_average")
+    lines = [
+        f"Device: **{s['device']}** — {device}. torch {m['torch']}, triton {m.get('triton')}, "
+        f"python {m['python']}, commit `{(m.get('git_commit') or 'unknown')[:10]}`"
+        f"{' (dirty)' if m.get('git_dirty') else ''}, {m['timestamp_utc']}.",
+        f"Backends of ours here: {', '.join(results.get('backends') or ['none'])}. "
+        f"Timing: {s['warmup']} warm-up calls, up to {s['repeats']} timed calls (at least {s['min_repeats']}, "
+        f"{s['budget_s']} s budget per contestant), cycling {s['input_sets']} input sets; median of the samples.",
+    ]
+    if load:
+        lines.append(
+            f"Load average at start: {load[0]:.2f} (1 min); at end: "
+            f"{_num((results.get('load_average_end') or [None])[0], 2)}."
+        )
+    c = results.get("ceilings") or {}
+    if c:
+        gemm = ", ".join(f"{k} {_num(v, 0)}" for k, v in c.get("gemm_gflops", {}).items())
+        lines.append(
+            f"Ceilings measured in this run: GEMM {c['gemm_n']}^3 GFLOP/s: {gemm}; "
+            f"copy {_num(c.get('copy_gbytes_s'), 1)} GB/s."
+        )
+    return lines
+
+
+def summary_table(results: dict) -> list[str]:
+    names = _contestant_order(results)
+    ours_names = [n for n in names if n.startswith("ours:")]
+    others = [n for n in names if not n.startswith("ours:")]
+    header = ["case"] + [f"{n} ms" for n in others] + ["roofline ms"] + [f"{n} ms" for n in ours_names]
+    header += [f"best ours vs {b}" for b in BASELINES]
+    rows = []
+    for entry in results["cases"]:
+        by_name = {r["contestant"]: r for r in entry["results"]}
+        best = best_ours(entry)
+        row = [entry["case"]["label"]] + [_cell(by_name.get(n)) for n in others]
+        row += [_ms(entry.get("roofline_ms"))] + [_cell(by_name.get(n)) for n in ours_names]
+        for base in BASELINES:
+            ratio = (entry.get("speedups") or {}).get(best["contestant"], {}).get(base) if best else None
+            row.append(_ratio(ratio))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def detail_table(results: dict) -> list[str]:
+    header = [
+        "case",
+        "contestant",
+        "median ms",
+        "IQR ms",
+        "min ms",
+        "max ms",
+        "n",
+        "GFLOP/s",
+        "% GEMM peak",
+        "GB/s",
+        "% copy peak",
+        "peak MiB",
+        "max err",
+        "compile s",
+    ]
+    rows = []
+    for entry in results["cases"]:
+        for r in entry["results"]:
+            if r["status"] != "ok":
+                continue
+            errors = r.get("errors") or {}
+            peak = r.get("peak_bytes")
+            rows.append(
+                [
+                    entry["case"]["label"],
+                    r["contestant"],
+                    _ms(r["median_ms"]),
+                    _ms(r["iqr_ms"]),
+                    _ms(r["min_ms"]),
+                    _ms(r["max_ms"]),
+                    str(r["n"]),
+                    _num(r.get("gflops")),
+                    _pct(r.get("frac_gemm_peak")),
+                    _num(r.get("gbytes_s")),
+                    _pct(r.get("frac_copy_peak")),
+                    "-" if peak is None else _num(peak / 2**20),
+                    f"{max(errors.values()):.1e}" if errors else "-",
+                    "-" if r.get("compile_s") is None else _num(r["compile_s"], 1),
+                ]
+            )
+    return _table(header, rows)
+
+
+def not_run_lines(results: dict) -> list[str]:
+    lines = []
+    reasons: dict[tuple[str, str, str], list[str]] = {}
+    for entry in results["cases"]:
+        for r in entry["results"]:
+            if r["status"] != "ok":
+                reasons.setdefault((r["contestant"], r["status"], r.get("reason", "")), []).append(
+                    entry["case"]["label"]
+                )
+    for (name, status, reason), labels in reasons.items():
+        where = labels[0] if len(labels) == 1 else f"{len(labels)} cases"
+        lines.append(f"- **{name}** {status.upper()} ({where}): {reason}")
+    return lines
+
+
+def patch_count_lines(results: dict) -> list[str]:
+    rows_in = results.get("patch_counts") or []
+    if not rows_in:
+        return []
+    tubelets = sorted({r["tubelet"] for r in rows_in})
+    keys = sorted({(r["size"], r["frames"]) for r in rows_in})
+    by = {(r["size"], r["frames"], r["tubelet"]): r for r in rows_in}
+    kind = {t: "2D" if t == 1 else f"3D t={t}" for t in tubelets}
+    header = ["pixels", "frames"] + [f"{kind[t]} tokens" for t in tubelets]
+    header += [f"{kind[t]} attn per step" for t in tubelets] + [f"{kind[t]} attn full clip" for t in tubelets]
+    rows = []
+    for size, frames in keys:
+        cells = [str(size), str(frames)]
+        for field in ("tokens_per_clip", "attn_pairs_per_step_sum", "attn_pairs_full_clip"):
+            for t in tubelets:
+                r = by.get((size, frames, t))
+                cells.append(_num(r[field], 0) if r else "-")
+        rows.append(cells)
+    return [
+        "Patch tokens per clip (P=16, no CLS) and the attention cost they imply, in query-key pairs per layer: "
+        "*per step* = T' (1 + N)^2 (attention within each time step, LSViT), *full clip* = (1 + T' N)^2 "
+        "(one joint sequence).",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def model_lines(results: dict) -> list[str]:
+    model = results.get("model")
+    if not model:
+        return ["Not measured in this run."]
+    if not model.get("available"):
+        return [f"Unavailable: {model.get('reason')}"]
+    cfg = model["config"]
+    lines = [
+        f"LSViTForAction forward (eval, no grad), batch {model['batch']}, {model['dtype']}, "
+        f"{cfg['num_frames']} frames of {cfg['image_size']} px, E={cfg['embed_dim']}, depth {cfg['depth']}, "
+        f"{cfg['num_heads']} heads.",
+        "",
+    ]
+    rows = []
+    base = next((v for v in model["variants"] if v["variant"] == "2D" and v["status"] == "ok"), None)
+    for v in model["variants"]:
+        if v["status"] != "ok":
+            rows.append([v["variant"], "-", "FAILED", "-", "-", "-", v.get("reason", "")[:120]])
+            continue
+        speed = base["median_ms"] / v["median_ms"] if base else None
+        rows.append(
+            [
+                v["variant"],
+                _num(v.get("tokens_per_clip"), 0),
+                _ms(v["median_ms"]),
+                _ms(v["iqr_ms"]),
+                _ratio(speed),
+                str(v.get("backend")),
+                "",
+            ]
+        )
+    return lines + _table(
+        ["variant", "tokens/clip", "median ms", "IQR ms", "speedup vs 2D", "patch backend", "note"], rows
+    )
+
+
+def render_markdown(results: dict) -> str:
+    lines = ["# lsvit benchmark", ""]
+    lines += machine_lines(results)
+    lines += ["", "## Latency: median ms per call (lower is better); speedup = baseline / best of ours", ""]
+    lines += summary_table(results)
+    not_run = not_run_lines(results)
+    if not_run:
+        lines += ["", "Not timed:", ""] + not_run
+    lines += ["", "## Details", ""]
+    lines += detail_table(results)
+    lines += ["", "## Patch counts", ""]
+    lines += patch_count_lines(results)
+    lines += ["", "## LSViT model: 2D vs 3D", ""]
+    lines += model_lines(results)
+    if results.get("elapsed_s") is not None:
+        lines += ["", f"Suite wall time: {results['elapsed_s']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__)
+    parser.add_argument("results", type=Path, help="results.json written by lsvit-bench")
+    parser.add_argument("-o", "--output", type=Path, help="write the Markdown here instead of stdout")
+    args = parser.parse_args(argv)
+    markdown = render_markdown(json.loads(args.results.read_text()))
+    if args.output:
+        args.output.write_text(markdown)
+    else:
+        sys.stdout.write(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
