@@ -137,7 +137,7 @@ def patch_count_plot(results: dict, path: Path) -> bool:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     sizes = sorted({r["size"] for r in rows})
-    styles = {size: ls for size, ls in zip(sizes, ["--", "-", ":", "-."][-len(sizes) :], strict=False)}
+    styles = dict(zip(reversed(sizes), ["-", "--", ":", "-."], strict=False))  # largest size: solid
     colors = {1: "#d62728", 2: "#1f77b4", 4: "#2ca02c", 8: "#9467bd"}
     frames_all = sorted({r["frames"] for r in rows})
     for size in sizes:
