@@ -31,6 +31,9 @@ class LMI(nn.Module):
         self.reduce = nn.Linear(embed_dim, reduced)
         self.expand = nn.Linear(reduced, embed_dim)
         self.gate = nn.Parameter(torch.full((embed_dim,), gate_init))
+        for linear in (self.reduce, self.expand):
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)  # zero motion -> zero excitation: a static clip passes unchanged
 
     def forward(self, tokens: Tensor, steps: int) -> Tensor:
         bt, length, dim = tokens.shape
