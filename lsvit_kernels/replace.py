@@ -86,6 +86,7 @@ class _FusedPatchConv:
         problem = patch_conv_problem(self)
         if problem:
             raise ValueError(f"{type(self).__name__} must be a patch embedding: {problem}")
+        _check_backend(backend)
         self.backend = backend
 
     @classmethod
@@ -96,8 +97,7 @@ class _FusedPatchConv:
         problem = patch_conv_problem(conv)
         if problem:
             raise ValueError(f"{type(conv).__name__} is not a patch embedding: {problem}")
-        if backend is not None:
-            registry.get_backend(backend)
+        _check_backend(backend)
         conv.__class__ = cls
         conv.backend = backend
         return conv
@@ -126,6 +126,12 @@ class FusedPatchConv3d(_FusedPatchConv, nn.Conv3d):
 
 
 _FUSED_FOR = {nn.Conv2d: FusedPatchConv2d, nn.Conv3d: FusedPatchConv3d}
+
+
+def _check_backend(backend: Optional[str]) -> None:
+    """An unknown backend name fails when the module is made, not at its first forward."""
+    if backend is not None:
+        registry.get_backend(backend)
 
 
 def _autocast_on(t: Tensor) -> bool:
@@ -256,8 +262,7 @@ def replace_patch_embeddings(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"replace_patch_embeddings expects an nn.Module; got {type(model).__name__}")
-    if backend is not None:
-        registry.get_backend(backend)  # an unknown name fails here, not at the first forward
+    _check_backend(backend)
     include_fn, exclude_fn = _matcher(include, "include"), _matcher(exclude, "exclude")
     target = model if inplace else copy.deepcopy(model)
     report = ReplacementReport(model=target)

@@ -220,7 +220,7 @@ def _forward_backward(model, x, grad_out_seed):
     x = x.detach().clone().requires_grad_(True)
     out = model(x)
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_out_seed), dtype=torch.float64)
-    (out * weights.to(out.dtype)).sum().backward()
+    (out * weights.to(out.device, out.dtype)).sum().backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
     return out.detach(), x.grad, grads
 
@@ -557,3 +557,42 @@ def test_bad_arguments_fail_early():
         FusedPatchConv3d.from_conv(nn.Conv2d(3, 8, 2, stride=2))
     built = FusedPatchConv2d(3, 8, 4, stride=4, backend="reference")
     assert built(torch.randn(1, 3, 8, 8)).shape == (1, 8, 2, 2)
+
+
+# ---- CUDA: every backend available there, every 16-bit dtype, autocast ----
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cuda_every_backend_matches_the_conv(dtype):
+    backends = lsvit_kernels.available_backends("cuda")
+    assert backends, "no backend runs on CUDA"
+    plain = VideoMAEStyle().to("cuda", dtype)
+    reference = copy.deepcopy(plain).double()
+    x = torch.randn(2, 6, 3, 12, 20, device="cuda", dtype=dtype)
+    plain_out, plain_grad_x, plain_grads = _forward_backward(plain, x, 3)
+    ref_out, ref_grad_x, ref_grads = _forward_backward(reference, x.double(), 3)
+    eps_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
+    for backend in backends:
+        fused = replace_patch_embeddings(plain, backend=backend, inplace=False).model
+        out, grad_x, grads = _forward_backward(fused, x, 3)
+        assert lsvit_kernels.last_backend() == backend
+        assert_close_to_reference(out, plain_out, ref_out, eps_dtype, f"{backend} output")
+        assert_close_to_reference(grad_x, plain_grad_x, ref_grad_x, eps_dtype, f"{backend} input grad")
+        for pname in grads:
+            assert_close_to_reference(grads[pname], plain_grads[pname], ref_grads[pname], eps_dtype, pname)
+
+
+@pytest.mark.gpu
+def test_cuda_autocast_and_qwen_form():
+    for backend in lsvit_kernels.available_backends("cuda"):
+        qwen = Qwen2VLStyle().cuda()
+        fused = replace_patch_embeddings(qwen, backend=backend, inplace=False).model
+        flat = torch.randn(1031, 3 * 2 * 14 * 14, device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            expected, got = qwen.visual.patch_embed(flat), fused.visual.patch_embed(flat)
+        assert got.dtype == expected.dtype == torch.bfloat16 and got.shape == (1031, 32)
+        reference = F.linear(
+            flat.bfloat16().double(), qwen.visual.patch_embed.proj.weight.bfloat16().double().flatten(1)
+        )
+        assert_close_to_reference(got, expected, reference, torch.bfloat16, f"{backend} autocast Qwen form")
