@@ -93,16 +93,16 @@ class CaseInputs:
 def make_inputs(case: Case, device: torch.device | str, sets: int = 3, seed: int = 0) -> CaseInputs:
     """Fresh random inputs (never zeros) for ``case``: ``sets`` videos, one set of parameters."""
     device = torch.device(device)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)  # made on the device: fast for GPU-sized videos
     g = case.grid()
     dtype = case.torch_dtype
 
     def randn(*shape: int, scale: float = 1.0) -> Tensor:
-        return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+        return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype)
 
     shape = (g.batch, g.frames, g.channels, g.height, g.width)
     if case.uint8_input:
-        videos = [torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).to(device) for _ in range(sets)]
+        videos = [torch.randint(0, 256, shape, generator=gen, device=device, dtype=torch.uint8) for _ in range(sets)]
     else:
         videos = [randn(*shape) for _ in range(sets)]
     weight = randn(g.embed_dim, g.channels, g.tubelet, g.patch_h, g.patch_w, scale=g.patch_dim**-0.5)
