@@ -110,6 +110,12 @@ def summary_table(results: dict) -> list[str]:
     return _table(header, rows)
 
 
+def _speedups(ratios: Optional[dict]) -> str:
+    if not ratios:
+        return ""
+    return " / ".join(_ratio(ratios.get(base)) for base in BASELINES)
+
+
 def detail_table(results: dict) -> list[str]:
     header = [
         "case",
@@ -126,6 +132,7 @@ def detail_table(results: dict) -> list[str]:
         "peak MiB",
         "max err",
         "compile s",
+        "speedup vs conv / linear / compile",
     ]
     rows = []
     for entry in results["cases"]:
@@ -150,6 +157,7 @@ def detail_table(results: dict) -> list[str]:
                     "-" if peak is None else _num(peak / 2**20),
                     f"{max(errors.values()):.1e}" if errors else "-",
                     "-" if r.get("compile_s") is None else _num(r["compile_s"], 1),
+                    _speedups((entry.get("speedups") or {}).get(r["contestant"])),
                 ]
             )
     return _table(header, rows)

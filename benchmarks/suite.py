@@ -173,7 +173,7 @@ def run_suite(
         "machine": machine_info(device),
         "settings": {
             "device": str(device),
-            "argv": sys.argv[1:],
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "warmup": cfg.warmup,
             "repeats": cfg.repeats,
             "min_repeats": cfg.min_repeats,
