@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         type=float,
         default=None,
-        help="seconds of timed calls per contestant and case before stopping early (default 3)",
+        help="seconds of timed calls per contestant and case before stopping early (default 2)",
     )
     run.add_argument("--input-sets", type=int, default=3, help="input videos cycled through (default 3)")
     run.add_argument(
@@ -135,7 +135,7 @@ def timing_config(args: argparse.Namespace, device: torch.device) -> TimingConfi
         warmup=args.warmup if args.warmup is not None else (5 if gpu else (1 if args.quick else 2)),
         repeats=args.repeats if args.repeats is not None else (50 if gpu else (5 if args.quick else 10)),
         min_repeats=args.min_repeats,
-        budget_s=args.budget if args.budget is not None else (2.0 if gpu else (0.5 if args.quick else 3.0)),
+        budget_s=args.budget if args.budget is not None else (0.5 if args.quick else 2.0),
         measure_memory=not args.no_memory,
     )
 
