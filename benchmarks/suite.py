@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("measurement")
     run.add_argument("--repeats", type=int, default=None, help="timed calls per contestant (default 10; GPU 50)")
     run.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2; GPU 5)")
-    run.add_argument("--min-repeats", type=int, default=3, help="timed calls even past the budget (default 3)")
+    run.add_argument(
+        "--min-repeats", type=int, default=None, help="timed calls even past the budget (default 3; 2 with --quick)"
+    )
     run.add_argument(
         "--budget",
         type=float,
@@ -134,7 +136,7 @@ def timing_config(args: argparse.Namespace, device: torch.device) -> TimingConfi
     return TimingConfig(
         warmup=args.warmup if args.warmup is not None else (5 if gpu else (1 if args.quick else 2)),
         repeats=args.repeats if args.repeats is not None else (50 if gpu else (5 if args.quick else 10)),
-        min_repeats=args.min_repeats,
+        min_repeats=args.min_repeats if args.min_repeats is not None else (2 if args.quick else 3),
         budget_s=args.budget if args.budget is not None else (0.5 if args.quick else 2.0),
         measure_memory=not args.no_memory,
     )

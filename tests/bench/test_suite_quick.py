@@ -79,7 +79,7 @@ def test_baselines_and_ours_are_checked_and_timed(quick_run):
         for case, record in _records(results, name):
             assert record["status"] == "ok", (name, case["label"], record.get("reason"))
             assert max(record["errors"].values()) <= record["tolerance"]
-            assert len(record["samples_ms"]) == record["n"] >= 3
+            assert len(record["samples_ms"]) == record["n"] >= 2
             assert record["min_ms"] <= record["median_ms"] <= record["max_ms"]
             assert record["peak_bytes"] >= 0 and record["gflops"] > 0
     compiled = _records(results, "compile")
