@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +33,9 @@ def _pct(value: Optional[float]) -> str:
 
 
 def _ratio(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+    if value is None:
+        return "-"
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -241,31 +244,47 @@ def model_lines(results: dict) -> list[str]:
     )
 
 
-def render_markdown(results: dict) -> str:
-    lines = ["# lsvit benchmark", ""]
-    lines += machine_lines(results)
-    lines += ["", "## Latency: median ms per call (lower is better); speedup = baseline / best of ours", ""]
-    lines += summary_table(results)
-    not_run = not_run_lines(results)
-    if not_run:
-        lines += ["", "Not timed:", ""] + not_run
-    lines += ["", "## Details", ""]
-    lines += detail_table(results)
-    lines += ["", "## Patch counts", ""]
-    lines += patch_count_lines(results)
-    lines += ["", "## LSViT model: 2D vs 3D", ""]
-    lines += model_lines(results)
-    if results.get("elapsed_s") is not None:
-        lines += ["", f"Suite wall time: {results['elapsed_s']:.0f} s."]
-    return "\n".join(lines) + "\n"
+SECTIONS = ("machine", "summary", "details", "patch-counts", "model")
+
+
+def render_markdown(results: dict, sections: Sequence[str] = SECTIONS) -> str:
+    """The report, or only the named sections (e.g. ``("summary",)`` for a README table)."""
+    lines: list[str] = []
+    if "machine" in sections:
+        lines += ["# lsvit benchmark", ""] + machine_lines(results) + [""]
+    if "summary" in sections:
+        lines += ["## Latency: median ms per call (lower is better); speedup = baseline / best of ours", ""]
+        lines += summary_table(results)
+        not_run = not_run_lines(results)
+        if not_run:
+            lines += ["", "Not timed:", ""] + not_run
+        lines += [""]
+    if "details" in sections:
+        lines += ["## Details", ""] + detail_table(results) + [""]
+    if "patch-counts" in sections:
+        lines += ["## Patch counts", ""] + patch_count_lines(results) + [""]
+    if "model" in sections:
+        lines += ["## LSViT model: 2D vs 3D", ""] + model_lines(results) + [""]
+    if "machine" in sections and results.get("elapsed_s") is not None:
+        lines += [f"Suite wall time: {results['elapsed_s']:.0f} s.", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__)
     parser.add_argument("results", type=Path, help="results.json written by lsvit-bench")
     parser.add_argument("-o", "--output", type=Path, help="write the Markdown here instead of stdout")
+    parser.add_argument(
+        "--sections",
+        type=lambda text: [v for v in text.replace(",", " ").split()],
+        default=list(SECTIONS),
+        help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all), e.g. 'summary' for a README table",
+    )
     args = parser.parse_args(argv)
-    markdown = render_markdown(json.loads(args.results.read_text()))
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    markdown = render_markdown(json.loads(args.results.read_text()), args.sections)
     if args.output:
         args.output.write_text(markdown)
     else:
