@@ -159,6 +159,8 @@ def run_suite(
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # CUDA events and the memory counters use the current device
     case_list = select_cases(args, device)
     cfg = timing_config(args, device)
     compile_on = not args.no_compile and (not args.quick or args.compile)
