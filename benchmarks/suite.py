@@ -34,7 +34,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _strs(text: str) -> list[str]:
-    return [v for v in text.replace(",", " ").split()]
+    return [v.strip() for v in text.split(",") if v.strip()]  # commas only: "gemm floor" is one name
 
 
 def build_parser() -> argparse.ArgumentParser:
