@@ -171,3 +171,14 @@ def test_unknown_layout_and_missing_file(tiny, tmp_path):
         load_pretrained(model, {"conv1.weight": torch.randn(2)})
     with pytest.raises(FileNotFoundError, match="local files only"):
         load_pretrained(model, tmp_path / "nowhere.pth")
+
+
+def test_pos_embed_without_cls_row(tiny):
+    """timm's no_embed_class checkpoints keep only grid rows: the CLS slot gets a zero position."""
+    model = LSViTForAction(tiny())
+    timm = timm_checkpoint(model, extra_block=False)
+    timm["pos_embed"] = torch.randn(1, 9, model.config.embed_dim)  # 3 x 3 grid, no CLS row
+    report = load_pretrained(model, timm)
+    assert model.pos_embed[0, 0].abs().max() == 0
+    torch.testing.assert_close(model.pos_embed[0, 1:], timm["pos_embed"][0])
+    assert any("no CLS row" in note for note in report.notes)
