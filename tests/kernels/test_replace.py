@@ -431,6 +431,12 @@ def test_compiles_fullgraph_with_the_same_values_and_gradients(dims, compiler):
     for got, expected in zip(run(compiled), run(fused), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
+    if compiler == "aot_eager":  # the autocast branch traces too (a recompile: autocast state is guarded)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, expected = compiled(x), fused(x)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got, expected)
+
 
 # ---- the report and the parameters ----
 
