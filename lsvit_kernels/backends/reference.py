@@ -58,8 +58,13 @@ def forward(
     if pos_embed is not None:
         pos = pos_embed.view(-1, g.tokens_per_step, g.embed_dim)[:, s:]  # (1 or T', N, E)
         addend = addend + pos.reshape(1, rows, g.embed_dim)
-    x = x.reshape(-1, rows, g.patch_dim)
-    tokens = torch.baddbmm(addend, x, w_t.expand(x.shape[0], -1, -1))  # (B or B T', rows, E)
+    groups = g.batch * g.num_patches // rows
+    if rows >= 32:  # one batched GEMM accumulating onto the shared (rows, E) addend
+        x = x.reshape(groups, rows, g.patch_dim)
+        tokens = torch.baddbmm(addend, x, w_t.expand(groups, -1, -1))  # (groups, rows, E)
+    else:  # tiny groups (e.g. pre-patchified 1x1 grids) would be one GEMM per row: do a single addmm
+        addend = addend.expand(groups, rows, g.embed_dim).reshape(-1, g.embed_dim)
+        tokens = torch.addmm(addend, x.reshape(-1, g.patch_dim), w_t)  # (M, E)
     out[:, :, s:] = tokens.view(g.batch, g.steps, g.num_spatial, g.embed_dim)
 
     if s:
