@@ -2,7 +2,9 @@
 
 Every field is validated at construction and on assignment (``validate_assignment=True``), and each error names
 the field and the fix. Cross-field rules (image size vs patch size, heads vs embed dim) are checked on every
-assignment too, so assign a compatible pair in one ``model_copy(update=...)`` or construct a new config.
+assignment too (a rejected assignment leaves the config unchanged), so change an interlocked pair in an order
+where each step is valid, or build a new config: ``ModelConfig(**{**config.model_dump(), "embed_dim": 96,
+"num_heads": 6})`` (``model_copy(update=...)`` would skip validation).
 The frame count vs tubelet rule is checked by the model, which knows the clip length it is built for.
 """
 

@@ -152,6 +152,8 @@ class LSViTForAction(nn.Module):
                 raise ValueError("num_frames must be specified when using 3D patch embedding")
             check_divisible("num_frames", frames, "tubelet_size", config.tubelet_size)
         self.num_frames = frames
+        if num_frames is not None:
+            self.config.num_frames = num_frames  # so model.config.model_dump() rebuilds this very model
         e, grid = config.embed_dim, config.grid_size
 
         self.smif = SMIF(config.in_channels, config.smif_window)
@@ -196,6 +198,14 @@ class LSViTForAction(nn.Module):
         """SMIF + fused patch embedding: (B, T, C, H, W) -> (B, T', 1 + N, E)."""
         if video.dim() != 5:
             raise ValueError(f"video must be (B, T, C, H, W); got shape {list(video.shape)}")
+        if not video.is_floating_point():
+            # SMIF differences of raw uint8 pixels would wrap around: normalize first
+            raise TypeError(f"video must be a normalized float tensor; got {video.dtype}: convert and normalize it")
+        if video.shape[2] != self.config.in_channels:
+            raise ValueError(
+                f"video has C={video.shape[2]} channels but the model expects C={self.config.in_channels} "
+                f"(in_channels); is the video (B, T, C, H, W) rather than (B, C, T, H, W)?"
+            )
         if self.config.use_3d_patch_embed:
             check_divisible("num_frames", video.shape[1], "tubelet_size", self.config.tubelet_size)
         pos = self.position_embedding(video.shape[3], video.shape[4])

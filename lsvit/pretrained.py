@@ -46,6 +46,7 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
     pos_grid: Optional[tuple[tuple[int, int], tuple[int, int]]] = None  # (checkpoint grid, model grid) if resampled
     inflation: Optional[str] = None  # "central" / "average" when a 2D kernel was inflated to a tubelet
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.layout} layout: loaded {len(self.loaded)} tensors"]
@@ -57,6 +58,7 @@ class LoadReport:
         parts.append(f"unexpected {len(self.unexpected)}: {_short(self.unexpected)}")
         if self.skipped:
             parts.append(f"skipped head {self.skipped}")
+        parts += self.notes
         return "; ".join(parts)
 
 
@@ -174,6 +176,10 @@ def inflate_patch_weight(weight: Tensor, tubelet_size: int, method: Inflation = 
     raise ValueError(f"inflation={method!r} is not supported; use 'central' or 'average'")
 
 
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
 def _grid_of_pos(rows: int) -> tuple[int, int]:
     side = math.isqrt(rows)
     if side * side != rows:
@@ -215,10 +221,15 @@ def load_pretrained(
             value = inflate_patch_weight(value, target.shape[2], inflation)
             report.inflation = inflation
         elif key == "pos_embed" and value.shape != target.shape:
+            value = value.reshape(1, -1, value.shape[-1])
+            if _is_square(value.shape[1]) and not _is_square(value.shape[1] - 1):
+                # timm's no_embed_class models keep no CLS row: the CLS slot starts with no position
+                value = torch.cat([value.new_zeros(1, 1, value.shape[-1]), value], dim=1)
+                report.notes.append("pos_embed had no CLS row: a zero row was put in front")
             old_grid = _grid_of_pos(value.shape[-2] - 1)
             new_grid = _grid_of_pos(target.shape[-2] - 1)
             if value.shape[-1] == target.shape[-1]:
-                value = resample_grid(value.reshape(1, -1, value.shape[-1]), new_grid, old_grid)
+                value = resample_grid(value, new_grid, old_grid)
                 report.pos_grid = (old_grid, new_grid)
         if value.shape != target.shape:
             raise ValueError(

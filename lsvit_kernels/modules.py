@@ -178,7 +178,7 @@ def patch_conv_problem(conv: nn.Module) -> Optional[str]:
         return f"{type(conv).__name__} is not nn.Conv2d or nn.Conv3d"
     if tuple(conv.kernel_size) != tuple(conv.stride):
         return f"kernel_size {tuple(conv.kernel_size)} != stride {tuple(conv.stride)} (patches would overlap or skip)"
-    if isinstance(conv.padding, str) or any(p != 0 for p in conv.padding):
+    if conv.padding != "valid" and (isinstance(conv.padding, str) or any(p != 0 for p in conv.padding)):
         return f"padding={conv.padding} (patch embeddings have none)"
     if any(d != 1 for d in conv.dilation):
         return f"dilation={tuple(conv.dilation)}"

@@ -15,14 +15,14 @@ def test_guide_token_counts(tubelet, expected):
 
 
 @given(
-    b=st.integers(1, 4),
-    steps=st.integers(1, 5),
-    t=st.integers(1, 4),
-    gh=st.integers(1, 6),
-    gw=st.integers(1, 6),
-    ph=st.integers(1, 9),
-    pw=st.integers(1, 9),
-    c=st.integers(1, 4),
+    b=st.integers(1, 3),
+    steps=st.integers(1, 3),
+    t=st.integers(1, 3),
+    gh=st.integers(1, 4),
+    gw=st.integers(1, 4),
+    ph=st.integers(1, 5),
+    pw=st.integers(1, 5),
+    c=st.integers(1, 3),
     cls=st.booleans(),
 )
 def test_grid_properties(b, steps, t, gh, gw, ph, pw, c, cls):

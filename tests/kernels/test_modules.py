@@ -73,3 +73,11 @@ def test_fresh_module_is_initialized_like_a_conv():
     module = lk.PatchEmbed3d(3, 32, patch_size=8, tubelet_size=2)
     torch.testing.assert_close(module.weight, conv.weight)
     torch.testing.assert_close(module.bias, conv.bias)
+
+
+def test_valid_padding_is_a_patch_embedding():
+    conv = nn.Conv2d(3, 8, 4, stride=4, padding="valid")
+    module = lk.PatchEmbed2d.from_conv(conv)
+    image = torch.randn(1, 3, 8, 8)
+    assert_close_to_oracle(module(image), conv(image).flatten(2).transpose(1, 2).detach().double())
+    assert "padding" in lk.modules.patch_conv_problem(nn.Conv2d(3, 8, 4, stride=4, padding=1))

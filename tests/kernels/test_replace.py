@@ -29,7 +29,6 @@ EPS = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2e-3}
 # grad_pos / grad_cls) with dtype=torch.float32, also for float64 weights, so float64 bias gradients carry
 # float32 rounding (~1e-7 relative). Only that one check is excused, only on the reference backend; every other
 # output and gradient is still asserted first.
-REFERENCE_F64_BIAS_BUG = "reference backend accumulates float64 bias gradients in float32 (backends/reference.py)"
 
 
 # ---- model structures as the libraries define them (module names match their checkpoints) ----
@@ -255,14 +254,8 @@ def test_swapped_model_matches_original(name, dtype, op_calls):
     assert_close_to_reference(out, plain_out, ref_out, dtype, "output")
     assert_close_to_reference(grad_x, plain_grad_x, ref_grad_x, dtype, "input grad")
     assert grads.keys() == plain_grads.keys()
-    patch_biases = [f"{conv}.bias" for conv in patch_convs if f"{conv}.bias" in grads]
-    for pname in [p for p in grads if p not in patch_biases] + patch_biases:  # patch biases last: see below
-        try:
-            assert_close_to_reference(grads[pname], plain_grads[pname], ref_grads[pname], dtype, f"grad {pname}")
-        except AssertionError:
-            if pname in patch_biases and dtype == torch.float64 and lsvit_kernels.last_backend() == "reference":
-                pytest.xfail(REFERENCE_F64_BIAS_BUG)
-            raise
+    for pname in grads:
+        assert_close_to_reference(grads[pname], plain_grads[pname], ref_grads[pname], dtype, f"grad {pname}")
 
 
 def test_videomae_and_qwen_inputs_reach_the_op_without_a_copy(op_calls):
@@ -364,12 +357,7 @@ def test_every_dtype_matches_the_conv_with_gradients(dims, dtype, op_calls):
     assert_close_to_reference(out, plain_out, ref_out, eps_dtype, "output")
     assert_close_to_reference(grad_x, plain_grad_x, ref_grad_x, eps_dtype, "input grad")
     assert_close_to_reference(grads["weight"], plain_grads["weight"], ref_grads["weight"], eps_dtype, "weight grad")
-    try:
-        assert_close_to_reference(grads["bias"], plain_grads["bias"], ref_grads["bias"], eps_dtype, "bias grad")
-    except AssertionError:
-        if dtype == torch.float64 and lsvit_kernels.last_backend() == "reference":
-            pytest.xfail(REFERENCE_F64_BIAS_BUG)
-        raise
+    assert_close_to_reference(grads["bias"], plain_grads["bias"], ref_grads["bias"], eps_dtype, "bias grad")
 
 
 @pytest.mark.parametrize(
@@ -442,6 +430,12 @@ def test_compiles_fullgraph_with_the_same_values_and_gradients(dims, compiler):
 
     for got, expected in zip(run(compiled), run(fused), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    if compiler == "aot_eager":  # the autocast branch traces too (a recompile: autocast state is guarded)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, expected = compiled(x), fused(x)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got, expected)
 
 
 # ---- the report and the parameters ----

@@ -162,3 +162,10 @@ def test_num_steps_rejects_indivisible_frames():
     config = ModelConfig(use_3d_patch_embed=True, tubelet_size=4)
     with pytest.raises(ValueError, match="num_frames=10 is not divisible by tubelet_size=4; use 8 or 12"):
         config.num_steps(10)
+
+
+def test_other_settings_with_the_same_prefix_are_ignored(monkeypatch):
+    """A training config may read APPCONFIG__LEARNING_RATE: the model config must not trip over it."""
+    monkeypatch.setenv("APPCONFIG__LEARNING_RATE", "0.1")
+    monkeypatch.setenv("APPCONFIG__NUM_FRAMES", "8")
+    assert ModelConfig().num_frames == 8

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lsvit_kernels
-from lsvit import LSViTForAction
+from lsvit import LSViTForAction, ModelConfig
 from lsvit_kernels import registry
 from lsvit_kernels.backends import reference
 
@@ -74,6 +74,10 @@ def test_bad_video_shapes(tiny):
         model(clip(h=20))
     with pytest.raises(ValueError, match=r"\(B, T, C, H, W\)"):
         model(torch.randn(2, 3, 24, 24))
+    with pytest.raises(TypeError, match="normalized float tensor; got torch.uint8"):
+        model(torch.zeros(1, 2, 3, 24, 24, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="C=1 channels but the model expects C=3"):
+        model(clip(c=1))
 
 
 def test_2d_any_frame_count_3d_any_multiple(tiny):
@@ -119,11 +123,16 @@ def test_tokens_are_the_fused_op_on_smif_output(tiny):
         assert torch.allclose(tokens[:, :, 0], (model.cls_token[0, 0].double() + pos[0]).expand(1, 2, -1), atol=1e-6)
 
 
-def test_config_is_copied(tiny):
-    config = tiny()
-    model = LSViTForAction(config)
+def test_config_is_copied_and_rebuilds_the_model(tiny):
+    config = tiny(use_3d_patch_embed=True, tubelet_size=2, num_frames=None)
+    model = LSViTForAction(config, num_frames=6)
     config.num_classes = 9
     assert model.config.num_classes == 5
+    saved = model.config.model_dump()
+    assert saved["num_frames"] == 6
+    rebuilt = LSViTForAction(ModelConfig.from_checkpoint_dict(saved))
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.num_frames == 6
 
 
 def test_config_backend_is_used(tiny):

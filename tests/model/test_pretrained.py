@@ -171,3 +171,62 @@ def test_unknown_layout_and_missing_file(tiny, tmp_path):
         load_pretrained(model, {"conv1.weight": torch.randn(2)})
     with pytest.raises(FileNotFoundError, match="local files only"):
         load_pretrained(model, tmp_path / "nowhere.pth")
+
+
+def test_pos_embed_without_cls_row(tiny):
+    """timm's no_embed_class checkpoints keep only grid rows: the CLS slot gets a zero position."""
+    model = LSViTForAction(tiny())
+    timm = timm_checkpoint(model, extra_block=False)
+    timm["pos_embed"] = torch.randn(1, 9, model.config.embed_dim)  # 3 x 3 grid, no CLS row
+    report = load_pretrained(model, timm)
+    assert model.pos_embed[0, 0].abs().max() == 0
+    torch.testing.assert_close(model.pos_embed[0, 1:], timm["pos_embed"][0])
+    assert any("no CLS row" in note for note in report.notes)
+
+
+def reference_vit_cls(state: dict, video: torch.Tensor, patch: int, heads: int) -> torch.Tensor:
+    """A plain ImageNet ViT per frame, from a timm state dict, built on nn.MultiheadAttention and F.conv2d:
+    the CLS feature of each frame averaged over time (B, E)."""
+    b, t = video.shape[:2]
+    e = state["cls_token"].shape[-1]
+    x = F.conv2d(video.flatten(0, 1), state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=patch)
+    x = x.flatten(2).transpose(1, 2)  # (B T, N, E)
+    x = torch.cat([state["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + state["pos_embed"]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    for i in range(depth):
+        p = {k.removeprefix(f"blocks.{i}."): v for k, v in state.items() if k.startswith(f"blocks.{i}.")}
+        attention = torch.nn.MultiheadAttention(e, heads, batch_first=True)
+        attention.load_state_dict(
+            {
+                "in_proj_weight": p["attn.qkv.weight"],
+                "in_proj_bias": p["attn.qkv.bias"],
+                "out_proj.weight": p["attn.proj.weight"],
+                "out_proj.bias": p["attn.proj.bias"],
+            }
+        )
+        y = F.layer_norm(x, (e,), p["norm1.weight"], p["norm1.bias"], eps=1e-6)
+        x = x + attention(y, y, y, need_weights=False)[0]
+        y = F.layer_norm(x, (e,), p["norm2.weight"], p["norm2.bias"], eps=1e-6)
+        x = x + F.linear(
+            F.gelu(F.linear(y, p["mlp.fc1.weight"], p["mlp.fc1.bias"])), p["mlp.fc2.weight"], p["mlp.fc2.bias"]
+        )
+    x = F.layer_norm(x, (e,), state["norm.weight"], state["norm.bias"], eps=1e-6)
+    return x[:, 0].reshape(b, t, e).mean(dim=1)
+
+
+@pytest.mark.parametrize("tubelet,method", [(None, None), (2, "central"), (2, "average")])
+def test_loaded_model_with_closed_gates_is_the_image_vit(tiny, tubelet, method):
+    """With the SMIF and LMI gates at 0, a loaded LSViT computes the plain ViT's time-averaged CLS feature."""
+    use_3d = tubelet is not None
+    model = LSViTForAction(tiny(use_3d_patch_embed=use_3d, tubelet_size=tubelet or 2)).eval()
+    timm = timm_checkpoint(LSViTForAction(tiny()), grid=3, extra_block=False)
+    timm["pos_embed"] = timm["pos_embed"] * 0.1  # ViT-like magnitudes keep the comparison well conditioned
+    load_pretrained(model, timm, inflation=method or "central")
+    with torch.no_grad():
+        model.smif.gate.zero_()
+        for block in model.blocks:
+            block.lmi.gate.zero_()
+        frames = torch.randn(2, 3, 3, 24, 24)
+        clip = frames.repeat_interleave(tubelet, dim=1) if use_3d else frames
+        expected = reference_vit_cls(timm, frames, patch=8, heads=model.config.num_heads)
+        torch.testing.assert_close(model.forward_features(clip), expected, atol=1e-5, rtol=1e-5)

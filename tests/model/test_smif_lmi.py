@@ -90,3 +90,8 @@ def test_lmi_mixes_time_steps():
     delta = (lmi(changed, 2) - lmi(tokens, 2)).abs()
     assert delta[0].max() > 0  # step 0 sees step 1 through D_0 = R_1 - R_0
     assert delta[2:].max() == 0  # the other clip is untouched
+
+
+def test_neighbour_differences_gradient():
+    video = torch.randn(1, 4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: neighbour_differences(x, 2), (video,))
