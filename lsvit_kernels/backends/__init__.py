@@ -5,3 +5,4 @@ why it is unavailable through its ``unavailable_reason`` instead.
 """
 
 from . import reference  # noqa: F401
+from . import triton_patch_embed  # noqa: F401
