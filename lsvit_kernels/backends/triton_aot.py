@@ -17,6 +17,7 @@ per-token pos, CLS slot, int64 K offsets) is on: the worst case for registers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -97,7 +98,7 @@ def _source(
             "CLS_SLOTS": 1,
             "WIDE_K": wide_k,
             "DOT_PRECISION": "ieee" if kind == "ieee" else "tf32",
-            "UPCAST": False,
+            "INTERPRET_BF16": False,
             "stride_w": 1,
             **cfg.meta(),
         }
@@ -157,10 +158,14 @@ def compile_variant(kernel: str, arch: int, kind: str, dtypes: tuple[str, str], 
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shard", default="0/1", help="I/N: compile every N-th variant starting at I (parallel runs)")
+    args = parser.parse_args(argv)
+    index, count = (int(x) for x in args.shard.split("/"))
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("unset TRITON_INTERPRET: interpreted kernels cannot be compiled ahead of time")
-    for variant in variants():
+    for variant in variants()[index::count]:
         print(json.dumps(compile_variant(*variant)), flush=True)
 
 

@@ -95,6 +95,17 @@ def grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
+@triton.jit
+def rounded_to(x, dtype: tl.constexpr, INTERPRET_BF16: tl.constexpr):
+    """``x.to(dtype)``. Triton's interpreter truncates float32 -> bfloat16 (compiled code rounds to nearest
+    even), so there the value is first rounded to nearest even on its bits, which makes truncation exact."""
+    if INTERPRET_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Forward
 
@@ -131,7 +142,7 @@ def patch_embed_fwd_kernel(
     POS_PER_TOKEN: tl.constexpr,  # pos has T' (S + N) rows instead of S + N broadcast over time
     WIDE_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for float32; ignored for 16-bit operands
-    UPCAST: tl.constexpr,  # dot in float32 (interpreter: its bf16 dot is wrong)
+    INTERPRET_BF16: tl.constexpr,  # interpreter + bf16: fp32 dot, hand-rounded stores (see rounded_to)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -162,7 +173,7 @@ def patch_embed_fwd_kernel(
     origin = tubelet_offset(
         token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W
     )  # (BLOCK_M,) int64
-    compute_dtype = tl.float32 if UPCAST else weight_ptr.dtype.element_ty
+    compute_dtype = tl.float32 if INTERPRET_BF16 else weight_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, patch_dim, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -190,7 +201,11 @@ def patch_embed_fwd_kernel(
         pos = tl.load(pos_ptr + (pos_row.to(tl.int64)[:, None] * embed_dim + offs_n[None, :]), mask=tile_mask)
         acc += pos.to(tl.float32)
     out_dtype = out_ptr.dtype.element_ty
-    tl.store(out_ptr + (row[:, None] * embed_dim + offs_n[None, :]), acc.to(out_dtype), mask=tile_mask)
+    tl.store(
+        out_ptr + (row[:, None] * embed_dim + offs_n[None, :]),
+        rounded_to(acc, out_dtype, INTERPRET_BF16),
+        mask=tile_mask,
+    )
 
     if CLS_SLOTS:
         # the tile's tokens that open a time step write the CLS slot just before them
@@ -205,7 +220,11 @@ def patch_embed_fwd_kernel(
             cls_pos_offs = cls_pos_row.to(tl.int64)[:, None] * embed_dim + offs_n[None, :]
             cls_pos = tl.load(pos_ptr + cls_pos_offs, mask=cls_mask)
             cls_rows += cls_pos.to(tl.float32)
-        tl.store(out_ptr + ((row - 1)[:, None] * embed_dim + offs_n[None, :]), cls_rows.to(out_dtype), mask=cls_mask)
+        tl.store(
+            out_ptr + ((row - 1)[:, None] * embed_dim + offs_n[None, :]),
+            rounded_to(cls_rows, out_dtype, INTERPRET_BF16),
+            mask=cls_mask,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,7 +258,7 @@ def patch_embed_grad_weight_kernel(
     CLS_SLOTS: tl.constexpr,
     WIDE_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,  # tokens per reduction step
     BLOCK_N: tl.constexpr,  # rows of grad_weight (E)
     BLOCK_K: tl.constexpr,  # columns of grad_weight (K)
@@ -265,7 +284,7 @@ def patch_embed_grad_weight_kernel(
     k_mask = offs_k < patch_dim
     inner = k_offset(offs_k, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE_K)
     num_spatial = grid_h * grid_w
-    compute_dtype = tl.float32 if UPCAST else grad_ptr.dtype.element_ty
+    compute_dtype = tl.float32 if INTERPRET_BF16 else grad_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     start = split * tokens_per_split
@@ -314,7 +333,7 @@ def patch_embed_grad_video_kernel(
     CLS_SLOTS: tl.constexpr,
     WIDE_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,  # tokens
     BLOCK_N: tl.constexpr,  # columns of K (pixels of a tubelet)
     BLOCK_K: tl.constexpr,  # reduction over E
@@ -334,7 +353,7 @@ def patch_embed_grad_video_kernel(
     n_mask = offs_n < patch_dim
     token = tl.where(m_mask, offs_m, 0)
     row = token_row(token, grid_h * grid_w, CLS_SLOTS)
-    compute_dtype = tl.float32 if UPCAST else grad_ptr.dtype.element_ty
+    compute_dtype = tl.float32 if INTERPRET_BF16 else grad_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for e0 in range(0, embed_dim, BLOCK_K):
@@ -353,7 +372,7 @@ def patch_embed_grad_video_kernel(
     inner = k_offset(offs_n, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE_K)
     tl.store(
         grad_video_ptr + (origin[:, None] + inner[None, :]),
-        acc.to(grad_video_ptr.dtype.element_ty),
+        rounded_to(acc, grad_video_ptr.dtype.element_ty, INTERPRET_BF16),
         mask=m_mask[:, None] & n_mask[None, :],
     )
 

@@ -112,7 +112,7 @@ def _common_meta(grid: geometry.PatchGrid, strides, dtype: torch.dtype) -> dict:
         "CLS_SLOTS": grid.cls_slots,
         "WIDE_K": _wide_k(grid, strides),
         "DOT_PRECISION": _dot_precision(dtype),
-        "UPCAST": INTERPRET and dtype == torch.bfloat16,  # the interpreter's bf16 dot is wrong (ENVIRONMENT.md)
+        "INTERPRET_BF16": INTERPRET and dtype == torch.bfloat16,  # its bf16 dot and cast are wrong
     }
 
 
@@ -142,11 +142,18 @@ def forward(
     pos_embed: Optional[Tensor],
     cls_token: Optional[Tensor],
     config: Optional[KernelConfig] = None,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
-    """Tokens ``(B, T', S + N, E)`` of a logical ``(B, T, C, H, W)`` video (any strides), in one launch."""
+    """Tokens ``(B, T', S + N, E)`` of a logical ``(B, T, C, H, W)`` video (any strides), in one launch.
+
+    ``out``: an optional contiguous ``(B, T', S + N, E)`` buffer in the weight's dtype to write into.
+    """
     grid = _checked_grid(video, weight, cls_token is not None)
     weight = weight.contiguous()
-    out = torch.empty(grid.output_shape, dtype=weight.dtype, device=weight.device)
+    if out is None:
+        out = torch.empty(grid.output_shape, dtype=weight.dtype, device=weight.device)
+    elif tuple(out.shape) != grid.output_shape or not out.is_contiguous() or out.dtype != weight.dtype:
+        raise ValueError(f"out must be a contiguous {weight.dtype} tensor of shape {grid.output_shape}")
     cfg = config or _config("forward", grid, weight.dtype, video.dtype, video.device)
     num_tokens = grid.batch * grid.num_patches
     programs = math.ceil(num_tokens / cfg.block_m) * math.ceil(grid.embed_dim / cfg.block_n)
@@ -223,14 +230,23 @@ def grad_weight(
 
 
 def grad_video(
-    grad_tokens: Tensor, video: Tensor, weight: Tensor, has_cls: bool, config: Optional[KernelConfig] = None
+    grad_tokens: Tensor,
+    video: Tensor,
+    weight: Tensor,
+    has_cls: bool,
+    config: Optional[KernelConfig] = None,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
-    """``G W`` scattered into a new contiguous ``(B, T, C, H, W)`` tensor in the video's dtype."""
+    """``G W`` scattered into a ``(B, T, C, H, W)`` tensor in the video's dtype: ``out`` (any strides) or a new
+    contiguous one."""
     grid = _checked_grid(video, weight, has_cls)
     if not video.is_floating_point():
         raise TypeError(f"no gradient for a {video.dtype} video; only floating-point videos have one")
     cfg = config or _config("grad_video", grid, weight.dtype, video.dtype, video.device)
-    out = torch.empty(video.shape, dtype=video.dtype, device=video.device)
+    if out is None:
+        out = torch.empty(video.shape, dtype=video.dtype, device=video.device)
+    elif out.shape != video.shape or out.dtype != video.dtype:
+        raise ValueError(f"out must be a {video.dtype} tensor of shape {tuple(video.shape)}")
     num_tokens = grid.batch * grid.num_patches
     programs = math.ceil(num_tokens / cfg.block_m) * math.ceil(grid.patch_dim / cfg.block_n)
     strides = out.stride()
