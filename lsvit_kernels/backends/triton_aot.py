@@ -12,7 +12,7 @@ subprocess and asserts on the results.
 Variants compiled: fp16 and bf16 produce the same tiles, registers and shared memory (two-byte operands, the
 same MMA shapes), so the 16-bit tables are compiled for bf16 with a bf16 video and with a uint8 video (one-byte
 loads, in-register cast); float32 for its video and for a uint8 video. Every flag that adds work (bias,
-per-token pos, CLS slot, int64 K offsets) is on: the worst case for registers.
+per-token pos, CLS slot) is on: the worst case for registers.
 """
 
 from __future__ import annotations
@@ -65,8 +65,12 @@ _DTYPES["ieee"] = _DTYPES["tf32"]
 _DIVISIBLE = {"embed_dim", "patch_dim", "num_tokens", "stride_b", "stride_t", "stride_c", "stride_h", "rows"}
 
 
-def variants() -> list[tuple[str, int, str, tuple[str, str], tuning.KernelConfig]]:
-    """(kernel, arch, operand kind, (video dtype, weight dtype), config) of everything the heuristic can pick."""
+def variants() -> list[tuple[str, int, str, tuple[str, str], tuning.KernelConfig, bool]]:
+    """(kernel, arch, operand kind, (video dtype, weight dtype), config, wide) of everything the heuristic can pick.
+
+    Every config is compiled with int32 offsets (``wide=False``, any video under 2^31 elements); the first
+    (largest) config of each table also with int64 offsets, the path for larger videos.
+    """
     out = []
     for kernel in tuning.KERNELS:
         for arch in ARCHS:
@@ -76,15 +80,16 @@ def variants() -> list[tuple[str, int, str, tuple[str, str], tuning.KernelConfig
                     pairs = tuple(p for p in pairs if p[0] != "u8")
                 if kernel == "grad_rows":  # reads grad_tokens only: one variant per element size
                     pairs = pairs[:1] if kind != "ieee" else ()
+                configs = tuning.candidate_configs(kernel, arch, kind)
                 for pair in pairs:
-                    for cfg in tuning.candidate_configs(kernel, arch, kind):
-                        out.append((kernel, arch, kind, pair, cfg))
+                    for cfg in configs:
+                        out.append((kernel, arch, kind, pair, cfg, False))
+                if pairs and kernel != "grad_rows":
+                    out.append((kernel, arch, kind, pairs[0], configs[0], True))
     return out
 
 
-def _source(
-    kernel: str, kind: str, dtypes: tuple[str, str], cfg: tuning.KernelConfig, wide_k: bool = True
-) -> ASTSource:
+def _source(kernel: str, kind: str, dtypes: tuple[str, str], cfg: tuning.KernelConfig, wide: bool = False) -> ASTSource:
     fn = getattr(kernels, _FUNCTIONS[kernel])
     video, weight = dtypes
     roles = {"video": video, "weight": weight, "fp32": "fp32"}
@@ -96,7 +101,7 @@ def _source(
             "PATCH_H": 16,
             "PATCH_W": 16,
             "CLS_SLOTS": 1,
-            "WIDE_K": wide_k,
+            "WIDE": wide,
             "DOT_PRECISION": "ieee" if kind == "ieee" else "tf32",
             "INTERPRET_BF16": False,
             "stride_w": 1,
@@ -136,10 +141,12 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return usage
 
 
-def compile_variant(kernel: str, arch: int, kind: str, dtypes: tuple[str, str], cfg: tuning.KernelConfig) -> dict:
+def compile_variant(
+    kernel: str, arch: int, kind: str, dtypes: tuple[str, str], cfg: tuning.KernelConfig, wide: bool = False
+) -> dict:
     start = time.perf_counter()
     compiled = triton.compile(
-        _source(kernel, kind, dtypes, cfg), target=GPUTarget("cuda", arch, 32), options=cfg.launch()
+        _source(kernel, kind, dtypes, cfg, wide), target=GPUTarget("cuda", arch, 32), options=cfg.launch()
     )
     ptx = compiled.asm["ptx"]
     usage = resource_usage(compiled.asm["cubin"])
@@ -150,6 +157,7 @@ def compile_variant(kernel: str, arch: int, kind: str, dtypes: tuple[str, str], 
         "video_dtype": dtypes[0],
         "dtype": dtypes[1],
         "config": cfg.__dict__,
+        "wide": wide,
         "mma": bool(re.search(r"\bmma\.sync", ptx)),
         "wgmma": "wgmma.mma_async" in ptx,
         "shared": compiled.metadata.shared + usage["SHARED"],  # dynamic + static

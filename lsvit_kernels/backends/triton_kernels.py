@@ -8,7 +8,8 @@ Notation (docs/op.md): the video is the logical ``(B, T, C, H, W)`` view with an
 ``m`` in ``[0, M = B T' N)`` is ordered ``(b, step, gy, gx)``; the reduction index ``k`` in ``[0, K = C t ph pw)``
 is ordered ``(c, dt, dh, dw)`` (``conv.weight.view(E, -1)``), so a run of ``pw`` consecutive ``k`` is one patch
 row, contiguous in W for the usual layouts. Token indices are int32 (the wrapper checks ``M < 2^31``); every
-offset into the video, the tokens or a gradient is int64, since videos pass 2^31 elements.
+offset is int32 when every offset of the launch fits (fewer registers for the gathered tiles' addresses) and
+int64 when any passes 2^31 - 1 (``WIDE``, chosen by the wrapper): videos pass 2^31 elements.
 
 The index math mirrors ``geometry.tubelet_origin`` / ``geometry.k_offset`` (the Python statement of it).
 """
@@ -20,6 +21,14 @@ import triton.language as tl
 
 # ----------------------------------------------------------------------------------------------------------------
 # Index helpers: the Triton statement of geometry.tubelet_origin / geometry.k_offset.
+
+
+@triton.jit
+def widen(x, WIDE: tl.constexpr):
+    """``x`` as int64 when the launch's offsets can pass 2^31 - 1, else unchanged (int32)."""
+    if WIDE:
+        x = x.to(tl.int64)
+    return x
 
 
 @triton.jit
@@ -35,18 +44,19 @@ def tubelet_offset(
     PATCH_T: tl.constexpr,
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
-    """int64 element offset of each token's first (front, top-left) pixel in the strided video."""
+    """Element offset of each token's first (front, top-left) pixel in the strided video."""
     gx = token % grid_w
     gy = (token // grid_w) % grid_h
     group = token // (grid_w * grid_h)  # b * T' + step
     step = group % steps
     b = group // steps
     return (
-        b.to(tl.int64) * stride_b
-        + (step * PATCH_T).to(tl.int64) * stride_t
-        + (gy * PATCH_H).to(tl.int64) * stride_h
-        + (gx * PATCH_W).to(tl.int64) * stride_w
+        widen(b, WIDE) * stride_b
+        + widen(step * PATCH_T, WIDE) * stride_t
+        + widen(gy * PATCH_H, WIDE) * stride_h
+        + widen(gx * PATCH_W, WIDE) * stride_w
     )
 
 
@@ -60,7 +70,7 @@ def k_offset(
     PATCH_T: tl.constexpr,
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
-    WIDE_K: tl.constexpr,  # the offset span of one tubelet passes 2^31: compute in int64
+    WIDE: tl.constexpr,
 ):
     """Element offset of ``k = (c, dt, dh, dw)`` inside a tubelet; divisions by constexprs become shifts."""
     dw = k % PATCH_W
@@ -68,19 +78,16 @@ def k_offset(
     dh = row % PATCH_H
     dt = (row // PATCH_H) % PATCH_T
     c = row // (PATCH_H * PATCH_T)
-    if WIDE_K:
-        c = c.to(tl.int64)
-        dt = dt.to(tl.int64)
-        dh = dh.to(tl.int64)
-        dw = dw.to(tl.int64)
-    return c * stride_c + dt * stride_t + dh * stride_h + dw * stride_w
+    return (
+        widen(c, WIDE) * stride_c + widen(dt, WIDE) * stride_t + widen(dh, WIDE) * stride_h + widen(dw, WIDE) * stride_w
+    )
 
 
 @triton.jit
-def token_row(token, num_spatial, CLS_SLOTS: tl.constexpr):
-    """int64 row of each patch token in the ``(B T' (S + N), E)`` token buffer (CLS slots skipped)."""
+def token_row(token, num_spatial, CLS_SLOTS: tl.constexpr, WIDE: tl.constexpr):
+    """Row of each patch token in the ``(B T' (S + N), E)`` token buffer (CLS slots skipped)."""
     group = token // num_spatial
-    return group.to(tl.int64) * (num_spatial + CLS_SLOTS) + CLS_SLOTS + token % num_spatial
+    return widen(group, WIDE) * (num_spatial + CLS_SLOTS) + CLS_SLOTS + token % num_spatial
 
 
 @triton.jit
@@ -140,7 +147,7 @@ def patch_embed_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_POS: tl.constexpr,
     POS_PER_TOKEN: tl.constexpr,  # pos has T' (S + N) rows instead of S + N broadcast over time
-    WIDE_K: tl.constexpr,
+    WIDE: tl.constexpr,  # some offset of this launch passes 2^31 - 1: int64 offsets
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for float32; ignored for 16-bit operands
     INTERPRET_BF16: tl.constexpr,  # interpreter + bf16: fp32 dot, hand-rounded stores (see rounded_to)
     BLOCK_M: tl.constexpr,
@@ -171,14 +178,14 @@ def patch_embed_fwd_kernel(
     token = tl.where(m_mask, offs_m, 0)
 
     origin = tubelet_offset(
-        token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W
-    )  # (BLOCK_M,) int64
+        token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE
+    )  # (BLOCK_M,)
     compute_dtype = tl.float32 if INTERPRET_BF16 else weight_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, patch_dim, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < patch_dim
-        inner = k_offset(offs_k, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE_K)
+        inner = k_offset(offs_k, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE)
         x = tl.load(video_ptr + (origin[:, None] + inner[None, :]), mask=m_mask[:, None] & k_mask[None, :], other=0)
         w = tl.load(
             weight_ptr + (offs_n[None, :] * patch_dim + offs_k[:, None]),
@@ -189,7 +196,7 @@ def patch_embed_fwd_kernel(
 
     # epilogue, while the accumulator is still float32
     num_spatial = grid_h * grid_w
-    row = token_row(token, num_spatial, CLS_SLOTS)  # (BLOCK_M,) int64 rows of the token buffer
+    row = token_row(token, num_spatial, CLS_SLOTS, WIDE)  # (BLOCK_M,) rows of the token buffer
     step = (token // num_spatial) % steps
     tile_mask = m_mask[:, None] & n_mask[None, :]
     if HAS_BIAS:
@@ -198,7 +205,7 @@ def patch_embed_fwd_kernel(
         pos_row = CLS_SLOTS + token % num_spatial
         if POS_PER_TOKEN:
             pos_row += step * (num_spatial + CLS_SLOTS)
-        pos = tl.load(pos_ptr + (pos_row.to(tl.int64)[:, None] * embed_dim + offs_n[None, :]), mask=tile_mask)
+        pos = tl.load(pos_ptr + (widen(pos_row, WIDE)[:, None] * embed_dim + offs_n[None, :]), mask=tile_mask)
         acc += pos.to(tl.float32)
     out_dtype = out_ptr.dtype.element_ty
     tl.store(
@@ -217,7 +224,7 @@ def patch_embed_fwd_kernel(
             cls_pos_row = tl.zeros_like(step)
             if POS_PER_TOKEN:
                 cls_pos_row = step * (num_spatial + CLS_SLOTS)
-            cls_pos_offs = cls_pos_row.to(tl.int64)[:, None] * embed_dim + offs_n[None, :]
+            cls_pos_offs = widen(cls_pos_row, WIDE)[:, None] * embed_dim + offs_n[None, :]
             cls_pos = tl.load(pos_ptr + cls_pos_offs, mask=cls_mask)
             cls_rows += cls_pos.to(tl.float32)
         tl.store(
@@ -256,7 +263,7 @@ def patch_embed_grad_weight_kernel(
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
     CLS_SLOTS: tl.constexpr,
-    WIDE_K: tl.constexpr,
+    WIDE: tl.constexpr,  # some offset of this launch passes 2^31 - 1: int64 offsets
     DOT_PRECISION: tl.constexpr,
     INTERPRET_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,  # tokens per reduction step
@@ -282,7 +289,7 @@ def patch_embed_grad_weight_kernel(
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     n_mask = offs_n < embed_dim
     k_mask = offs_k < patch_dim
-    inner = k_offset(offs_k, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE_K)
+    inner = k_offset(offs_k, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE)
     num_spatial = grid_h * grid_w
     compute_dtype = tl.float32 if INTERPRET_BF16 else grad_ptr.dtype.element_ty
 
@@ -293,12 +300,12 @@ def patch_embed_grad_weight_kernel(
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_mask = offs_m < stop
         token = tl.where(m_mask, offs_m, 0)
-        row = token_row(token, num_spatial, CLS_SLOTS)
+        row = token_row(token, num_spatial, CLS_SLOTS, WIDE)
         g = tl.load(
             grad_ptr + (row[None, :] * embed_dim + offs_n[:, None]), mask=n_mask[:, None] & m_mask[None, :], other=0.0
         )  # (BLOCK_N, BLOCK_M) = G^T tile
         origin = tubelet_offset(
-            token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W
+            token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE
         )
         x = tl.load(video_ptr + (origin[:, None] + inner[None, :]), mask=m_mask[:, None] & k_mask[None, :], other=0)
         acc = tl.dot(g.to(compute_dtype), x.to(compute_dtype), acc, input_precision=DOT_PRECISION)
@@ -331,7 +338,7 @@ def patch_embed_grad_video_kernel(
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
     CLS_SLOTS: tl.constexpr,
-    WIDE_K: tl.constexpr,
+    WIDE: tl.constexpr,  # some offset of this launch passes 2^31 - 1: int64 offsets
     DOT_PRECISION: tl.constexpr,
     INTERPRET_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,  # tokens
@@ -352,7 +359,7 @@ def patch_embed_grad_video_kernel(
     m_mask = offs_m < num_tokens
     n_mask = offs_n < patch_dim
     token = tl.where(m_mask, offs_m, 0)
-    row = token_row(token, grid_h * grid_w, CLS_SLOTS)
+    row = token_row(token, grid_h * grid_w, CLS_SLOTS, WIDE)
     compute_dtype = tl.float32 if INTERPRET_BF16 else grad_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -367,9 +374,9 @@ def patch_embed_grad_video_kernel(
         acc = tl.dot(g.to(compute_dtype), w.to(compute_dtype), acc, input_precision=DOT_PRECISION)
 
     origin = tubelet_offset(
-        token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W
+        token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE
     )
-    inner = k_offset(offs_n, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE_K)
+    inner = k_offset(offs_n, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE)
     tl.store(
         grad_video_ptr + (origin[:, None] + inner[None, :]),
         rounded_to(acc, grad_video_ptr.dtype.element_ty, INTERPRET_BF16),

@@ -97,20 +97,23 @@ def _device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _wide_k(grid: geometry.PatchGrid, strides: tuple[int, ...]) -> bool:
-    """True when offsets inside one tubelet can pass int32 (then the kernels compute them in int64)."""
-    _, st, sc, sh, sw = strides
-    span = (grid.channels - 1) * sc + (grid.tubelet - 1) * st + (grid.patch_h - 1) * sh + (grid.patch_w - 1) * sw
-    return span > _INT32_MAX
+def _max_offset(shape, strides) -> int:
+    return sum((size - 1) * stride for size, stride in zip(shape, strides, strict=True))
 
 
-def _common_meta(grid: geometry.PatchGrid, strides, dtype: torch.dtype) -> dict:
+def _wide(video: Tensor, *others: Tensor) -> bool:
+    """True when an offset of the launch can pass 2^31 - 1: then the kernels index in int64, else in int32."""
+    reach = [_max_offset(video.shape, video.stride())] + [t.numel() for t in others]
+    return max(reach) > _INT32_MAX
+
+
+def _common_meta(grid: geometry.PatchGrid, dtype: torch.dtype, wide: bool) -> dict:
     return {
         "PATCH_T": grid.tubelet,
         "PATCH_H": grid.patch_h,
         "PATCH_W": grid.patch_w,
         "CLS_SLOTS": grid.cls_slots,
-        "WIDE_K": _wide_k(grid, strides),
+        "WIDE": wide,
         "DOT_PRECISION": _dot_precision(dtype),
         "INTERPRET_BF16": INTERPRET and dtype == torch.bfloat16,  # its bf16 dot and cast are wrong
     }
@@ -176,7 +179,7 @@ def forward(
             HAS_BIAS=bias is not None,
             HAS_POS=pos_embed is not None,
             POS_PER_TOKEN=pos_embed is not None and grid.pos_is_per_token(pos_embed.shape[0]),
-            **_common_meta(grid, strides, weight.dtype),
+            **_common_meta(grid, weight.dtype, _wide(video, out)),
             **cfg.meta(),
             **cfg.launch(),
         )
@@ -221,7 +224,7 @@ def grad_weight(
             grid.steps,
             tokens_per_split,
             *strides,
-            **_common_meta(grid, strides, weight.dtype),
+            **_common_meta(grid, weight.dtype, _wide(video, grad_tokens, partial)),
             **cfg.meta(),
             **cfg.launch(),
         )
@@ -262,7 +265,7 @@ def grad_video(
             grid.grid_w,
             grid.steps,
             *strides,
-            **_common_meta(grid, strides, weight.dtype),
+            **_common_meta(grid, weight.dtype, _wide(out, grad_tokens)),
             **cfg.meta(),
             **cfg.launch(),
         )

@@ -3,7 +3,7 @@ does not spill, and fits the device's shared memory.
 
 The compiles run in two subprocesses (``python -m lsvit_kernels.backends.triton_aot --shard i/2``) because this
 test session interprets Triton (conftest sets TRITON_INTERPRET=1 without a GPU) and interpreted kernels cannot be
-compiled. Triton's on-disk cache makes repeated runs fast; a cold run compiles about 50 variants.
+compiled. Triton's on-disk cache makes repeated runs fast; a cold run compiles about 70 variants.
 """
 
 from __future__ import annotations
@@ -61,18 +61,22 @@ def test_every_pickable_config_was_compiled(compiled):
                     assert _key(kernel, arch, kind, cfg.__dict__) in done, (kernel, arch, kind, cfg)
 
 
+def _where(r: dict) -> str:
+    return f"{r['kernel']} sm_{r['arch']} {r['video_dtype']}->{r['dtype']} wide={r['wide']} {r['config']}"
+
+
 def test_no_spills_and_shared_memory_fits(compiled):
-    for r in compiled:
-        where = f"{r['kernel']} sm_{r['arch']} {r['video_dtype']}->{r['dtype']} {r['config']}"
-        assert r["LOCAL"] == 0 and r["STACK"] == 0, f"spills in {where}: LOCAL={r['LOCAL']} STACK={r['STACK']}"
-        assert r["shared"] <= triton_tuning.SMEM_LIMIT[r["arch"]], f"{where} needs {r['shared']} B shared memory"
-        assert r["REG"] <= 255
+    spills = [f"{_where(r)}: LOCAL={r['LOCAL']} STACK={r['STACK']}" for r in compiled if r["LOCAL"] or r["STACK"]]
+    assert not spills, "register spills:\n" + "\n".join(spills)
+    too_big = [f"{_where(r)}: {r['shared']} B" for r in compiled if r["shared"] > triton_tuning.SMEM_LIMIT[r["arch"]]]
+    assert not too_big, "shared memory over the device limit:\n" + "\n".join(too_big)
+    assert all(r["REG"] <= 255 for r in compiled)
 
 
 def test_tensor_core_instructions(compiled):
     """16-bit and tf32 dots use mma (sm_80) / wgmma (sm_90); exact float32 uses FMA by design (no tensor cores)."""
     for r in compiled:
-        where = f"{r['kernel']} sm_{r['arch']} {r['kind']} {r['video_dtype']}->{r['dtype']}"
+        where = _where(r)
         if r["kernel"] == "grad_rows" or r["kind"] == "ieee":
             assert not r["wgmma"] and not r["mma"], where
         elif r["arch"] == 90:
@@ -85,4 +89,4 @@ def test_compile_time_is_reported(compiled):
     """Keeps the compile cost visible (seconds per variant; cached runs are fast)."""
     total = sum(r["seconds"] for r in compiled)
     print(f"\n{len(compiled)} variants compiled in {total:.1f} s of compile time")
-    assert len(compiled) >= 40
+    assert len(compiled) >= 60

@@ -101,7 +101,7 @@ def test_no_patch_matrix_in_forward_or_backward():
     """Peak memory above the inputs: forward allocates only the tokens; backward (weight, bias, pos grads) only the
     float32 partial sums and the results; both far below the patch matrix the reference builds."""
     backend = _backend()
-    dtype, b = torch.bfloat16, 8
+    dtype, b = torch.bfloat16, 16
     video = _video(b, "BCTHW", dtype).permute(0, 2, 1, 3, 4)
     grid = lk.patch_grid(video.shape, (E, 3, *TUBELET), has_cls=True)
     params = _params(dtype, grid)
