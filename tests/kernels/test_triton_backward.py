@@ -171,3 +171,14 @@ def test_autograd_through_the_op_uses_the_triton_backward(dtype):
     ref64 = grads("reference", leaves64)
     same = grads("reference", leaves)
     check_grads(got, ref64, same, dtype, [True] * 5)
+
+
+def test_int64_offset_path(monkeypatch):
+    """The WIDE (int64 offsets) variants of grad_weight and grad_video, forced on a small video."""
+    monkeypatch.setattr(triton_backend, "_wide", lambda *tensors: True)
+    video, weight, grid = make_case(torch.float32, "BCTHW", strided=True)
+    grad_tokens = torch.randn(grid.output_shape, device=DEVICE)
+    mask = [True, True, False, False, False]
+    got = triton_backend.backward(grad_tokens, video, weight, 0, False, True, mask)
+    ref64 = reference.backward(grad_tokens.double(), video.double(), weight.double(), 0, False, True, mask)
+    check_grads(got, ref64, ref64, torch.float32, mask)

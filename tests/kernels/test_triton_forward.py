@@ -214,3 +214,15 @@ def test_roofline_model_for_the_reference_shape():
     uint8_cost = triton_tuning.kernel_cost("forward", grid, torch.bfloat16, video_dtype=torch.uint8)
     assert cost.bytes_read - uint8_cost.bytes_read == video_bytes // 2
     assert triton_tuning.roofline_floor_us(grid, torch.bfloat16, "backward") > 2 * floor
+
+
+@needs_triton
+def test_int64_offset_path(monkeypatch):
+    """The WIDE (int64 offsets) variant, taken by videos past 2^31 elements, forced here on a small video."""
+    monkeypatch.setattr(triton_backend, "_wide", lambda *tensors: True)
+    params = make_params("tubelet", torch.float16, True, "per_token", True)
+    video = make_video(SHAPES["tubelet"][:5], "BCTHW", torch.float16, strided=True).permute(0, 2, 1, 3, 4)
+    got = triton_backend.forward(video, **params)
+    ref64 = triton_backend_reference(video, params)
+    same = lk.patch_embed(video, **params, backend="reference")
+    check_close(got, ref64, same, torch.float16)
