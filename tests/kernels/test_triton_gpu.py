@@ -153,3 +153,13 @@ def test_tf32_follows_torch_matmul_precision():
     exact = lk.patch_embed(video, weight, backend="triton")
     scale = ref.abs().max().item()
     assert _err(exact, ref) <= 1e-5 * scale < _err(tf32, ref) <= 1e-2 * scale
+
+
+def test_sweep_times_every_candidate():
+    from lsvit_kernels.backends import triton_sweep
+
+    grid = lk.patch_grid((2, 4, 3, 64, 64), (E, 3, *TUBELET), has_cls=True)
+    rows = triton_sweep.sweep(grid, torch.bfloat16)
+    assert {r["kernel"] for r in rows} == {"forward", "grad_weight", "grad_video"}
+    assert all(r["us"] is not None and r["us"] > 0 for r in rows)
+    assert sum(r["picked"] for r in rows if r["kernel"] == "forward") == 1
