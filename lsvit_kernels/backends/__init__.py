@@ -4,4 +4,7 @@ Each backend module must import without its optional dependency (Triton, the com
 why it is unavailable through its ``unavailable_reason`` instead.
 """
 
-from . import reference  # noqa: F401
+from . import (
+    reference,  # noqa: F401
+    triton_patch_embed,  # noqa: F401
+)
