@@ -5,3 +5,4 @@ why it is unavailable through its ``unavailable_reason`` instead.
 """
 
 from . import reference  # noqa: F401
+from . import native  # noqa: F401  (the compiled library: backends "cpu" and "cuda")
