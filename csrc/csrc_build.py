@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 EXT_NAME = "lsvit_kernels._C"
 DEFAULT_ARCHES = "8.0;9.0+PTX"  # A100 and H100/H200; the PTX lets newer GPUs JIT-compile the sm_90 code
@@ -102,9 +102,10 @@ def extension_spec(root: Path, log: Callable[[str], None]):
             EXT_NAME, _sources(root, with_cuda=False), include_dirs=include_dirs, extra_compile_args={"cxx": CXX_FLAGS}
         )
         log(f"building {EXT_NAME}: CPU kernel only (CUDA part skipped: {cuda_skip_reason})")
-    log(f"MAX_JOBS={os.environ.get('MAX_JOBS', 'all cores')}; ninja={'yes' if cpp_extension.is_ninja_available() else 'no'}")
+    ninja = cpp_extension.is_ninja_available()
+    log(f"MAX_JOBS={os.environ.get('MAX_JOBS', 'all cores')}; ninja={'yes' if ninja else 'no'}")
 
-    base = cpp_extension.BuildExtension.with_options(use_ninja=cpp_extension.is_ninja_available())
+    base = cpp_extension.BuildExtension.with_options(use_ninja=ninja)
 
     class BuildLsvitExtension(base):
         """torch's BuildExtension, timed, and falling back to the CPU-only library if CUDA fails to compile."""
@@ -119,8 +120,10 @@ def extension_spec(root: Path, log: Callable[[str], None]):
                         f"building {EXT_NAME} failed: {err}. Fix the toolchain, or install without the compiled "
                         f"library (LSVIT_SKIP_EXT=1) or without its CUDA part (LSVIT_SKIP_CUDA=1)"
                     ) from err
-                log(f"the CUDA part failed to compile ({err}); rebuilding {EXT_NAME} CPU-only "
-                    f"(LSVIT_FORCE_CUDA=1 makes this fatal)")
+                log(
+                    f"the CUDA part failed to compile ({err}); rebuilding {EXT_NAME} CPU-only "
+                    f"(LSVIT_FORCE_CUDA=1 makes this fatal)"
+                )
                 _drop_cuda(extension, root)
                 super().build_extension(extension)
             log(f"built {extension.name} in {time.perf_counter() - start:.0f} s")

@@ -104,11 +104,12 @@ def backward(
     grads = torch.ops.lsvit.native_patch_embed_backward(
         grad_tokens, video, weight, pos_rows, has_bias, has_cls, [bool(m) for m in output_mask]
     )
-    return tuple(g if m else None for g, m in zip(grads, output_mask))
+    return tuple(g if m else None for g, m in zip(grads, output_mask, strict=True))
 
 
 def _register_fakes() -> None:
     """Shapes of the kernel-level ops for FakeTensor / torch.compile tracing (they have no Python body)."""
+
     @torch.library.register_fake("lsvit::native_patch_embed_forward")
     def _forward_fake(video, weight, bias, pos_embed, cls_token):
         weight5 = weight.unsqueeze(2) if weight.dim() == 4 else weight
@@ -132,7 +133,9 @@ def _register_fakes() -> None:
         ]
         shapes = [video.shape, weight.shape, (e,), (pos_rows, e), (e,)]
         dtypes = [video.dtype] + [weight.dtype] * 4
-        return tuple(weight.new_empty(s, dtype=d) if w else None for s, d, w in zip(shapes, dtypes, wanted))
+        return tuple(
+            weight.new_empty(s, dtype=d) if w else None for s, d, w in zip(shapes, dtypes, wanted, strict=True)
+        )
 
 
 _register_fakes()
