@@ -1,13 +1,14 @@
 // Fused patch embedding on CPU: blocked implicit GEMM over tokens, no patch matrix.
 //
-// Forward. Tokens are cut into blocks of about kBlockRows rows whose output rows are contiguous (a block never
+// Forward. Tokens are cut into blocks of about 256 rows whose output rows are contiguous (a block never
 // crosses a CLS slot). For each block, in parallel over blocks (at::parallel_for, one panel per thread):
 //   1. write bias + pos_embed into the block's output rows (the GEMM's C; the epilogue done up front),
 //   2. gather the block's tubelets from the strided video into a (rows, K) panel in the accumulation dtype,
-//      casting as it goes (uint8 / bf16 / fp16 -> fp32): rows * K * 4 bytes, 128 x 1536 x 4 = 768 KiB at the
-//      default, sized to the L2 of a server core so the panel is still cached when the GEMM reads it,
+//      casting as it goes (uint8 / bf16 / fp16 -> fp32): rows * K * 4 bytes, 256 x 1536 x 4 = 1.5 MiB on the
+//      benchmark shape, still in the core's L2/L3 when the GEMM reads it,
 //   3. C += panel @ W^T with one BLAS call (at::addmm_out, single-threaded inside the parallel region).
-// Per block: 2 rows K E FLOPs; video bytes read once; panel and C stay cache-resident.
+// Per block: 2 rows K E FLOPs; video bytes read once; panel and C stay cache-resident. 256 rows measured
+// best (docs/native.md): smaller blocks pay the BLAS call's per-call packing of W (K x E) more often.
 // 16-bit dtypes accumulate in fp32: the panel and a copy of the weight are fp32 and the block's C is a
 // per-thread fp32 buffer rounded once into the output. An fp32 GEMM on bf16-valued inputs is exact per
 // product and accumulates in fp32, i.e. what a bf16 GEMM with fp32 accumulation computes, and on CPUs without
@@ -28,6 +29,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <vector>
 
@@ -37,14 +39,11 @@
 namespace lsvit::cpu {
 namespace {
 
-// Rows per block: measured on the benchmark shape (docs/native.md); LSVIT_CPU_BLOCK_ROWS overrides it for tuning.
+// Rows per block: measured on the benchmark shape (docs/native.md); LSVIT_CPU_BLOCK_ROWS overrides it.
 int64_t block_rows_target() {
-  static const int64_t rows = [] {
-    const char* env = std::getenv("LSVIT_CPU_BLOCK_ROWS");
-    const int64_t v = env ? std::atoll(env) : 0;
-    return v > 0 ? v : int64_t{128};
-  }();
-  return rows;
+  const char* env = std::getenv("LSVIT_CPU_BLOCK_ROWS");
+  const int64_t rows = env ? std::atoll(env) : 0;
+  return rows > 0 ? rows : int64_t{256};
 }
 
 // Blocks of tokens whose output rows are contiguous: with a CLS slot a block stays inside one time step.
@@ -170,16 +169,20 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
   at::Tensor out2d = out.view({-1, g.embed_dim});  // (B T' (S + N), E)
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
 
-  at::parallel_for(0, blocks.num_blocks, 1, [&](int64_t begin, int64_t end) {
+  // Workers take blocks from a shared counter rather than fixed ranges: on a loaded machine a descheduled
+  // thread then delays one block, not half the work (the blocks are independent, so the order is free).
+  std::atomic<int64_t> next_block{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.num_blocks));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, acc_options);
     at::Tensor c_buffer = kSameDtype ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, acc_options);
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t i = next_block++; i < blocks.num_blocks; i = next_block++) {
       const int64_t first = blocks.first(i), rows = blocks.rows(i), row0 = output_row(first, g);
       at::Tensor c_block = kSameDtype ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
       acc_t* c_ptr = c_block.mutable_data_ptr<acc_t>();
       init_block<scalar_t, acc_t>(plan, bias_ptr, pos_ptr, first, rows, c_ptr);
       gather_panel<video_t, acc_t>(video_ptr, g, plan.video_strides, first, rows, panel.mutable_data_ptr<acc_t>());
-      at::addmm_out(c_block, c_block, panel.narrow(0, 0, rows), weight_t);
+      at::addmm_out(c_block, c_block, panel.narrow(0, 0, rows), weight_t);  // C += panel @ W^T
       if constexpr (!kSameDtype) {
         scalar_t* dst = out_ptr + row0 * g.embed_dim;
         for (int64_t j = 0; j < rows * g.embed_dim; ++j) dst[j] = static_cast<scalar_t>(c_ptr[j]);
@@ -224,7 +227,7 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
           at::addmm_out(partial, partial, g_block.t(), p);  // (E, K) += (E, rows) @ (rows, K)
         }
         if (need_video) {
-          at::mm_out(p, g_block, weight_acc);  // (rows, K)
+          at::mm_out(p, g_block, weight_acc);  // (rows, K) = (rows, E) @ (E, K)
           scatter_panel<video_t, acc_t>(p.const_data_ptr<acc_t>(), g, first, rows, grad_video_ptr);
         }
       }

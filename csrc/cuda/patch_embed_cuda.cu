@@ -8,7 +8,7 @@
 //     accumulators to shared memory and adds bias + pos while writing rows in the output's (B, T', S + N, E)
 //     order (the CLS slot rows are skipped; cls_rows_kernel fills them).
 //     Per tile: 2 * 64 * 64 * K FLOPs; reads 64 K video elements + 64 K weight elements; writes 64 * 64 outputs.
-//   * patch_embed_fma_kernel (fp32): the same tiling with 16-deep K steps and 256 threads, each owning a 4 x 4
+//   * patch_embed_fma_kernel (fp32): the same 64 x 64 tiling with 16-deep K steps and 256 threads, each owning a 4 x 4
 //     register tile computed with fp32 FMAs (exact fp32, no TF32).
 //   Block sizes: 64 x 64 keeps 27 KiB (wmma) / 8 KiB (fma) of static shared memory and few registers per thread,
 //   so several blocks share an SM and hide the gather's latency; M = B T' N is in the thousands, so the grid
@@ -187,8 +187,9 @@ constexpr int kFmaThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
 
 template <typename video_t>
 __global__ void __launch_bounds__(kFmaThreads) patch_embed_fma_kernel(const ForwardArgs<float, video_t> a) {
-  __shared__ __align__(16) float tile_x[kFmaK][kTileM];  // k-major so a thread reads its 4 rows as one float4
-  __shared__ __align__(16) float tile_w[kFmaK][kTileN];
+  // k-major so a thread reads its 4 rows as one float4; the 4-float pad spreads the transposing stores over banks
+  __shared__ __align__(16) float tile_x[kFmaK][kTileM + kCPad];
+  __shared__ __align__(16) float tile_w[kFmaK][kTileN + kCPad];
   __shared__ int64_t k_off[kFmaK];
   __shared__ RowInfo rows;
 

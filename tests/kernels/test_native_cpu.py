@@ -98,6 +98,26 @@ def test_every_gradient_matches_float64(case, layout, cls, pos):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=scaled_tolerance(want, 1e-5))
 
 
+@pytest.mark.parametrize("block_rows", ["7", "64"])
+def test_small_uneven_blocks(monkeypatch, block_rows):
+    """Blocks of unequal sizes, many per time step and per worker (the block size is read on every call)."""
+    monkeypatch.setenv("LSVIT_CPU_BLOCK_ROWS", block_rows)
+    for cls in (False, True):
+        inp = make_inputs(CASES[3], cls=cls, pos="token")
+        for t in (inp.video, inp.weight, inp.bias):
+            t.requires_grad_()
+        out = run_cpu(inp)
+        grad_out = torch.randn_like(out)
+        with poisoned_allocations():
+            grads = torch.autograd.grad(out, [inp.video, inp.weight, inp.bias], grad_out)
+        ref_inp = as_float64_leaves(inp)
+        ref = reference_float64(ref_inp)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=scaled_tolerance(ref, 1e-5))
+        ref_grads = torch.autograd.grad(ref, [ref_inp.video, ref_inp.weight, ref_inp.bias], grad_out.double())
+        for got, want in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=scaled_tolerance(want, 1e-5))
+
+
 def test_float64_is_exact_enough_for_gradcheck():
     inp = make_inputs(Case(1, 2, 2, 4, 6, 3, 2, 2, 3), dtype=torch.float64, cls=True, pos="token")
     args = [t.requires_grad_() for t in (inp.video, inp.weight, inp.bias, inp.pos_embed, inp.cls_token)]
