@@ -72,8 +72,10 @@ CallPlan describe(const at::Tensor& video, const at::Tensor& weight, bool has_cl
                    dtype_name(video.scalar_type()), " but weight has ", dtype_name(weight.scalar_type()),
                    "; cast the video to ", dtype_name(weight.scalar_type()), " (or pass uint8 pixels with mean/std)");
 
-  const auto w = weight_5d(weight).sizes();
-  const int64_t e = w[0], wc = w[1], tubelet = w[2], ph = w[3], pw = w[4];
+  // (E, C, t, ph, pw); a Conv2d weight (E, C, ph, pw) has t = 1.
+  const bool is_2d = weight.dim() == 4;
+  const int64_t e = weight.size(0), wc = weight.size(1), tubelet = is_2d ? 1 : weight.size(2);
+  const int64_t ph = weight.size(is_2d ? 2 : 3), pw = weight.size(is_2d ? 3 : 4);
   TORCH_CHECK_VALUE(e >= 1 && wc >= 1 && tubelet >= 1 && ph >= 1 && pw >= 1, "weight shape ", weight.sizes(),
                     " has an empty dimension");
   const int64_t b = video.size(0), t = video.size(1), c = video.size(2), h = video.size(3), wd = video.size(4);

@@ -295,3 +295,11 @@ def test_import_without_the_library_logs_once_and_falls_back(tmp_path):
     assert "RAN reference" in output
     assert "RAISED" in output and "build_ext --inplace" in output
     assert output.count("LOG lsvit_kernels: the compiled library lsvit_kernels._C is not built") == 1, output
+
+
+def test_conv2d_weight_is_one_frame_tubelet():
+    video, weight = torch.randn(2, 3, 3, 8, 12), torch.randn(5, 3, 4, 4)
+    out = torch.ops.lsvit.native_patch_embed_forward(video, weight, None, None, None)
+    want = torch.ops.lsvit.native_patch_embed_forward(video, weight.unsqueeze(2), None, None, None)
+    assert out.shape == (2, 3, 6, 5)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
