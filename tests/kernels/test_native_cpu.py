@@ -9,11 +9,12 @@ import textwrap
 
 import pytest
 import torch
-from native_cases import CASES, Case, as_float64_leaves, leaves, make_inputs, reference_float64, scaled_tolerance
 
 import lsvit_kernels as lk
 from lsvit_kernels import registry
 from lsvit_kernels.backends import native
+
+from .native_cases import CASES, Case, as_float64_leaves, leaves, make_inputs, reference_float64, scaled_tolerance
 
 pytestmark = pytest.mark.skipif(
     not native._has_ext(), reason=f"the compiled library is not built: {native._load_error}"

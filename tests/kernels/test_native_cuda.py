@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from native_cases import CASES, as_float64_leaves, leaves, make_inputs, reference_float64, scaled_tolerance
 
 import lsvit_kernels as lk
 from lsvit_kernels.backends import native
+
+from .native_cases import CASES, as_float64_leaves, leaves, make_inputs, reference_float64, scaled_tolerance
 
 pytestmark = [
     pytest.mark.gpu,
@@ -141,7 +142,7 @@ def test_non_contiguous_video_of_any_strides():
 
 def test_benchmark_shape_bf16():
     """The suite's shape (2x16x3x224x224, tubelet 2x16x16, E=768): many full tiles and a partial last one."""
-    from native_cases import Case
+    from .native_cases import Case
 
     inp = make_inputs(Case(2, 16, 3, 224, 224, 768, 2, 16, 16), device="cuda", dtype=torch.bfloat16, cls=True)
     out = run_cuda(inp)
