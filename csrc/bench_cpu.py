@@ -97,9 +97,8 @@ def main() -> None:
             print(f"  {name:<40} wall {wall:7.1f} ms  cpu {cpu:7.1f} ms  ({wall / base:.2f}x the GEMM)")
     if not args.no_memory:
         for backend in ("cpu", "reference"):
-            print(
-                f"  peak RSS increase, {backend:<9} {peak_memory(backend):6.1f} MiB (output {m * E * 4 / 2**20:.1f} MiB)"
-            )
+            mib = peak_memory(backend)
+            print(f"  peak RSS increase, {backend:<9} {mib:6.1f} MiB (output {m * E * 4 / 2**20:.1f} MiB)")
 
 
 if __name__ == "__main__":
