@@ -2,7 +2,7 @@
 
 fp32 video (2, 16, 3, 224, 224), tubelet 2 x 16 x 16, E = 768, with bias and pos_embed. Each case: 2 warm-up
 calls, then the median of --reps wall times and the minimum process CPU time (all threads). Peak memory: the
-ru_maxrss increase of one call in a fresh subprocess per backend.
+ru_maxrss increase of one call in a fresh subprocess per backend, run first.
 
     python csrc/bench_cpu.py [--threads 2] [--reps 10]
 """
@@ -67,6 +67,11 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.no_memory:  # first: a child forked from a big parent inherits its ru_maxrss
+        for backend in ("cpu", "reference"):
+            mib = peak_memory(backend)
+            output_mib = B * (T // TUBELET) * (H // PATCH) * (W // PATCH) * E * 4 / 2**20
+            print(f"  peak RSS increase, {backend:<9} {mib:6.1f} MiB (output {output_mib:.1f} MiB)")
 
     video, conv, pos = inputs()
     weight, bias = conv.weight.detach(), conv.bias.detach()
@@ -95,10 +100,6 @@ def main() -> None:
             wall, cpu = timed(fn, args.reps)
             base = base or wall
             print(f"  {name:<40} wall {wall:7.1f} ms  cpu {cpu:7.1f} ms  ({wall / base:.2f}x the GEMM)")
-    if not args.no_memory:
-        for backend in ("cpu", "reference"):
-            mib = peak_memory(backend)
-            print(f"  peak RSS increase, {backend:<9} {mib:6.1f} MiB (output {m * E * 4 / 2**20:.1f} MiB)")
 
 
 if __name__ == "__main__":
