@@ -5,6 +5,7 @@ why it is unavailable through its ``unavailable_reason`` instead.
 """
 
 from . import (
+    native,  # noqa: F401  (the compiled library: backends "cpu" and "cuda")
     reference,  # noqa: F401
     triton_patch_embed,  # noqa: F401
 )
