@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import geometry, ops  # noqa: F401  (ops declares the schemas the library implements)
+from .. import ops  # noqa: F401  (ops declares the schemas, and their fakes, that the library implements)
 from ..registry import Backend, register_backend
 
 log = logging.getLogger("lsvit_kernels")
@@ -106,39 +106,6 @@ def backward(
     )
     return tuple(g if m else None for g, m in zip(grads, output_mask, strict=True))
 
-
-def _register_fakes() -> None:
-    """Shapes of the kernel-level ops for FakeTensor / torch.compile tracing (they have no Python body)."""
-
-    @torch.library.register_fake("lsvit::native_patch_embed_forward")
-    def _forward_fake(video, weight, bias, pos_embed, cls_token):
-        weight5 = weight.unsqueeze(2) if weight.dim() == 4 else weight
-        grid = geometry.patch_grid(
-            video.shape,
-            weight5.shape,
-            has_cls=cls_token is not None,
-            pos_rows=None if pos_embed is None else pos_embed.shape[0],
-        )
-        return weight.new_empty(grid.output_shape)
-
-    @torch.library.register_fake("lsvit::native_patch_embed_backward")
-    def _backward_fake(grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask):
-        e = weight.shape[0]
-        wanted = [
-            output_mask[0],
-            output_mask[1],
-            output_mask[2] and has_bias,
-            output_mask[3] and pos_rows > 0,
-            output_mask[4] and has_cls,
-        ]
-        shapes = [video.shape, weight.shape, (e,), (pos_rows, e), (e,)]
-        dtypes = [video.dtype] + [weight.dtype] * 4
-        return tuple(
-            weight.new_empty(s, dtype=d) if w else None for s, d, w in zip(shapes, dtypes, wanted, strict=True)
-        )
-
-
-_register_fakes()
 
 CPU_BACKEND = register_backend(
     Backend(
