@@ -274,6 +274,17 @@ def measure_ceilings(device: torch.device, dtypes: list[str], quick: bool = Fals
     return out
 
 
+def best_ceilings(first: dict, second: dict) -> dict:
+    """The higher GEMM rate per dtype and the higher copy rate of two measurements; both kept under ``runs``."""
+    best = dict(first)
+    best["gemm_gflops"] = {k: max(v, second["gemm_gflops"].get(k, 0.0)) for k, v in first["gemm_gflops"].items()}
+    best["gemm_ms"] = {k: min(v, second["gemm_ms"].get(k, v)) for k, v in first["gemm_ms"].items()}
+    if second["copy_gbytes_s"] > first["copy_gbytes_s"]:
+        best.update(copy_ms=second["copy_ms"], copy_gbytes_s=second["copy_gbytes_s"])
+    best["runs"] = [first, second]
+    return best
+
+
 def add_speedups(records: list[dict]) -> dict:
     """Baseline median / ours median for every (ours, baseline) pair that both ran: > 1 means ours is faster."""
     medians = {r["contestant"]: r["median_ms"] for r in records if r.get("status") == "ok"}
