@@ -19,6 +19,15 @@ from lsvit.config import ENV_PREFIX, ModelConfig
 NONE_WORDS = ("none", "null", "auto", "")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` except where the default is None (flags that only override when given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _optional(parse):
     def parse_or_none(text: str):
         return None if text.strip().lower() in NONE_WORDS else parse(text)

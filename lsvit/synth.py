@@ -29,6 +29,8 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from lsvit.options import HelpFormatter, add_dashed
+
 MOTIONS = ("left", "right", "up", "down", "grow", "shrink", "rotate_cw", "rotate_ccw")
 METADATA_FILE = "dataset.json"
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
@@ -179,14 +181,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(MOTIONS),
         choices=MOTIONS,
         metavar="MOTION",
-        help=f"motions to include, one class each (default: all 8: {' '.join(MOTIONS)})",
+        help="motions to include, one class each",
     )
-    parser.add_argument("--train-per-class", type=int, default=40, help="training videos per class (default 40)")
-    parser.add_argument("--val-per-class", type=int, default=10, help="validation videos per class (default 10)")
-    parser.add_argument("--size", type=int, default=64, help="frame height = width in pixels, even (default 64)")
-    parser.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
-    parser.add_argument("--fps", type=int, default=8, help="frame rate written to the mp4 (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same videos (default 0)")
+    add_dashed(parser, "train_per_class", type=int, default=40, help="training videos per class")
+    add_dashed(parser, "val_per_class", type=int, default=10, help="validation videos per class")
+    parser.add_argument("--size", type=int, default=64, help="frame height = width in pixels, even")
+    parser.add_argument("--frames", type=int, default=16, help="frames per video")
+    parser.add_argument("--fps", type=int, default=8, help="frame rate written to the mp4")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same videos")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -207,7 +209,9 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lsvit data synth", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lsvit data synth", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     add_arguments(parser)
     run(parser.parse_args(argv))
 

@@ -46,7 +46,7 @@ from lsvit.data import (
     read_metadata,
     split_source,
 )
-from lsvit.options import add_dashed, add_model_arguments, build_config, model_overrides
+from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, build_config, model_overrides
 
 log = logging.getLogger("lsvit.train")
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsvit train",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_train_arguments(parser)
     return parser
