@@ -29,7 +29,7 @@ from lsvit_kernels import PatchEmbed2d, PatchEmbed3d, token_counts
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsvit compare",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
         formatter_class=HelpFormatter,
     )
     add_compare_arguments(parser)
@@ -120,13 +120,13 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
             tokens = embed(clip)
             row["embed_shape"] = list(tokens.shape)
             row["embed_params"] = parameter_count(embed)
-            row["embed_ms"] = median_latency_ms(lambda: embed(clip), device, args.warmup, args.repeats)
+            row["embed_ms"] = median_latency_ms(lambda embed=embed: embed(clip), device, args.warmup, args.repeats)
             if not args.skip_model:
                 torch.manual_seed(0)
                 model = LSViTForAction(config, num_frames=num_frames).to(device, dtype).eval()
                 row["model_shape"] = list(model(clip).shape)
                 row["model_params"] = parameter_count(model)
-                row["model_ms"] = median_latency_ms(lambda: model(clip), device, args.warmup, args.repeats)
+                row["model_ms"] = median_latency_ms(lambda model=model: model(clip), device, args.warmup, args.repeats)
                 del model
         rows.append(row)
     baseline = rows[0]
@@ -170,7 +170,7 @@ def print_table(rows, config, num_frames, clip, device, args) -> None:
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for index, line in enumerate(lines):
-        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
         if index == 0:
             print("  ".join("-" * width for width in widths))
 

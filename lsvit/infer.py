@@ -41,7 +41,7 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsvit infer",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
         formatter_class=HelpFormatter,
     )
     add_infer_arguments(parser)
@@ -236,7 +236,8 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             probs = model(batch["video"].to(device)).float().softmax(dim=1).cpu()
             best = probs.topk(max(topk, min(5, len(classes))), dim=1)
-            for path, label, values, indices in zip(batch["path"], batch["label"].tolist(), best.values, best.indices):
+            labels = batch["label"].tolist()
+            for path, label, values, indices in zip(batch["path"], labels, best.values, best.indices, strict=True):
                 pred = int(indices[0])
                 row = {
                     "path": path,

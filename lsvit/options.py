@@ -19,8 +19,8 @@ from lsvit.config import ENV_PREFIX, ModelConfig
 NONE_WORDS = ("none", "null", "auto", "")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: X)`` except where the default is None (flags that only override when given)."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written; ``(default: X)`` except where the default is None (override-only flags)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default is None:

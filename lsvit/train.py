@@ -71,7 +71,7 @@ CSV_FIELDS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsvit train",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
         formatter_class=HelpFormatter,
     )
     add_train_arguments(parser)
