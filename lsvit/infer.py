@@ -247,7 +247,8 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
                     "pred_name": classes[pred],
                     "correct": (pred == label) if label >= 0 else None,
                     "topk": [
-                        {"class": classes[int(i)], "prob": float(v)} for v, i in zip(values[:topk], indices[:topk])
+                        {"class": classes[int(i)], "prob": float(v)}
+                        for v, i in zip(values[:topk], indices[:topk], strict=True)
                     ],
                 }
                 rows.append(row)
