@@ -175,8 +175,14 @@ def print_table(rows, config, num_frames, clip, device, args) -> None:
             print("  ".join("-" * width for width in widths))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+def run(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+    """Parse ``argv`` and run; returns the results (for tests and notebooks)."""
     return compare(build_parser().parse_args(argv))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console-script entry point (returns None so the exit status is 0)."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -140,8 +140,9 @@ def discover(source: str | Path, root: Optional[str | Path] = None) -> tuple[lis
     """Records and class names from a class-folder root, an annotation list, or a folder of loose videos.
 
     ``source`` a folder: class sub-folders (or, with no sub-folders, unlabeled videos directly inside).
-    ``source`` a file: an annotation list; ``root`` (default: the list's folder) anchors its relative paths
-    and holds ``classes.txt`` when present.
+    ``source`` a file: an annotation list; ``root`` (default: the list's folder) anchors its relative paths.
+    ``classes.txt`` (the class order, label = line index) is read from ``source`` (a folder) or ``root``; without
+    one, class folders are sorted by name.
     """
     source = Path(source)
     if source.is_file():
@@ -154,7 +155,7 @@ def discover(source: str | Path, root: Optional[str | Path] = None) -> tuple[lis
         return records, classes
     if not source.is_dir():
         raise FileNotFoundError(f"{source} is neither a data folder nor an annotation list file")
-    classes = read_classes_file(source)
+    classes = read_classes_file(source) or (read_classes_file(Path(root)) if root is not None else None)
     if not any(p.is_dir() for p in source.iterdir()):
         videos = sorted(p for p in source.iterdir() if is_video(p))
         if not videos:

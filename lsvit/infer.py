@@ -296,8 +296,14 @@ def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     print(f"outputs in {output_dir}{os.sep}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Parse ``argv`` and run; returns the results (for tests and notebooks)."""
     return infer(build_parser().parse_args(argv))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console-script entry point (returns None so the exit status is 0)."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -64,15 +64,19 @@ def render_video(motion: str, rng: np.random.Generator, size: int, frames: int) 
     if motion not in MOTIONS:
         raise ValueError(f"unknown motion {motion!r}; choose from {MOTIONS}")
     shape = _random_shape(rng)
-    background = rng.integers(0, 256, 3)
-    foreground = (background + rng.integers(80, 176, 3)) % 256  # far enough from the background to see
-    noise_level = rng.uniform(5, 25)
+    # Random hues, fixed polarity (a bright shape on a darker background): the sign of a frame difference at an
+    # edge then says which way the edge moved, instead of depending on the colour draw.
+    background = rng.integers(0, 90, 3)
+    foreground = rng.integers(150, 256, 3)
+    noise_level = rng.uniform(2, 10)
     progress = np.linspace(-0.5, 0.5, frames)  # the middle frame is motion-neutral
 
-    radius = size * rng.uniform(0.12, 0.2)
+    # A large shape: its edges cross many patches, so every clip carries plenty of motion signal. It may
+    # reach partly out of the frame.
+    radius = size * rng.uniform(0.22, 0.32)
     angle = rng.uniform(0, 2 * math.pi)
     travel = size * 0.4  # translation over the whole clip
-    centre = rng.uniform(radius * 1.3 + travel / 2, size - radius * 1.3 - travel / 2, 2)
+    centre = rng.uniform(radius / 2 + travel / 2, size - radius / 2 - travel / 2, 2)
     growth = 2.0  # grow: radius x2 over the clip (x 1/sqrt2 .. x sqrt2 around the middle)
     turn = math.radians(rng.uniform(120, 180))
 
