@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from lsvit import train
 from lsvit.synth import make_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +23,12 @@ CI_CLASSES = ("left", "up", "grow", "rotate_cw")
 TINY_MODEL = [
     "--image_size", "32", "--patch_size", "8", "--embed_dim", "64", "--depth", "2", "--num_heads", "4",
     "--drop_path_rate", "0", "--smif_window", "3",
+]  # fmt: skip
+
+
+TRAIN_FLAGS = [
+    *TINY_MODEL, "--epochs", "16", "--batch_size", "8", "--lr", "2e-3", "--warmup_epochs", "1",
+    "--num_workers", "0", "--threads", "1", "--no_progress", "--seed", "0",
 ]  # fmt: skip
 
 
@@ -40,3 +48,18 @@ def run_module(module: str, *args: str, timeout: float = 120, env: dict | None =
     return subprocess.run(
         command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+@pytest.fixture(scope="session")
+def trained_3d(synth_root, tmp_path_factory):
+    """A T=8, tubelet-2 model trained on the session dataset; shared with the infer tests."""
+    out = tmp_path_factory.mktemp("run_3d")
+    threads = torch.get_num_threads()
+    try:
+        summary = train.run(
+            ["--data_root", str(synth_root), "--output_dir", str(out), "--num_frames", "8", "--use_3d_patch_embed",
+             "--tubelet_size", "2", *TRAIN_FLAGS]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return out, summary

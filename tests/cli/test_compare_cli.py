@@ -15,7 +15,8 @@ from .conftest import run_module
 def test_compare_rows_tokens_shapes_and_reductions(tmp_path, capsys):
     rows = compare.run(
         ["--image_size", "32", "--patch_size", "8", "--embed_dim", "32", "--depth", "1", "--num_heads", "2",
-         "--num_frames", "8", "--num_classes", "5", "--repeats", "2", "--warmup", "1", "--json", str(tmp_path / "t.json")]
+         "--num_frames", "8", "--num_classes", "5", "--repeats", "2", "--warmup", "1",
+         "--json", str(tmp_path / "t.json")]
     )  # fmt: skip
     assert [row["variant"] for row in rows] == ["2D", "3D t=2", "3D t=4"]
     assert [row["tokens"] for row in rows] == [8 * 16, 4 * 16, 2 * 16]

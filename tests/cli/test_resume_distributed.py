@@ -88,7 +88,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(synth_root, small_list, 
     assert final["history"] == [
         {**row, "epoch_seconds": final["history"][i]["epoch_seconds"]} for i, row in enumerate(expected["history"])
     ]
-    for state, expected_state in zip(final["optimizer"]["state"].values(), expected["optimizer"]["state"].values()):
+    states = zip(final["optimizer"]["state"].values(), expected["optimizer"]["state"].values(), strict=True)
+    for state, expected_state in states:
         assert torch.equal(state["exp_avg"], expected_state["exp_avg"])
 
 
