@@ -27,8 +27,10 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
     ms = (time.perf_counter() - start) * 1e3
-    print(f"video {tuple(video.shape)} -> tokens {tuple(tokens.shape)} with CLS slot, via backend "
-          f"{lk.last_backend()!r} in {ms:.1f} ms (one call; `make bench` measures properly)")
+    print(
+        f"video {tuple(video.shape)} -> tokens {tuple(tokens.shape)} with CLS slot, via backend "
+        f"{lk.last_backend()!r} in {ms:.1f} ms (one call; `make bench` measures properly)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ Conventions (see docs/op.md):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 LAYOUTS = ("BTCHW", "BCTHW")
 
@@ -141,8 +141,7 @@ def video_dims(video_shape: Sequence[int], layout: str) -> tuple[int, int, int, 
         return (b, 1, c, h, w)
     if len(shape) != 5:
         raise ValueError(
-            f"video must be 5D {layout} (or a 4D (B, C, H, W) image); got {len(shape)} dims with shape "
-            f"{list(shape)}"
+            f"video must be 5D {layout} (or a 4D (B, C, H, W) image); got {len(shape)} dims with shape {list(shape)}"
         )
     if layout == "BTCHW":
         b, t, c, h, w = shape

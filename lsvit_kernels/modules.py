@@ -1,13 +1,14 @@
 """Drop-in ``nn.Module`` patch embeddings whose ``state_dict`` equals ``nn.Conv2d`` / ``nn.Conv3d``'s.
 
 Parameters are exactly ``weight`` (conv layout) and ``bias``; normalization constants for raw uint8 input are
-non-persistent buffers, so conv checkpoints load either way and nothing is permuted.
+plain attributes, so conv checkpoints load either way and nothing is permuted.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -47,8 +48,9 @@ class _PatchEmbed(nn.Module):
         self.bias = nn.Parameter(torch.empty(weight_shape[0], **factory)) if bias else None
         self.layout = layout
         self.backend = backend
-        self.register_buffer("mean", None if mean is None else torch.tensor(mean, device=device), persistent=False)
-        self.register_buffer("std", None if std is None else torch.tensor(std, device=device), persistent=False)
+        # Plain tuples, not buffers: they stay exact under module.to(dtype) and out of the state_dict.
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -67,9 +69,7 @@ class _PatchEmbed(nn.Module):
     def in_channels(self) -> int:
         return self.weight.shape[1]
 
-    def forward(
-        self, video: Tensor, pos_embed: Optional[Tensor] = None, cls_token: Optional[Tensor] = None
-    ) -> Tensor:
+    def forward(self, video: Tensor, pos_embed: Optional[Tensor] = None, cls_token: Optional[Tensor] = None) -> Tensor:
         """Tokens ``(B, T', S + N, E)`` (``(B, S + N, E)`` for a 4D image); see ``lsvit_kernels.patch_embed``."""
         return patch_embed(
             video,
@@ -111,7 +111,7 @@ class PatchEmbed2d(_PatchEmbed):
         return (self.weight.shape[2], self.weight.shape[3])
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **kwargs) -> "PatchEmbed2d":
+    def from_conv(cls, conv: nn.Conv2d, **kwargs) -> PatchEmbed2d:
         """Share ``conv``'s parameters (same tensors). The conv must have kernel_size == stride."""
         _check_patch_conv(conv, 2)
         e, c, ph, pw = conv.weight.shape
@@ -155,7 +155,7 @@ class PatchEmbed3d(_PatchEmbed):
         return (self.weight.shape[3], self.weight.shape[4])
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv3d, **kwargs) -> "PatchEmbed3d":
+    def from_conv(cls, conv: nn.Conv3d, **kwargs) -> PatchEmbed3d:
         """Share ``conv``'s parameters (same tensors). The conv must have kernel_size == stride."""
         _check_patch_conv(conv, 3)
         e, c, t, ph, pw = conv.weight.shape
@@ -178,7 +178,7 @@ def patch_conv_problem(conv: nn.Module) -> Optional[str]:
         return f"{type(conv).__name__} is not nn.Conv2d or nn.Conv3d"
     if tuple(conv.kernel_size) != tuple(conv.stride):
         return f"kernel_size {tuple(conv.kernel_size)} != stride {tuple(conv.stride)} (patches would overlap or skip)"
-    if isinstance(conv.padding, str) or any(p != 0 for p in conv.padding):
+    if conv.padding != "valid" and (isinstance(conv.padding, str) or any(p != 0 for p in conv.padding)):
         return f"padding={conv.padding} (patch embeddings have none)"
     if any(d != 1 for d in conv.dilation):
         return f"dilation={tuple(conv.dilation)}"

@@ -8,7 +8,8 @@ schema of the package lives in this file and the package imports without the lib
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -140,19 +141,18 @@ def fold_normalization(
     mean_t = torch.as_tensor(mean, dtype=torch.float64, device=weight.device).flatten()
     std_t = torch.as_tensor(std, dtype=torch.float64, device=weight.device).flatten()
     if mean_t.numel() != c or std_t.numel() != c:
-        raise ValueError(
-            f"mean and std need one value per channel (C={c}); got {mean_t.numel()} and {std_t.numel()}"
-        )
+        raise ValueError(f"mean and std need one value per channel (C={c}); got {mean_t.numel()} and {std_t.numel()}")
     if bool((std_t <= 0).any()):
         raise ValueError(f"std must be positive; got {std_t.tolist()}")
     shape = (1, c) + (1,) * (weight.dim() - 2)
-    w32 = weight.float()
-    scale = (pixel_scale / std_t).to(torch.float32).view(shape)
-    shift = (mean_t / std_t).to(torch.float32).view(shape)
-    folded_w = (w32 * scale).to(weight.dtype)
-    folded_b = -(w32 * shift).sum(dim=tuple(range(1, weight.dim())))
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32  # fold in at least fp32
+    w_acc = weight.to(acc)
+    scale = (pixel_scale / std_t).to(acc).view(shape)
+    shift = (mean_t / std_t).to(acc).view(shape)
+    folded_w = (w_acc * scale).to(weight.dtype)
+    folded_b = -(w_acc * shift).sum(dim=tuple(range(1, weight.dim())))
     if bias is not None:
-        folded_b = folded_b + bias.float()
+        folded_b = folded_b + bias.to(acc)
     return folded_w, folded_b.to(weight.dtype)
 
 

@@ -58,8 +58,13 @@ def forward(
     if pos_embed is not None:
         pos = pos_embed.view(-1, g.tokens_per_step, g.embed_dim)[:, s:]  # (1 or T', N, E)
         addend = addend + pos.reshape(1, rows, g.embed_dim)
-    x = x.reshape(-1, rows, g.patch_dim)
-    tokens = torch.baddbmm(addend, x, w_t.expand(x.shape[0], -1, -1))  # (B or B T', rows, E)
+    groups = g.batch * g.num_patches // rows
+    if rows >= 32:  # one batched GEMM accumulating onto the shared (rows, E) addend
+        x = x.reshape(groups, rows, g.patch_dim)
+        tokens = torch.baddbmm(addend, x, w_t.expand(groups, -1, -1))  # (groups, rows, E)
+    else:  # tiny groups (e.g. pre-patchified 1x1 grids) would be one GEMM per row: do a single addmm
+        addend = addend.expand(groups, rows, g.embed_dim).reshape(-1, g.embed_dim)
+        tokens = torch.addmm(addend, x.reshape(-1, g.patch_dim), w_t)  # (M, E)
     out[:, :, s:] = tokens.view(g.batch, g.steps, g.num_spatial, g.embed_dim)
 
     if s:
@@ -84,6 +89,7 @@ def backward(
     need_video, need_weight, need_bias, need_pos, need_cls = output_mask
     grad_patches = grad_tokens[:, :, s:].reshape(g.batch * g.num_patches, g.embed_dim)  # (M, E)
     w2d = weight.reshape(g.embed_dim, g.patch_dim)
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32  # reductions in >= fp32
     grad_video = grad_weight = grad_bias = grad_pos = grad_cls = None
     if need_video:
         grad_video = unpatch(grad_patches.mm(w2d), g).to(video.dtype)
@@ -91,15 +97,15 @@ def backward(
         x = patches(video.to(weight.dtype), g).reshape(-1, g.patch_dim)
         grad_weight = grad_patches.t().mm(x).view(weight.shape)
     if need_bias and has_bias:
-        grad_bias = grad_patches.sum(0, dtype=torch.float32).to(weight.dtype)
+        grad_bias = grad_patches.sum(0, dtype=acc).to(weight.dtype)
     if need_pos and pos_rows:
         if g.pos_is_per_token(pos_rows):
-            grad_pos = grad_tokens.sum(0, dtype=torch.float32).reshape(pos_rows, g.embed_dim)
+            grad_pos = grad_tokens.sum(0, dtype=acc).reshape(pos_rows, g.embed_dim)
         else:
-            grad_pos = grad_tokens.sum((0, 1), dtype=torch.float32)
+            grad_pos = grad_tokens.sum((0, 1), dtype=acc)
         grad_pos = grad_pos.to(weight.dtype)
     if need_cls and has_cls:
-        grad_cls = grad_tokens[:, :, 0].sum((0, 1), dtype=torch.float32).to(weight.dtype)
+        grad_cls = grad_tokens[:, :, 0].sum((0, 1), dtype=acc).to(weight.dtype)
     return grad_video, grad_weight, grad_bias, grad_pos, grad_cls
 
 

@@ -1,0 +1,225 @@
+"""LSViT (Chen et al., Frontiers in Neurorobotics 2024): a ViT with short- and long-term temporal differences.
+
+    clip (B, T, C, H, W)
+      -> SMIF: short-term motion fused into every frame                       (B, T, C, H, W)
+      -> PatchEmbedding: fused op, CLS slot + positional embedding written    (B, T', 1 + N, E)
+         2D: T' = T, per-frame P x P patches; 3D: T' = T / t, t x P x P tubelets
+      -> view as per-step sequences                                           (B T', 1 + N, E)
+      -> depth x Block: attention within each step, MLP, then LMI across steps
+      -> LayerNorm; CLS token of each step averaged over time                 (B, E)
+      -> linear head                                                          (B, num_classes)
+
+Parameter names follow timm's ViT (``patch_embed.proj.weight``, ``cls_token``, ``pos_embed``,
+``blocks.N.attn.qkv``, ``blocks.N.mlp.fc1``, ``norm``, ``head``) so ImageNet checkpoints load by name
+(``lsvit.pretrained``). See docs/model.md for the equations.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import lsvit_kernels
+from lsvit_kernels import PatchEmbed2d, PatchEmbed3d
+from lsvit_kernels.geometry import check_divisible
+
+from .config import ModelConfig
+from .lmi import LMI
+from .pos_embed import ResampledPosCache
+from .smif import SMIF
+
+LAYER_NORM_EPS = 1e-6  # timm's ViT value
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a sample's whole residual branch with probability ``rate`` while training."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class PatchEmbedding(nn.Module):
+    """The fused op: pixels -> tokens with the CLS slot in front and the positional embedding added.
+
+    ``proj`` is a conv-shaped parameter holder (``lsvit_kernels.PatchEmbed2d`` / ``PatchEmbed3d``: state_dict of
+    ``nn.Conv2d`` / ``nn.Conv3d``), so ``patch_embed.proj.weight`` is timm's key. One kernel call writes the
+    ``(B, T', 1 + N, E)`` tokens: no patch matrix, no ``torch.cat`` of the CLS token, no separate add.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c, e, p = config.in_channels, config.embed_dim, config.patch_size
+        if config.use_3d_patch_embed:
+            self.proj = PatchEmbed3d(c, e, p, config.tubelet_size, backend=config.kernel_backend)
+        else:
+            self.proj = PatchEmbed2d(c, e, p, backend=config.kernel_backend)
+        self.patch_size = p
+        self.tubelet_size = config.tubelet_size if config.use_3d_patch_embed else 1
+        self.backend = config.kernel_backend
+
+    def forward(self, video: Tensor, pos_embed: Tensor, cls_token: Tensor) -> Tensor:
+        """(B, T, C, H, W) video, (1 + N, E) pos, E cls -> (B, T', 1 + N, E) tokens."""
+        weight, bias = self.proj.weight, self.proj.bias
+        # under autocast the op runs in the autocast dtype (it is a custom op autocast does not see)
+        dtype = weight.dtype
+        if torch.is_autocast_enabled(video.device.type):
+            dtype = torch.get_autocast_dtype(video.device.type)
+        weight, bias, pos_embed, cls_token = (t.to(dtype) for t in (weight, bias, pos_embed, cls_token))
+        return lsvit_kernels.patch_embed(
+            video.to(dtype), weight, bias, pos_embed, cls_token=cls_token, backend=self.backend
+        )
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the tokens of one time step (sequences (B T', 1 + N, E))."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attention_dropout: float, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attention_dropout = attention_dropout
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, length, dim = x.shape
+        qkv = self.qkv(x).view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B T', heads, L, head_dim)
+        dropout = self.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(n, length, dim)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block on each time step, then LMI across time steps."""
+
+    def __init__(self, config: ModelConfig, drop_path: float):
+        super().__init__()
+        e = config.embed_dim
+        self.norm1 = nn.LayerNorm(e, eps=LAYER_NORM_EPS)
+        self.attn = Attention(e, config.num_heads, config.qkv_bias, config.attention_dropout, config.dropout)
+        self.norm2 = nn.LayerNorm(e, eps=LAYER_NORM_EPS)
+        self.mlp = Mlp(e, int(e * config.mlp_ratio), config.dropout)
+        self.drop_path = DropPath(drop_path)
+        self.lmi = LMI(e, config.lmi_reduction)
+
+    def forward(self, x: Tensor, steps: int) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return self.lmi(x, steps)
+
+
+class LSViTForAction(nn.Module):
+    """LSViT action classifier: ``(B, T, C, H, W)`` normalized float clips -> ``(B, num_classes)`` logits.
+
+    Args:
+        config: the architecture (copied: later edits to the caller's config do not desync the model).
+        num_frames: clip length for 3D patching (defaults to ``config.num_frames``); must be a multiple of
+            ``tubelet_size``. Positional embeddings are per spatial slot and broadcast over time, so any
+            multiple of ``tubelet_size`` (3D) or any frame count (2D) runs; ``num_frames`` fixes what the model
+            was built and validated for.
+    """
+
+    def __init__(self, config: ModelConfig, num_frames: Optional[int] = None):
+        super().__init__()
+        self.config = config.model_copy()
+        frames = num_frames if num_frames is not None else config.num_frames
+        if config.use_3d_patch_embed:
+            if frames is None:
+                raise ValueError("num_frames must be specified when using 3D patch embedding")
+            check_divisible("num_frames", frames, "tubelet_size", config.tubelet_size)
+        self.num_frames = frames
+        if num_frames is not None:
+            self.config.num_frames = num_frames  # so model.config.model_dump() rebuilds this very model
+        e, grid = config.embed_dim, config.grid_size
+
+        self.smif = SMIF(config.in_channels, config.smif_window)
+        self.patch_embed = PatchEmbedding(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, e))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, e))
+        self._pos_cache = ResampledPosCache((grid, grid))
+        self.pos_drop = nn.Dropout(config.dropout)
+        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
+        self.norm = nn.LayerNorm(e, eps=LAYER_NORM_EPS)
+        self.head_drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(e, config.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for module in [*self.blocks.modules(), self.head]:
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def patch_embed_backend(self) -> Optional[str]:
+        """The backend that computed the latest patch-embedding call in this thread."""
+        return lsvit_kernels.last_backend()
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names conventionally excluded from weight decay."""
+        return {"pos_embed", "cls_token"}
+
+    def position_embedding(self, height: int, width: int) -> Tensor:
+        """(1 + N, E) table for a ``height x width`` frame (bicubic-resampled and cached if the grid differs)."""
+        p = self.config.patch_size
+        check_divisible("video height", height, "patch_size", p)
+        check_divisible("video width", width, "patch_size", p)
+        return self._pos_cache(self.pos_embed, (height // p, width // p))
+
+    def tokens(self, video: Tensor) -> Tensor:
+        """SMIF + fused patch embedding: (B, T, C, H, W) -> (B, T', 1 + N, E)."""
+        if video.dim() != 5:
+            raise ValueError(f"video must be (B, T, C, H, W); got shape {list(video.shape)}")
+        if not video.is_floating_point():
+            # SMIF differences of raw uint8 pixels would wrap around: normalize first
+            raise TypeError(f"video must be a normalized float tensor; got {video.dtype}: convert and normalize it")
+        if video.shape[2] != self.config.in_channels:
+            raise ValueError(
+                f"video has C={video.shape[2]} channels but the model expects C={self.config.in_channels} "
+                f"(in_channels); is the video (B, T, C, H, W) rather than (B, C, T, H, W)?"
+            )
+        if self.config.use_3d_patch_embed:
+            check_divisible("num_frames", video.shape[1], "tubelet_size", self.config.tubelet_size)
+        pos = self.position_embedding(video.shape[3], video.shape[4])
+        return self.patch_embed(self.smif(video), pos, self.cls_token)
+
+    def forward_features(self, video: Tensor) -> Tensor:
+        """Pooled CLS feature (B, E)."""
+        tokens = self.tokens(video)  # (B, T', 1 + N, E)
+        b, steps, length, e = tokens.shape
+        x = self.pos_drop(tokens.view(b * steps, length, e))  # per-step sequences, CLS slot in front
+        for block in self.blocks:
+            x = block(x, steps)
+        x = self.norm(x)
+        return x[:, 0].view(b, steps, e).mean(dim=1)  # CLS of every step, averaged over time
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.head(self.head_drop(self.forward_features(video)))

@@ -1,0 +1,151 @@
+"""The op itself: opcheck, torch.compile, batch 0, and every bad-input error (raised before any work)."""
+
+import pytest
+import torch
+
+import lsvit_kernels as lk
+
+from .conv_oracle import assert_close_to_oracle, conv_tokens
+from .strategies import make_problem
+
+
+def op_args(p):
+    video = p.video if p.layout == "BTCHW" else p.video.permute(0, 2, 1, 3, 4)
+    return (video, p.weight, p.bias, p.pos_embed, p.cls_token, "reference")
+
+
+@pytest.mark.parametrize("cls, pos", [(True, "slot"), (False, "token"), (False, None)])
+def test_opcheck(cls, pos):
+    p = make_problem(
+        b=2, steps=2, t=2, c=2, gh=2, gw=2, ph=2, pw=2, e=5, cls=cls, pos=pos, contiguous=False, layout="BCTHW"
+    )
+    args = [x.requires_grad_() if isinstance(x, torch.Tensor) else x for x in op_args(p)]
+    torch.library.opcheck(torch.ops.lsvit.patch_embed.default, args)
+
+
+def test_compile_fullgraph_forward_and_backward():
+    p = make_problem(b=2, steps=2, t=2, c=3, gh=2, gw=3, ph=4, pw=4, e=8, layout="BCTHW", contiguous=False)
+    leaves = [x.detach().requires_grad_() for x in (p.weight, p.bias, p.pos_embed, p.cls_token)]
+
+    def step(video, weight, bias, pos, cls):
+        return lk.patch_embed(video, weight, bias, pos, cls_token=cls, layout="BCTHW").square().sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(p.video, *leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    eager_leaves = [x.detach().requires_grad_() for x in leaves]
+    eager_loss = step(p.video, *eager_leaves)
+    eager_grads = torch.autograd.grad(eager_loss, eager_leaves)
+    torch.testing.assert_close(loss, eager_loss)
+    for g, e in zip(grads, eager_grads):
+        torch.testing.assert_close(g, e)
+
+
+def test_compile_inductor_matches_oracle():
+    p = make_problem(b=1, steps=1, t=1, c=3, gh=3, gw=2, ph=4, pw=4, e=8)
+    compiled = torch.compile(lambda *a: lk.patch_embed(*a, cls_token=p.cls_token), fullgraph=True)
+    assert_close_to_oracle(compiled(*p.args()), conv_tokens(*p.args(), **p.kwargs()))
+
+
+def test_batch_zero_returns_empty():
+    p = make_problem(b=0, steps=2, t=2, cls=True, pos="slot", e=6, gh=2, gw=2)
+    out = lk.patch_embed(*p.args(), **p.kwargs())
+    assert out.shape == (0, 2, 5, 6)
+
+
+def test_non_contiguous_video_is_not_copied_by_the_wrapper(monkeypatch):
+    p = make_problem(layout="BCTHW", contiguous=False)
+    seen = {}
+    backend = lk.registry.get_backend("reference")
+    original = backend.forward
+
+    def spy(video, *rest):
+        seen["ptr"], seen["strides"] = video.data_ptr(), video.stride()
+        return original(video, *rest)
+
+    monkeypatch.setattr(backend, "forward", spy)
+    lk.patch_embed(*p.args(), **p.kwargs())
+    assert seen["ptr"] == p.video.data_ptr()
+    assert seen["strides"] == p.video.permute(0, 2, 1, 3, 4).stride()
+
+
+# --- every bad input named with its fix, raised before any work -----------------------------------------------
+
+
+def _base():
+    return make_problem(b=1, steps=2, t=2, c=3, gh=2, gw=2, ph=4, pw=4, e=6, cls=True, pos="slot")
+
+
+def test_wrong_rank():
+    p = _base()
+    with pytest.raises(ValueError, match="video must be 5D BTCHW"):
+        lk.patch_embed(p.video[0, 0, 0], p.weight)
+    with pytest.raises(ValueError, match="weight must have nn.Conv3d layout"):
+        lk.patch_embed(p.video, p.weight[0, 0])
+
+
+def test_height_not_divisible():
+    p = _base()
+    with pytest.raises(ValueError, match="video height=7 is not divisible by patch height=4; use 4 or 8"):
+        lk.patch_embed(p.video[..., :7, :], p.weight)
+
+
+def test_frames_not_divisible_by_tubelet():
+    p = _base()
+    with pytest.raises(ValueError, match="num_frames=3 is not divisible by tubelet_size=2; use 2 or 4"):
+        lk.patch_embed(p.video[:, :3], p.weight)
+
+
+def test_channel_mismatch_hints_at_layout():
+    p = _base()
+    with pytest.raises(ValueError, match=r"C=4 channels but weight expects C=3.*layout"):
+        lk.patch_embed(p.video.transpose(1, 2), p.weight)  # a BCTHW video passed as BTCHW
+
+
+@pytest.mark.parametrize("which", ["video", "bias", "pos_embed", "cls_token"])
+def test_dtype_mismatch(which):
+    p = _base()
+    kwargs = dict(video=p.video, weight=p.weight, bias=p.bias, pos_embed=p.pos_embed, cls_token=p.cls_token)
+    kwargs[which] = kwargs[which].half()
+    with pytest.raises(TypeError, match=f"{which} has dtype torch.float16 but weight has torch.float32"):
+        lk.patch_embed(**kwargs)
+
+
+def test_device_mismatch():
+    p = _base()
+    with pytest.raises(ValueError, match="video is on meta but weight is on cpu"):
+        lk.patch_embed(p.video.to("meta"), p.weight)
+    with pytest.raises(ValueError, match="bias is on meta but weight is on cpu"):
+        lk.patch_embed(p.video, p.weight, p.bias.to("meta"))
+
+
+def test_pos_embed_wrong_length():
+    p = _base()
+    with pytest.raises(ValueError, match="pos_embed has 4 rows .* give 5 rows .* or 10 rows"):
+        lk.patch_embed(p.video, p.weight, p.bias, p.pos_embed[:4], cls_token=p.cls_token)
+
+
+def test_bias_and_cls_wrong_size():
+    p = _base()
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\)"):
+        lk.patch_embed(p.video, p.weight, p.bias[:5])
+    with pytest.raises(ValueError, match="cls_token must have 6 elements"):
+        lk.patch_embed(p.video, p.weight, cls_token=p.cls_token[:5])
+
+
+def test_unknown_layout_and_bad_dtype():
+    p = _base()
+    with pytest.raises(ValueError, match="layout='NCHW' is not supported"):
+        lk.patch_embed(p.video, p.weight, layout="NCHW")
+    with pytest.raises(TypeError, match="weight must be float32, float16 or bfloat16"):
+        lk.patch_embed(p.video.long(), p.weight.long())
+    with pytest.raises(TypeError, match="video has dtype torch.int32"):
+        lk.patch_embed(p.video.int(), p.weight)
+
+
+def test_mean_without_std():
+    p = _base()
+    with pytest.raises(ValueError, match="give both mean and std"):
+        lk.patch_embed(p.video, p.weight, mean=[0.5] * 3)
+    with pytest.raises(ValueError, match="one value per channel"):
+        lk.patch_embed(p.video, p.weight, mean=[0.5] * 2, std=[0.5] * 2)

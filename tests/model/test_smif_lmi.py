@@ -1,0 +1,97 @@
+"""SMIF and LMI: the equations of docs/model.md against direct loops, and their near-identity start."""
+
+import pytest
+import torch
+
+from lsvit.lmi import LMI
+from lsvit.smif import SMIF, neighbour_differences
+
+
+def loop_differences(video: torch.Tensor, radius: int) -> torch.Tensor:
+    """D_t = mean over existing neighbours j (1 <= |j - t| <= radius) of |X_j - X_t|, one frame at a time."""
+    frames = video.shape[1]
+    out = torch.zeros_like(video)
+    for t in range(frames):
+        neighbours = [j for j in range(t - radius, t + radius + 1) if j != t and 0 <= j < frames]
+        for j in neighbours:
+            out[:, t] += (video[:, j] - video[:, t]).abs() / len(neighbours)
+    return out
+
+
+@pytest.mark.parametrize("frames,radius", [(5, 1), (5, 2), (3, 4), (1, 2), (6, 0)])
+def test_neighbour_differences_match_loop(frames, radius):
+    video = torch.randn(2, frames, 3, 5, 7, dtype=torch.float64)
+    torch.testing.assert_close(neighbour_differences(video, radius), loop_differences(video, radius))
+
+
+def test_static_clip_has_no_motion():
+    smif = SMIF(3, window=5)
+    frame = torch.randn(1, 1, 3, 8, 8)
+    assert smif.motion(frame.expand(2, 6, -1, -1, -1)).abs().max() == 0
+
+
+def test_threshold_suppresses_small_differences():
+    smif = SMIF(1, window=3, threshold_init=0.5)
+    video = torch.zeros(1, 3, 1, 2, 2)
+    video[0, 1, 0, 0, 0] = 0.2  # below the threshold
+    video[0, 1, 0, 1, 1] = 3.0  # above it
+    motion = smif.motion(video)
+    assert torch.allclose(smif.threshold, torch.tensor([0.5]))
+    assert motion[..., 0, 0].abs().max() == 0
+    assert torch.allclose(motion[0, 1, 0, 1, 1], torch.tensor(3.0 - 0.5))
+
+
+def test_smif_starts_close_to_the_plain_frame_and_learns():
+    smif = SMIF(3, window=3)
+    video = torch.randn(2, 4, 3, 8, 8)
+    out = smif(video)
+    change = (out - video).abs().max()
+    assert 0 < change < 1e-2
+    out.square().sum().backward()
+    for name, param in smif.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_smif_rejects_even_window():
+    with pytest.raises(ValueError, match="smif_window=4"):
+        SMIF(3, window=4)
+
+
+def test_lmi_near_identity_and_exact_for_one_step():
+    lmi = LMI(16, reduction=4)
+    tokens = torch.randn(2 * 3, 5, 16)
+    out = lmi(tokens, steps=3)
+    assert 0 < (out - tokens).abs().max() < 1e-2
+    single = torch.randn(2, 5, 16)
+    torch.testing.assert_close(lmi(single, steps=1), single)  # no neighbour step: no difference, no gate
+
+
+def test_lmi_matches_equations():
+    lmi = LMI(8, reduction=2, gate_init=0.7)
+    torch.nn.init.normal_(lmi.expand.bias)
+    b, steps, length, dim = 2, 4, 3, 8
+    tokens = torch.randn(b * steps, length, dim, dtype=torch.float64)
+    lmi = lmi.double()
+    z = tokens.view(b, steps, length, dim)
+    expected = torch.empty_like(z)
+    for s in range(steps):
+        reduced_s = lmi.reduce(lmi.norm(z[:, s]))
+        difference = lmi.reduce(lmi.norm(z[:, s + 1])) - reduced_s if s + 1 < steps else torch.zeros_like(reduced_s)
+        excitation = torch.tanh(lmi.expand(difference.mean(dim=1)))  # (B, E)
+        expected[:, s] = z[:, s] + lmi.gate * z[:, s] * excitation[:, None]
+    torch.testing.assert_close(lmi(tokens, steps), expected.view(b * steps, length, dim))
+
+
+def test_lmi_mixes_time_steps():
+    lmi = LMI(8, reduction=2, gate_init=1.0)
+    tokens = torch.randn(4, 3, 8)
+    changed = tokens.clone()
+    changed[1] += torch.randn(3, 8)  # step 1 of clip 0 (a random change: LayerNorm ignores a constant shift)
+    delta = (lmi(changed, 2) - lmi(tokens, 2)).abs()
+    assert delta[0].max() > 0  # step 0 sees step 1 through D_0 = R_1 - R_0
+    assert delta[2:].max() == 0  # the other clip is untouched
+
+
+def test_neighbour_differences_gradient():
+    video = torch.randn(1, 4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: neighbour_differences(x, 2), (video,))
