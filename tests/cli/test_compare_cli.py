@@ -82,6 +82,5 @@ def test_console_entry_points_run(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "d" / "dataset.json").read_text())["classes"] == ["left", "right"]
-    for module in ("lsvit.train", "lsvit.infer", "lsvit.compare"):
-        help_run = run_module(module, "--help")
-        assert help_run.returncode == 0 and "--help" in help_run.stdout
+    help_run = run_module("lsvit.train", "--help")  # the module runs as a script (torchrun -m lsvit.train)
+    assert help_run.returncode == 0 and "--resume" in help_run.stdout

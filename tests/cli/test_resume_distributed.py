@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(synth_root, small_list, 
     # Same run, killed with SIGKILL once a mid-epoch checkpoint of the second epoch exists.
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "lsvit.train", *_train_args(synth_root, small_list, out, *flags)]
-    env = {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
