@@ -8,6 +8,7 @@ import json
 import pytest
 
 from lsvit import cli, compare
+from lsvit.options import build_config, model_overrides
 
 from .conftest import run_module
 
@@ -84,3 +85,18 @@ def test_console_entry_points_run(tmp_path):
     assert json.loads((tmp_path / "d" / "dataset.json").read_text())["classes"] == ["left", "right"]
     help_run = run_module("lsvit.train", "--help")  # the module runs as a script (torchrun -m lsvit.train)
     assert help_run.returncode == 0 and "--resume" in help_run.stdout
+
+
+def test_guide_token_counts_at_224():
+    rows = compare.run(["--num_frames", "16", "--image_size", "224", "--embed_dim", "96", "--num_heads", "4",
+                        "--skip_model", "--repeats", "1", "--warmup", "0"])  # fmt: skip
+    assert [row["tokens"] for row in rows] == [3136, 1568, 784]
+    assert [row["embed_shape"][1:3] for row in rows] == [[16, 196], [8, 196], [4, 196]]
+
+
+def test_config_precedence_code_env_flag(monkeypatch):
+    monkeypatch.setenv("APPCONFIG__DEPTH", "3")
+    monkeypatch.setenv("APPCONFIG__EMBED_DIM", "48")
+    args = cli.build_parser().parse_args(["train", "--data_root", "d", "--embed_dim", "32", "--num_heads", "4"])
+    config = build_config(model_overrides(args))
+    assert (config.depth, config.embed_dim, config.num_heads, config.patch_size) == (3, 32, 4, 16)
