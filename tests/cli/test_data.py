@@ -167,3 +167,12 @@ def test_training_randomness_depends_on_seed_epoch_index_only(synth_root):
 def test_metadata_file_written(synth_root):
     metadata = json.loads((synth_root / "dataset.json").read_text())
     assert metadata["classes"] == list(CI_CLASSES) and metadata["direction_sensitive"] is True
+
+
+def test_training_honors_direction_sensitive_metadata(synth_root):
+    from lsvit.train import flip_enabled
+
+    metadata = read_metadata(synth_root)
+    assert flip_enabled("auto", metadata) is False  # left/right classes: never mirror
+    assert flip_enabled("auto", {}) is True
+    assert flip_enabled("on", metadata) is True and flip_enabled("off", {}) is False
