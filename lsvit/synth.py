@@ -78,7 +78,7 @@ def render_video(motion: str, rng: np.random.Generator, size: int, frames: int) 
     travel = size * 0.4  # translation over the whole clip
     centre = rng.uniform(radius / 2 + travel / 2, size - radius / 2 - travel / 2, 2)
     growth = 2.0  # grow: radius x2 over the clip (x 1/sqrt2 .. x sqrt2 around the middle)
-    turn = math.radians(rng.uniform(120, 180))
+    turn = math.radians(rng.uniform(200, 280))  # ~25-35 degrees between 8 sampled frames: direction is clear
 
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
     for i, p in enumerate(progress):
