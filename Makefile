@@ -16,6 +16,9 @@ $(VENV)/.ready: setup.py pyproject.toml $(wildcard csrc/*.* csrc/*/*.*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q setuptools wheel ninja "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --no-build-isolation -e ".[test]"
+	$(BIN)/python -c "import lsvit_kernels as lk; from lsvit_kernels.backends import native; \
+	print('lsvit_kernels built: compiled library', native._has_ext(), '| CUDA kernels', native._has_cuda_kernels(), \
+	'| CPU backends', lk.available_backends('cpu'))"
 	touch $@
 
 bench: setup

@@ -28,12 +28,12 @@ class LMI(nn.Module):
         super().__init__()
         reduced = max(1, embed_dim // reduction)
         self.norm = nn.LayerNorm(embed_dim)
-        self.reduce = nn.Linear(embed_dim, reduced)
+        self.reduce = nn.Linear(embed_dim, reduced, bias=False)  # a bias would cancel in R_{s+1} - R_s
         self.expand = nn.Linear(reduced, embed_dim)
         self.gate = nn.Parameter(torch.full((embed_dim,), gate_init))
         for linear in (self.reduce, self.expand):
             nn.init.trunc_normal_(linear.weight, std=0.02)
-            nn.init.zeros_(linear.bias)  # zero motion -> zero excitation: a static clip passes unchanged
+        nn.init.zeros_(self.expand.bias)  # zero motion -> zero excitation: a static clip passes unchanged
 
     def forward(self, tokens: Tensor, steps: int) -> Tensor:
         bt, length, dim = tokens.shape

@@ -33,10 +33,38 @@ _lib.define(
 def _grid_of(video: Tensor, weight: Tensor, pos_embed: Optional[Tensor], cls_token: Optional[Tensor]):
     return geometry.patch_grid(
         video.shape,
-        weight.shape,
+        geometry.normalize_weight_shape(weight.shape),
         has_cls=cls_token is not None,
         pos_rows=None if pos_embed is None else pos_embed.shape[0],
     )
+
+
+def _fake_tokens(video, weight, bias, pos_embed, cls_token, backend=None):
+    """Fake forward (shapes for FakeTensor / torch.compile) of ``patch_embed`` and the kernel-level op."""
+    return weight.new_empty(_grid_of(video, weight, pos_embed, cls_token).output_shape)
+
+
+def _fake_grads(video, weight, pos_rows, has_bias, has_cls, output_mask) -> list[Optional[Tensor]]:
+    """Fake backward: (grad_video, grad_weight, grad_bias, grad_pos, grad_cls), None where not produced."""
+    e = weight.shape[0]
+    wanted = [
+        output_mask[0],
+        output_mask[1],
+        output_mask[2] and has_bias,
+        output_mask[3] and pos_rows > 0,
+        output_mask[4] and has_cls,
+    ]
+    shapes = [video.shape, weight.shape, (e,), (pos_rows, e), (e,)]
+    dtypes = [video.dtype] + [weight.dtype] * 4
+    return [weight.new_empty(s, dtype=d) if w else None for s, d, w in zip(shapes, dtypes, wanted, strict=True)]
+
+
+torch.library.register_fake("lsvit::native_patch_embed_forward", _fake_tokens, lib=_lib)
+torch.library.register_fake(
+    "lsvit::native_patch_embed_backward",
+    lambda grad_tokens, video, weight, *flags: tuple(_fake_grads(video, weight, *flags)),
+    lib=_lib,
+)
 
 
 @torch.library.custom_op("lsvit::patch_embed", mutates_args=())
@@ -58,10 +86,7 @@ def _patch_embed(
     return out
 
 
-@_patch_embed.register_fake
-def _patch_embed_fake(video, weight, bias, pos_embed, cls_token, backend):
-    grid = _grid_of(video, weight, pos_embed, cls_token)
-    return weight.new_empty(grid.output_shape)
+_patch_embed.register_fake(_fake_tokens)
 
 
 @torch.library.custom_op("lsvit::patch_embed_backward", mutates_args=())
@@ -89,16 +114,8 @@ def _patch_embed_backward(
 
 @_patch_embed_backward.register_fake
 def _patch_embed_backward_fake(grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask, backend):
-    e = weight.shape[0]
-    shapes = [
-        video.shape if output_mask[0] else None,
-        weight.shape if output_mask[1] else None,
-        (e,) if output_mask[2] and has_bias else None,
-        (pos_rows, e) if output_mask[3] and pos_rows > 0 else None,
-        (e,) if output_mask[4] and has_cls else None,
-    ]
-    dtypes = [video.dtype] + [weight.dtype] * 4
-    return [weight.new_empty(s if s is not None else (0,), dtype=d) for s, d in zip(shapes, dtypes)]
+    grads = _fake_grads(video, weight, pos_rows, has_bias, has_cls, output_mask)
+    return [g if g is not None else weight.new_empty(0) for g in grads]
 
 
 def _setup_context(ctx, inputs, output):
@@ -107,7 +124,7 @@ def _setup_context(ctx, inputs, output):
     ctx.pos_rows = 0 if pos_embed is None else pos_embed.shape[0]
     ctx.has_bias = bias is not None
     ctx.has_cls = cls_token is not None
-    ctx.backend = backend
+    ctx.backend = registry.requested_backend(backend)  # backward runs where forward was asked to run
 
 
 def _backward(ctx, grad_tokens):

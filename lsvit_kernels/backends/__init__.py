@@ -4,4 +4,8 @@ Each backend module must import without its optional dependency (Triton, the com
 why it is unavailable through its ``unavailable_reason`` instead.
 """
 
-from . import reference  # noqa: F401
+from . import (
+    native,  # noqa: F401  (the compiled library: backends "cpu" and "cuda")
+    reference,  # noqa: F401
+    triton_patch_embed,  # noqa: F401
+)

@@ -155,7 +155,8 @@ def test_inflated_3d_model_starts_as_the_image_model(tiny, method, tubelet):
         pos = model_2d.position_embedding(24, 24)
         tokens_2d = model_2d.patch_embed(clip, pos, model_2d.cls_token)  # bypass SMIF: it is not loaded
         tokens_3d = model_3d.patch_embed(clip, model_3d.position_embedding(24, 24), model_3d.cls_token)
-    torch.testing.assert_close(tokens_3d, tokens_2d[:, ::tubelet], atol=1e-5, rtol=1e-5)
+    # same math, different fp32 summation order (K = 3 t P^2 vs 3 P^2): tolerance for fp32 sums of ~3k terms
+    torch.testing.assert_close(tokens_3d, tokens_2d[:, ::tubelet], atol=1e-4, rtol=1e-4)
 
 
 def test_mismatched_width_names_the_tensor(tiny):

@@ -1,0 +1,165 @@
+// Argument checks and backward reductions shared by both devices (see common.h). The messages repeat
+// lsvit_kernels/geometry.py and ops.py word for word, so a direct call of the kernel-level op fails the way the
+// public function does.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include "common.h"
+
+#include <ATen/ops/sum.h>
+#include <c10/util/Exception.h>
+
+#include <sstream>
+#include <string>
+
+namespace lsvit {
+namespace {
+
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kByte: return "torch.uint8";
+    default: {
+      std::string s = c10::toString(t);
+      for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      return "torch." + s;
+    }
+  }
+}
+
+std::string valid_multiples(int64_t value, int64_t divisor) {
+  const int64_t below = (value / divisor) * divisor, above = below + divisor;
+  std::ostringstream out;
+  if (below > 0) out << below << " or ";
+  out << above;
+  return out.str();
+}
+
+void check_divisible(const char* name, int64_t value, const char* divisor_name, int64_t divisor) {
+  TORCH_CHECK_VALUE(divisor >= 1, divisor_name, "=", divisor, " must be >= 1");
+  if (value % divisor == 0) return;
+  const bool is_tubelet = std::string(divisor_name) == "tubelet_size";
+  TORCH_CHECK_VALUE(false, name, "=", value, " is not divisible by ", divisor_name, "=", divisor, "; use ",
+                    valid_multiples(value, divisor), is_tubelet ? ", or tubelet_size=1" : "");
+}
+
+void check_like_weight(const char* name, const at::Tensor& t, const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(t.device() == weight.device(), name, " is on ", t.device(), " but weight is on ",
+                    weight.device(), "; move both to one device");
+  TORCH_CHECK_TYPE(t.scalar_type() == weight.scalar_type(), name, " has dtype ", dtype_name(t.scalar_type()),
+                   " but weight has ", dtype_name(weight.scalar_type()), "; cast ", name, " to ",
+                   dtype_name(weight.scalar_type()));
+}
+
+CallPlan describe(const at::Tensor& video, const at::Tensor& weight, bool has_cls,
+                  c10::ArrayRef<at::ScalarType> allowed) {
+  TORCH_CHECK_VALUE(video.dim() == 5, "video must be 5D (B, T, C, H, W) here; got shape ", video.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 4 || weight.dim() == 5,
+                    "weight must have nn.Conv3d layout (E, C, t, P, P) or nn.Conv2d layout (E, C, P, P); got ",
+                    weight.dim(), " dims with shape ", weight.sizes());
+  bool dtype_ok = false;
+  std::string names;
+  for (auto t : allowed) {
+    dtype_ok |= weight.scalar_type() == t;
+    names += (names.empty() ? "" : ", ") + dtype_name(t);
+  }
+  TORCH_CHECK_TYPE(dtype_ok, "weight must be one of ", names, " on ", weight.device().type(), "; got ",
+                   dtype_name(weight.scalar_type()));
+  TORCH_CHECK_VALUE(video.device() == weight.device(), "video is on ", video.device(), " but weight is on ",
+                    weight.device(), "; move both to one device");
+  TORCH_CHECK_TYPE(video.scalar_type() == weight.scalar_type() || video.scalar_type() == at::kByte, "video has dtype ",
+                   dtype_name(video.scalar_type()), " but weight has ", dtype_name(weight.scalar_type()),
+                   "; cast the video to ", dtype_name(weight.scalar_type()), " (or pass uint8 pixels with mean/std)");
+
+  // (E, C, t, ph, pw); a Conv2d weight (E, C, ph, pw) has t = 1.
+  const bool is_2d = weight.dim() == 4;
+  const int64_t e = weight.size(0), wc = weight.size(1), tubelet = is_2d ? 1 : weight.size(2);
+  const int64_t ph = weight.size(is_2d ? 2 : 3), pw = weight.size(is_2d ? 3 : 4);
+  TORCH_CHECK_VALUE(e >= 1 && wc >= 1 && tubelet >= 1 && ph >= 1 && pw >= 1, "weight shape ", weight.sizes(),
+                    " has an empty dimension");
+  const int64_t b = video.size(0), t = video.size(1), c = video.size(2), h = video.size(3), wd = video.size(4);
+  TORCH_CHECK_VALUE(c == wc, "video has C=", c, " channels but weight expects C=", wc, " (weight shape ",
+                    weight.sizes(), "); check the layout argument ('BTCHW' vs 'BCTHW') or the model's in_channels");
+  check_divisible("num_frames", t, "tubelet_size", tubelet);
+  check_divisible("video height", h, "patch height", ph);
+  check_divisible("video width", wd, "patch width", pw);
+  TORCH_CHECK_VALUE(t != 0 && h != 0 && wd != 0, "video shape ", video.sizes(), " has no frames or no pixels");
+
+  CallPlan plan;
+  plan.geometry = make_geometry(b, t, c, h, wd, e, tubelet, ph, pw, has_cls ? 1 : 0);
+  plan.video_strides = VideoStrides{video.stride(0), video.stride(1), video.stride(2), video.stride(3), video.stride(4)};
+  return plan;
+}
+
+void check_pos_rows(int64_t pos_rows, bool has_cls, CallPlan& plan) {
+  const auto& g = plan.geometry;
+  const int64_t per_slot = g.tokens_per_step, per_token = g.steps * g.tokens_per_step;
+  TORCH_CHECK_VALUE(pos_rows == per_slot || pos_rows == per_token, "pos_embed has ", pos_rows,
+                    " rows but this video has ", g.tokens_per_step, " tokens per time step",
+                    has_cls ? " (CLS slot included)" : "", " and ", g.steps, " time steps: give ", per_slot,
+                    " rows (one per slot, broadcast over time) or ", per_token,
+                    " rows (one per token); interpolate the positional embedding if the resolution changed");
+  plan.pos_per_token = pos_rows != per_slot;
+}
+
+}  // namespace
+
+at::Tensor weight_5d(const at::Tensor& weight) {
+  return (weight.dim() == 4 ? weight.unsqueeze(2) : weight).contiguous();
+}
+
+CallPlan check_forward_args(const at::Tensor& video, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                            const c10::optional<at::Tensor>& pos_embed, const c10::optional<at::Tensor>& cls_token,
+                            c10::ArrayRef<at::ScalarType> allowed) {
+  const bool has_cls = cls_token.has_value() && cls_token->defined();
+  CallPlan plan = describe(video, weight, has_cls, allowed);
+  const int64_t e = plan.geometry.embed_dim;
+  if (bias.has_value() && bias->defined()) {
+    check_like_weight("bias", *bias, weight);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == e, "bias must have shape (", e,
+                      ",) to match embed_dim=", e, "; got ", bias->sizes());
+  }
+  if (has_cls) {
+    check_like_weight("cls_token", *cls_token, weight);
+    TORCH_CHECK_VALUE(cls_token->numel() == e, "cls_token must have ", e, " elements (embed_dim); got ",
+                      cls_token->numel());
+  }
+  if (pos_embed.has_value() && pos_embed->defined()) {
+    check_like_weight("pos_embed", *pos_embed, weight);
+    TORCH_CHECK_VALUE(pos_embed->dim() == 2 && pos_embed->size(1) == e, "pos_embed must be (rows, E=", e,
+                      ") or (1, rows, E); got ", pos_embed->sizes());
+    check_pos_rows(pos_embed->size(0), has_cls, plan);
+  }
+  return plan;
+}
+
+CallPlan check_backward_args(const at::Tensor& grad_tokens, const at::Tensor& video, const at::Tensor& weight,
+                             int64_t pos_rows, bool has_cls, c10::ArrayRef<at::ScalarType> allowed) {
+  CallPlan plan = describe(video, weight, has_cls, allowed);
+  const auto& g = plan.geometry;
+  if (pos_rows > 0) check_pos_rows(pos_rows, has_cls, plan);
+  check_like_weight("grad_tokens", grad_tokens, weight);
+  TORCH_CHECK_VALUE(grad_tokens.sizes() == at::IntArrayRef({g.batch, g.steps, g.tokens_per_step, g.embed_dim}),
+                    "grad_tokens must have the output's shape (", g.batch, ", ", g.steps, ", ", g.tokens_per_step,
+                    ", ", g.embed_dim, "); got ", grad_tokens.sizes());
+  return plan;
+}
+
+void token_reduction_grads(const at::Tensor& grad_tokens, const CallPlan& plan, int64_t pos_rows,
+                           const std::array<bool, 5>& mask, Grads& grads) {
+  if (!mask[2] && !mask[3] && !mask[4]) return;
+  const auto& g = plan.geometry;
+  const auto dtype = grad_tokens.scalar_type();
+  // (T', S + N, E) in fp32 (fp64 for fp64): every reduction below reads this instead of grad_tokens.
+  const at::Tensor per_step = at::sum(grad_tokens, {0}, false, dtype == at::kDouble ? at::kDouble : at::kFloat);
+  if (mask[2]) std::get<2>(grads) = at::sum(per_step.narrow(1, g.cls_slots, g.num_spatial), {0, 1}).to(dtype);
+  if (mask[3]) {
+    std::get<3>(grads) = (plan.pos_per_token ? per_step.reshape({pos_rows, g.embed_dim}) : at::sum(per_step, {0}))
+                             .to(dtype)
+                             .contiguous();
+  }
+  if (mask[4]) std::get<4>(grads) = at::sum(per_step.select(1, 0), {0}).to(dtype);
+}
+
+}  // namespace lsvit

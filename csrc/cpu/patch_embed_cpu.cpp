@@ -1,0 +1,309 @@
+// Fused patch embedding on CPU: blocked implicit GEMM over tokens, no patch matrix.
+//
+// Forward. Tokens are cut into blocks of about 256 rows whose output rows are contiguous (a block never
+// crosses a CLS slot). For each block, in parallel over blocks (at::parallel_for, one panel per thread):
+//   1. write bias + pos_embed into the block's output rows (the GEMM's C; the epilogue done up front),
+//   2. gather the block's tubelets from the strided video into a (rows, K) panel in the accumulation dtype,
+//      casting as it goes (uint8 / bf16 / fp16 -> fp32): rows * K * 4 bytes, 256 x 1536 x 4 = 1.5 MiB on the
+//      benchmark shape, still in the core's L2/L3 when the GEMM reads it,
+//   3. C += panel @ W^T with one BLAS call (at::addmm_out, single-threaded inside the parallel region).
+// Per block: 2 rows K E FLOPs; video bytes read once; panel and C stay cache-resident. 256 rows measured
+// best (docs/native.md): smaller blocks pay the BLAS call's per-call packing of W (K x E) more often.
+// 16-bit dtypes accumulate in fp32: the panel and a copy of the weight are fp32 and the block's C is a
+// per-thread fp32 buffer rounded once into the output. An fp32 GEMM on bf16-valued inputs is exact per
+// product and accumulates in fp32, i.e. what a bf16 GEMM with fp32 accumulation computes, and on CPUs without
+// AMX it is as fast as the bf16 paths ATen would take.
+//
+// Backward. The same blocks: grad_weight += G_block^T @ panel into one fp32 (E, K) partial per worker, summed
+// at the end (deterministic: fixed worker ranges); grad_video = scatter(G_block @ W) (tubelets tile the
+// video, so every element is written exactly once: no zero fill); bias/pos/cls gradients are sums of
+// grad_tokens (common.cpp).
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <vector>
+
+#include "../common.h"
+#include "../patch_embed.h"
+
+namespace lsvit::cpu {
+namespace {
+
+// Rows per block: measured on the benchmark shape (docs/native.md); LSVIT_CPU_BLOCK_ROWS overrides it.
+int64_t block_rows_target() {
+  const char* env = std::getenv("LSVIT_CPU_BLOCK_ROWS");
+  const int64_t rows = env ? std::atoll(env) : 0;
+  return rows > 0 ? rows : int64_t{256};
+}
+
+// Blocks of tokens whose output rows are contiguous: with a CLS slot a block stays inside one time step.
+struct BlockPlan {
+  int64_t segment_len;         // tokens per run of contiguous output rows
+  int64_t blocks_per_segment;  // near-equal split of a segment
+  int64_t num_blocks;
+  int64_t max_rows;
+
+  int64_t first(int64_t i) const {
+    const int64_t seg = i / blocks_per_segment, j = i % blocks_per_segment;
+    const int64_t base = segment_len / blocks_per_segment, extra = segment_len % blocks_per_segment;
+    return seg * segment_len + j * base + std::min(j, extra);
+  }
+  int64_t rows(int64_t i) const {
+    const int64_t j = i % blocks_per_segment;
+    return segment_len / blocks_per_segment + (j < segment_len % blocks_per_segment ? 1 : 0);
+  }
+};
+
+BlockPlan plan_blocks(const PatchGeometry& g) {
+  BlockPlan p{};
+  p.segment_len = g.cls_slots ? g.num_spatial : g.num_tokens;
+  p.blocks_per_segment = (p.segment_len + block_rows_target() - 1) / block_rows_target();
+  p.num_blocks = (g.num_tokens / p.segment_len) * p.blocks_per_segment;
+  p.max_rows = (p.segment_len + p.blocks_per_segment - 1) / p.blocks_per_segment;
+  return p;
+}
+
+// panel[r, k] = video[tubelet of token first + r][k], cast to acc_t. K runs (c, dt, dh, dw): one patch row of
+// pw pixels at a time, contiguous when the video's W stride is 1.
+template <typename video_t, typename acc_t>
+void gather_panel(const video_t* video, const PatchGeometry& g, const VideoStrides& s, int64_t first, int64_t rows,
+                  acc_t* panel) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const video_t* origin = video + tubelet_origin_offset(first + r, g, s);
+    acc_t* dst = panel + r * g.patch_dim;
+    for (int64_t c = 0; c < g.channels; ++c) {
+      for (int64_t dt = 0; dt < g.tubelet; ++dt) {
+        const video_t* plane = origin + c * s.c + dt * s.t;
+        for (int64_t dh = 0; dh < g.patch_h; ++dh, dst += g.patch_w) {
+          const video_t* src = plane + dh * s.h;
+          if (s.w == 1) {
+            for (int64_t dw = 0; dw < g.patch_w; ++dw) dst[dw] = static_cast<acc_t>(src[dw]);
+          } else {
+            for (int64_t dw = 0; dw < g.patch_w; ++dw) dst[dw] = static_cast<acc_t>(src[dw * s.w]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The inverse: grad_video[tubelet of token first + r][k] = panel[r, k], grad_video contiguous.
+template <typename video_t, typename acc_t>
+void scatter_panel(const acc_t* panel, const PatchGeometry& g, int64_t first, int64_t rows, video_t* grad_video) {
+  const VideoStrides s = contiguous_strides(g);
+  for (int64_t r = 0; r < rows; ++r) {
+    video_t* origin = grad_video + tubelet_origin_offset(first + r, g, s);
+    const acc_t* src = panel + r * g.patch_dim;
+    for (int64_t c = 0; c < g.channels; ++c) {
+      for (int64_t dt = 0; dt < g.tubelet; ++dt) {
+        video_t* plane = origin + c * s.c + dt * s.t;
+        for (int64_t dh = 0; dh < g.patch_h; ++dh, src += g.patch_w) {
+          video_t* dst = plane + dh * s.h;
+          for (int64_t dw = 0; dw < g.patch_w; ++dw) dst[dw] = static_cast<video_t>(src[dw]);
+        }
+      }
+    }
+  }
+}
+
+// C rows of a block before the GEMM: bias + pos_embed row of each token (zeros when neither is given).
+template <typename scalar_t, typename acc_t>
+void init_block(const CallPlan& plan, const scalar_t* bias, const scalar_t* pos, int64_t first, int64_t rows,
+                acc_t* block) {
+  const auto& g = plan.geometry;
+  const int64_t e = g.embed_dim;
+  for (int64_t r = 0; r < rows; ++r) {
+    acc_t* dst = block + r * e;
+    const scalar_t* pos_row_ptr = pos ? pos + pos_row(first + r, g, plan.pos_per_token) * e : nullptr;
+    for (int64_t j = 0; j < e; ++j) {
+      acc_t v = bias ? static_cast<acc_t>(bias[j]) : acc_t(0);
+      if (pos_row_ptr) v += static_cast<acc_t>(pos_row_ptr[j]);
+      dst[j] = v;
+    }
+  }
+}
+
+template <typename scalar_t>
+void write_cls_rows(const CallPlan& plan, const scalar_t* cls, const scalar_t* pos, scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto& g = plan.geometry;
+  const int64_t e = g.embed_dim;
+  for (int64_t bs = 0; bs < g.batch * g.steps; ++bs) {
+    scalar_t* dst = out + bs * g.tokens_per_step * e;
+    const scalar_t* pos_row_ptr = pos ? pos + cls_pos_row(bs % g.steps, g, plan.pos_per_token) * e : nullptr;
+    for (int64_t j = 0; j < e; ++j) {
+      acc_t v = static_cast<acc_t>(cls[j]);
+      if (pos_row_ptr) v += static_cast<acc_t>(pos_row_ptr[j]);
+      dst[j] = static_cast<scalar_t>(v);
+    }
+  }
+}
+
+const void* data_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->const_data_ptr() : nullptr;
+}
+
+template <typename scalar_t, typename video_t>
+void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tensor& weight2d,
+                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& pos,
+                  const c10::optional<at::Tensor>& cls, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kSameDtype = std::is_same_v<acc_t, scalar_t>;
+  const auto& g = plan.geometry;
+  const BlockPlan blocks = plan_blocks(g);
+  const auto acc_options = weight2d.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const at::Tensor weight_t = weight2d.to(acc_options.dtype()).t();  // (K, E) view; an fp32 copy for 16-bit
+  const video_t* video_ptr = video.const_data_ptr<video_t>();
+  const auto* bias_ptr = static_cast<const scalar_t*>(data_or_null(bias));
+  const auto* pos_ptr = static_cast<const scalar_t*>(data_or_null(pos));
+  at::Tensor out2d = out.view({-1, g.embed_dim});  // (B T' (S + N), E)
+  scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+
+  // Workers take blocks from a shared counter rather than fixed ranges: on a loaded machine a descheduled
+  // thread then delays one block, not half the work (the blocks are independent, so the order is free).
+  std::atomic<int64_t> next_block{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.num_blocks));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, acc_options);
+    at::Tensor c_buffer = kSameDtype ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, acc_options);
+    for (int64_t i = next_block++; i < blocks.num_blocks; i = next_block++) {
+      const int64_t first = blocks.first(i), rows = blocks.rows(i), row0 = output_row(first, g);
+      at::Tensor c_block = kSameDtype ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
+      acc_t* c_ptr = c_block.mutable_data_ptr<acc_t>();
+      init_block<scalar_t, acc_t>(plan, bias_ptr, pos_ptr, first, rows, c_ptr);
+      gather_panel<video_t, acc_t>(video_ptr, g, plan.video_strides, first, rows, panel.mutable_data_ptr<acc_t>());
+      at::addmm_out(c_block, c_block, panel.narrow(0, 0, rows), weight_t);  // C += panel @ W^T
+      if constexpr (!kSameDtype) {
+        scalar_t* dst = out_ptr + row0 * g.embed_dim;
+        for (int64_t j = 0; j < rows * g.embed_dim; ++j) dst[j] = static_cast<scalar_t>(c_ptr[j]);
+      }
+    }
+  });
+  if (g.cls_slots) {
+    write_cls_rows<scalar_t>(plan, cls->const_data_ptr<scalar_t>(), pos_ptr, out_ptr);
+  }
+}
+
+template <typename scalar_t, typename video_t>
+void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at::Tensor& video,
+                   const at::Tensor& weight2d, bool need_video, bool need_weight, at::Tensor& grad_video,
+                   at::Tensor& grad_weight2d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kSameDtype = std::is_same_v<acc_t, scalar_t>;
+  const auto& g = plan.geometry;
+  const BlockPlan blocks = plan_blocks(g);
+  const auto acc_options = weight2d.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const at::Tensor weight_acc = weight2d.to(acc_options.dtype());  // (E, K)
+  const at::Tensor grad2d = grad_tokens.view({-1, g.embed_dim});  // (B T' (S + N), E)
+  const video_t* video_ptr = video.const_data_ptr<video_t>();
+  video_t* grad_video_ptr = need_video ? grad_video.mutable_data_ptr<video_t>() : nullptr;
+
+  // Fixed worker ranges, one fp32 grad_weight partial each: the sum does not depend on scheduling.
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.num_blocks));
+  std::vector<at::Tensor> partials(workers);
+  at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
+    at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, acc_options);
+    at::Tensor g_buffer = kSameDtype ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, acc_options);
+    for (int64_t w = wbegin; w < wend; ++w) {
+      at::Tensor partial = need_weight ? at::zeros({g.embed_dim, g.patch_dim}, acc_options) : at::Tensor();
+      const int64_t lo = blocks.num_blocks * w / workers, hi = blocks.num_blocks * (w + 1) / workers;
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t first = blocks.first(i), rows = blocks.rows(i);
+        at::Tensor g_block = grad2d.narrow(0, output_row(first, g), rows);  // (rows, E), contiguous
+        if constexpr (!kSameDtype) g_block = g_buffer.narrow(0, 0, rows).copy_(g_block);
+        at::Tensor p = panel.narrow(0, 0, rows);
+        if (need_weight) {
+          gather_panel<video_t, acc_t>(video_ptr, g, plan.video_strides, first, rows, p.mutable_data_ptr<acc_t>());
+          at::addmm_out(partial, partial, g_block.t(), p);  // (E, K) += (E, rows) @ (rows, K)
+        }
+        if (need_video) {
+          at::mm_out(p, g_block, weight_acc);  // (rows, K) = (rows, E) @ (E, K)
+          scatter_panel<video_t, acc_t>(p.const_data_ptr<acc_t>(), g, first, rows, grad_video_ptr);
+        }
+      }
+      partials[w] = partial;
+    }
+  });
+  if (need_weight) {
+    at::Tensor total = partials[0];
+    for (int64_t w = 1; w < workers; ++w) total.add_(partials[w]);
+    grad_weight2d = kSameDtype ? total : total.to(weight2d.scalar_type());
+  }
+}
+
+const std::vector<at::ScalarType>& cpu_dtypes() {
+  static const std::vector<at::ScalarType> dtypes{at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
+  return dtypes;
+}
+
+}  // namespace
+
+at::Tensor forward(const at::Tensor& video, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                   const c10::optional<at::Tensor>& pos_embed, const c10::optional<at::Tensor>& cls_token) {
+  const CallPlan plan = check_forward_args(video, weight, bias, pos_embed, cls_token, cpu_dtypes());
+  const auto& g = plan.geometry;
+  const at::Tensor w5 = weight_5d(weight);
+  at::Tensor out = at::empty({g.batch, g.steps, g.tokens_per_step, g.embed_dim}, weight.options());
+  if (g.batch == 0) return out;
+  const at::Tensor weight2d = w5.view({g.embed_dim, g.patch_dim});
+  auto contiguous = [](const c10::optional<at::Tensor>& t) -> c10::optional<at::Tensor> {
+    if (!t.has_value() || !t->defined()) return c10::nullopt;
+    return t->reshape({-1, t->size(-1)}).contiguous();
+  };
+  const auto bias_c = contiguous(bias), pos_c = contiguous(pos_embed), cls_c = contiguous(cls_token);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "lsvit_patch_embed_cpu", [&] {
+    if (video.scalar_type() == at::kByte) {
+      forward_impl<scalar_t, uint8_t>(plan, video, weight2d, bias_c, pos_c, cls_c, out);
+    } else {
+      forward_impl<scalar_t, scalar_t>(plan, video, weight2d, bias_c, pos_c, cls_c, out);
+    }
+  });
+  return out;
+}
+
+Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video, const at::Tensor& weight,
+               int64_t pos_rows, bool has_bias, bool has_cls, std::array<bool, 5> mask) {
+  const CallPlan plan = check_backward_args(grad_tokens_in, video, weight, pos_rows, has_cls, cpu_dtypes());
+  const auto& g = plan.geometry;
+  mask[2] = mask[2] && has_bias;
+  mask[3] = mask[3] && pos_rows > 0;
+  mask[4] = mask[4] && has_cls;
+  TORCH_CHECK_TYPE(!mask[0] || video.scalar_type() != at::kByte,
+                   "a uint8 video has no gradient; pass output_mask[0]=False");
+  const at::Tensor grad_tokens = grad_tokens_in.contiguous();
+  const at::Tensor w5 = weight_5d(weight);
+  Grads grads;
+  at::Tensor grad_video = mask[0] ? at::empty({g.batch, g.frames, g.channels, g.height, g.width}, video.options())
+                                  : at::Tensor();
+  at::Tensor grad_weight2d;
+  if ((mask[0] || mask[1]) && g.batch > 0) {
+    const at::Tensor weight2d = w5.view({g.embed_dim, g.patch_dim});
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "lsvit_patch_embed_cpu_bwd", [&] {
+      if (video.scalar_type() == at::kByte) {
+        backward_impl<scalar_t, uint8_t>(plan, grad_tokens, video, weight2d, false, mask[1], grad_video,
+                                         grad_weight2d);
+      } else {
+        backward_impl<scalar_t, scalar_t>(plan, grad_tokens, video, weight2d, mask[0], mask[1], grad_video,
+                                          grad_weight2d);
+      }
+    });
+  } else if (mask[1]) {
+    grad_weight2d = at::zeros({g.embed_dim, g.patch_dim}, weight.options());
+  }
+  std::get<0>(grads) = grad_video;
+  if (mask[1]) std::get<1>(grads) = grad_weight2d.view(weight.sizes());
+  token_reduction_grads(grad_tokens, plan, pos_rows, mask, grads);
+  return grads;
+}
+
+}  // namespace lsvit::cpu

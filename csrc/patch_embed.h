@@ -1,0 +1,95 @@
+// Index math of the patch-embedding op, shared by the CPU and CUDA kernels (the C++ twin of geometry.py).
+//
+// Plain C++ (no ATen): every function is `__host__ __device__` under nvcc and `inline` otherwise, so the CPU
+// kernel, compiled by the host compiler, runs exactly the arithmetic the CUDA kernel runs. All offsets are
+// int64_t: a video passes 2^31 elements long before it stops fitting in memory.
+//
+// Conventions (docs/op.md): the video is the logical (B, T, C, H, W) view with arbitrary strides; tokens are
+// numbered m in [0, M), M = B T' N, in (b, step, gy, gx) row-major order; the reduction index k in [0, K),
+// K = C t ph pw, runs in (c, dt, dh, dw) order, the order of conv.weight.view(E, -1); the output is
+// (B, T', S + N, E) with S = 1 leading CLS slot per step when a CLS token is given.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define LSVIT_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define LSVIT_HOST_DEVICE inline
+#endif
+
+namespace lsvit {
+
+// Sizes of one call, filled once on the host and passed by value to kernels.
+struct PatchGeometry {
+  int64_t batch, frames, channels, height, width;  // logical video (B, T, C, H, W)
+  int64_t embed_dim;                               // E
+  int64_t tubelet, patch_h, patch_w;               // t, ph, pw (from the weight)
+  int64_t cls_slots;                               // S: 0 or 1
+  // Derived (make_geometry fills them).
+  int64_t steps, grid_h, grid_w, num_spatial, tokens_per_step, num_tokens, patch_dim;
+};
+
+// Element strides of the logical (B, T, C, H, W) video.
+struct VideoStrides {
+  int64_t b, t, c, h, w;
+};
+
+LSVIT_HOST_DEVICE PatchGeometry make_geometry(int64_t batch, int64_t frames, int64_t channels, int64_t height,
+                                              int64_t width, int64_t embed_dim, int64_t tubelet, int64_t patch_h,
+                                              int64_t patch_w, int64_t cls_slots) {
+  PatchGeometry g{batch, frames, channels, height, width, embed_dim, tubelet, patch_h, patch_w, cls_slots,
+                  0,     0,      0,        0,      0,     0,         0};
+  g.steps = frames / tubelet;
+  g.grid_h = height / patch_h;
+  g.grid_w = width / patch_w;
+  g.num_spatial = g.grid_h * g.grid_w;              // N
+  g.tokens_per_step = cls_slots + g.num_spatial;    // S + N
+  g.num_tokens = batch * g.steps * g.num_spatial;   // M: patch tokens of the whole batch, CLS excluded
+  g.patch_dim = channels * tubelet * patch_h * patch_w;  // K
+  return g;
+}
+
+// Element offset of the top-left-front pixel of patch token m (geometry.tubelet_origin).
+LSVIT_HOST_DEVICE int64_t tubelet_origin_offset(int64_t m, const PatchGeometry& g, const VideoStrides& s) {
+  const int64_t gx = m % g.grid_w;
+  const int64_t gy = (m / g.grid_w) % g.grid_h;
+  const int64_t step = (m / g.num_spatial) % g.steps;
+  const int64_t b = m / (g.steps * g.num_spatial);
+  return b * s.b + step * g.tubelet * s.t + gy * g.patch_h * s.h + gx * g.patch_w * s.w;
+}
+
+// Element offset of reduction index k inside a tubelet, relative to its origin (geometry.k_offset).
+LSVIT_HOST_DEVICE int64_t k_offset(int64_t k, const PatchGeometry& g, const VideoStrides& s) {
+  const int64_t dw = k % g.patch_w;
+  const int64_t dh = (k / g.patch_w) % g.patch_h;
+  const int64_t dt = (k / (g.patch_w * g.patch_h)) % g.tubelet;
+  const int64_t c = k / (g.patch_w * g.patch_h * g.tubelet);
+  return c * s.c + dt * s.t + dh * s.h + dw * s.w;
+}
+
+// Row of patch token m in the output viewed as (B T' (S + N), E): its CLS slots are skipped.
+LSVIT_HOST_DEVICE int64_t output_row(int64_t m, const PatchGeometry& g) {
+  return (m / g.num_spatial) * g.tokens_per_step + g.cls_slots + m % g.num_spatial;
+}
+
+// Row of pos_embed added to patch token m: one row per slot broadcast over time, or one row per token.
+LSVIT_HOST_DEVICE int64_t pos_row(int64_t m, const PatchGeometry& g, bool pos_per_token) {
+  const int64_t slot = g.cls_slots + m % g.num_spatial;
+  if (!pos_per_token) return slot;
+  const int64_t step = (m / g.num_spatial) % g.steps;
+  return step * g.tokens_per_step + slot;
+}
+
+// Row of pos_embed added to the CLS slot of (b, step): row 0 of the step's slots.
+LSVIT_HOST_DEVICE int64_t cls_pos_row(int64_t step, const PatchGeometry& g, bool pos_per_token) {
+  return pos_per_token ? step * g.tokens_per_step : 0;
+}
+
+// Contiguous (B, T, C, H, W) strides, for the gradient of the video.
+LSVIT_HOST_DEVICE VideoStrides contiguous_strides(const PatchGeometry& g) {
+  const int64_t w = 1, h = g.width, c = g.height * g.width, t = g.channels * c, b = g.frames * t;
+  return VideoStrides{b, t, c, h, w};
+}
+
+}  // namespace lsvit

@@ -1,0 +1,363 @@
+"""Triton backend: the patch embedding forward and backward, each in one pass over the video (triton_kernels.py).
+
+Registered as ``"triton"`` for CUDA tensors (first in the automatic CUDA order), and for CPU tensors only when
+``TRITON_INTERPRET=1`` was set before Triton was imported, so tests can run every kernel on the CPU when asked by
+name; the automatic CPU order never lists it. Imports without Triton and says why it cannot run.
+
+Launch wrappers take an optional explicit ``KernelConfig`` (tests use that to cross block edges); otherwise the
+shape-keyed heuristic of ``triton_tuning.py`` picks one on a GPU, and small fixed tiles are used in the
+interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import geometry
+from ..registry import Backend, register_backend
+from . import triton_tuning as tuning
+from .triton_tuning import KernelConfig
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+try:
+    from . import triton_kernels as kernels
+
+    _IMPORT_ERROR: Optional[str] = None
+except Exception as exc:  # ImportError, or a broken install that fails while importing
+    kernels = None  # type: ignore[assignment]
+    _IMPORT_ERROR = f"triton is not importable ({type(exc).__name__}: {exc}); install it with `pip install triton`"
+
+_INT32_MAX = 2**31 - 1
+
+
+def unavailable_reason(device_type: str) -> Optional[str]:
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    if device_type == "cpu":
+        if not INTERPRET:
+            return "Triton runs on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before importing triton"
+        return None
+    if device_type != "cuda":
+        return f"the Triton backend runs on cuda tensors, not {device_type}"
+    if INTERPRET:
+        return "TRITON_INTERPRET=1 is set, so Triton would interpret on the CPU; unset it to run on the GPU"
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    if torch.version.hip is not None:
+        return "the Triton kernels are tuned and tested for NVIDIA GPUs only (this is a ROCm build of torch)"
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return f"needs compute capability >= 8.0 (Ampere) for bf16 tensor-core dots; this GPU is sm_{major}{minor}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared launch plumbing
+
+
+@functools.cache
+def _device_facts(index: int) -> tuple[tuple[int, int], int, int]:
+    """(capability, SM count, opt-in shared memory per block) of CUDA device ``index``."""
+    props = torch.cuda.get_device_properties(index)
+    smem = getattr(props, "shared_memory_per_block_optin", 0) or tuning.SMEM_LIMIT[tuning.arch_of((props.major, 0))]
+    return (props.major, props.minor), props.multi_processor_count, smem
+
+
+def _sm_count(device: torch.device) -> int:
+    return 4 if device.type != "cuda" else _device_facts(_index(device))[1]
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """float32 follows torch's matmul precision setting (default "highest": exact, no TF32)."""
+    if dtype == torch.float32 and not INTERPRET and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee" if dtype == torch.float32 else "tf32"  # the flag is ignored for 16-bit operands
+
+
+def _config(kernel: str, grid: geometry.PatchGrid, dtype, video_dtype, device: torch.device) -> KernelConfig:
+    if device.type != "cuda":
+        return tuning.INTERPRETER_CONFIGS[kernel]
+    capability, sm_count, smem = _device_facts(_index(device))
+    return tuning.pick_config(kernel, grid, dtype, video_dtype, capability, sm_count, smem, _dot_precision(dtype))
+
+
+def _device_guard(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _max_offset(shape, strides) -> int:
+    return sum((size - 1) * stride for size, stride in zip(shape, strides, strict=True))
+
+
+def _wide(video: Tensor, *others: Tensor) -> bool:
+    """True when an offset of the launch can pass 2^31 - 1: then the kernels index in int64, else in int32."""
+    reach = [_max_offset(video.shape, video.stride())] + [t.numel() for t in others]
+    return max(reach) > _INT32_MAX
+
+
+def _common_meta(grid: geometry.PatchGrid, dtype: torch.dtype, wide: bool) -> dict:
+    return {
+        "PATCH_T": grid.tubelet,
+        "PATCH_H": grid.patch_h,
+        "PATCH_W": grid.patch_w,
+        "CLS_SLOTS": grid.cls_slots,
+        "WIDE": wide,
+        "DOT_PRECISION": _dot_precision(dtype),
+        "INTERPRET_BF16": INTERPRET and dtype == torch.bfloat16,  # its bf16 dot and cast are wrong
+    }
+
+
+def _checked_grid(video: Tensor, weight: Tensor, has_cls: bool) -> geometry.PatchGrid:
+    if _IMPORT_ERROR is not None:
+        raise RuntimeError(_IMPORT_ERROR)
+    grid = geometry.patch_grid(video.shape, weight.shape, has_cls=has_cls)
+    if weight.dtype not in BACKEND.dtypes:
+        raise TypeError(f"the Triton backend supports {BACKEND.dtypes}, not {weight.dtype}; use backend='reference'")
+    if video.dtype not in (weight.dtype, torch.uint8):
+        raise TypeError(f"video dtype {video.dtype} must be uint8 or the weight's dtype {weight.dtype}")
+    if grid.batch * grid.num_patches > _INT32_MAX:
+        raise ValueError(
+            f"{grid.batch * grid.num_patches} patch tokens in one call exceed 2^31 - 1; split the batch into chunks"
+        )
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward
+
+
+def forward(
+    video: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    pos_embed: Optional[Tensor],
+    cls_token: Optional[Tensor],
+    config: Optional[KernelConfig] = None,
+    out: Optional[Tensor] = None,
+) -> Tensor:
+    """Tokens ``(B, T', S + N, E)`` of a logical ``(B, T, C, H, W)`` video (any strides), in one launch.
+
+    ``out``: an optional contiguous ``(B, T', S + N, E)`` buffer in the weight's dtype to write into.
+    """
+    grid = _checked_grid(video, weight, cls_token is not None)
+    weight = weight.contiguous()
+    if out is None:
+        out = torch.empty(grid.output_shape, dtype=weight.dtype, device=weight.device)
+    elif tuple(out.shape) != grid.output_shape or not out.is_contiguous() or out.dtype != weight.dtype:
+        raise ValueError(f"out must be a contiguous {weight.dtype} tensor of shape {grid.output_shape}")
+    cfg = config or _config("forward", grid, weight.dtype, video.dtype, video.device)
+    num_tokens = grid.batch * grid.num_patches
+    programs = math.ceil(num_tokens / cfg.block_m) * math.ceil(grid.embed_dim / cfg.block_n)
+    strides = video.stride()
+    with _device_guard(video.device):
+        kernels.patch_embed_fwd_kernel[(programs,)](
+            video,
+            weight,
+            weight if bias is None else bias,  # never read when absent (the flags below)
+            weight if pos_embed is None else pos_embed,
+            weight if cls_token is None else cls_token,
+            out,
+            num_tokens,
+            grid.embed_dim,
+            grid.patch_dim,
+            grid.grid_h,
+            grid.grid_w,
+            grid.steps,
+            *strides,
+            HAS_BIAS=bias is not None,
+            HAS_POS=pos_embed is not None,
+            POS_PER_TOKEN=pos_embed is not None and grid.pos_is_per_token(pos_embed.shape[0]),
+            **_common_meta(grid, weight.dtype, _wide(video, out)),
+            **cfg.meta(),
+            **cfg.launch(),
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward
+
+
+def grad_weight(
+    grad_tokens: Tensor,
+    video: Tensor,
+    weight: Tensor,
+    has_cls: bool,
+    config: Optional[KernelConfig] = None,
+    splits: Optional[int] = None,
+) -> Tensor:
+    """``G^T X`` as an implicit GEMM over the video: ``(E, C, t, ph, pw)`` in the weight's dtype."""
+    grid = _checked_grid(video, weight, has_cls)
+    cfg = config or _config("grad_weight", grid, weight.dtype, video.dtype, video.device)
+    num_tokens = grid.batch * grid.num_patches
+    e, k = grid.embed_dim, grid.patch_dim
+    tiles = math.ceil(e / cfg.block_n) * math.ceil(k / cfg.block_k)
+    steps = math.ceil(num_tokens / cfg.block_m)
+    if splits is None:
+        splits = tuning.splits_for(tiles, steps, _sm_count(video.device))
+    tokens_per_split = math.ceil(steps / max(1, min(splits, steps))) * cfg.block_m
+    splits = math.ceil(num_tokens / tokens_per_split)
+    partial = torch.empty((splits, e, k), dtype=torch.float32, device=weight.device)
+    strides = video.stride()
+    with _device_guard(video.device):
+        kernels.patch_embed_grad_weight_kernel[(tiles, splits)](
+            grad_tokens,
+            video,
+            partial,
+            num_tokens,
+            e,
+            k,
+            grid.grid_h,
+            grid.grid_w,
+            grid.steps,
+            tokens_per_split,
+            *strides,
+            **_common_meta(grid, weight.dtype, _wide(video, grad_tokens, partial)),
+            **cfg.meta(),
+            **cfg.launch(),
+        )
+    total = partial[0] if splits == 1 else partial.sum(0)
+    return total.to(weight.dtype).view(weight.shape)
+
+
+def grad_video(
+    grad_tokens: Tensor,
+    video: Tensor,
+    weight: Tensor,
+    has_cls: bool,
+    config: Optional[KernelConfig] = None,
+    out: Optional[Tensor] = None,
+) -> Tensor:
+    """``G W`` scattered into a ``(B, T, C, H, W)`` tensor in the video's dtype: ``out`` (any strides) or a new
+    contiguous one."""
+    grid = _checked_grid(video, weight, has_cls)
+    if not video.is_floating_point():
+        raise TypeError(f"no gradient for a {video.dtype} video; only floating-point videos have one")
+    cfg = config or _config("grad_video", grid, weight.dtype, video.dtype, video.device)
+    if out is None:
+        out = torch.empty(video.shape, dtype=video.dtype, device=video.device)
+    elif out.shape != video.shape or out.dtype != video.dtype:
+        raise ValueError(f"out must be a {video.dtype} tensor of shape {tuple(video.shape)}")
+    num_tokens = grid.batch * grid.num_patches
+    programs = math.ceil(num_tokens / cfg.block_m) * math.ceil(grid.patch_dim / cfg.block_n)
+    strides = out.stride()
+    with _device_guard(video.device):
+        kernels.patch_embed_grad_video_kernel[(programs,)](
+            grad_tokens,
+            weight.contiguous(),
+            out,
+            num_tokens,
+            grid.embed_dim,
+            grid.patch_dim,
+            grid.grid_h,
+            grid.grid_w,
+            grid.steps,
+            *strides,
+            **_common_meta(grid, weight.dtype, _wide(out, grad_tokens)),
+            **cfg.meta(),
+            **cfg.launch(),
+        )
+    return out
+
+
+def grad_row_sums(
+    grad_tokens: Tensor,
+    groups: int,
+    rows: int,
+    config: Optional[KernelConfig] = None,
+    splits: Optional[int] = None,
+) -> Tensor:
+    """float32 ``(rows, E)``: grad_tokens viewed as ``(groups, rows, E)`` summed over groups, in one pass."""
+    e = grad_tokens.shape[-1]
+    cfg = config or (
+        tuning.INTERPRETER_CONFIGS["grad_rows"]
+        if grad_tokens.device.type != "cuda"
+        else tuning.candidate_configs("grad_rows", 90, "16bit")[0]
+    )
+    tiles_m, tiles_n = math.ceil(rows / cfg.block_m), math.ceil(e / cfg.block_n)
+    if splits is None:
+        splits = tuning.splits_for(tiles_m * tiles_n, groups, _sm_count(grad_tokens.device))
+    groups_per_split = math.ceil(groups / max(1, min(splits, groups)))
+    splits = math.ceil(groups / groups_per_split)
+    partial = torch.empty((splits, rows, e), dtype=torch.float32, device=grad_tokens.device)
+    with _device_guard(grad_tokens.device):
+        kernels.patch_embed_grad_rows_kernel[(tiles_m, tiles_n, splits)](
+            grad_tokens,
+            partial,
+            groups,
+            rows,
+            e,
+            groups_per_split,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            **cfg.launch(),
+        )
+    return partial[0] if splits == 1 else partial.sum(0)
+
+
+def backward(
+    grad_tokens: Tensor,
+    video: Tensor,
+    weight: Tensor,
+    pos_rows: int,
+    has_bias: bool,
+    has_cls: bool,
+    output_mask: list[bool],
+    configs: Optional[dict[str, KernelConfig]] = None,
+) -> tuple[Optional[Tensor], ...]:
+    """(grad_video, grad_weight, grad_bias, grad_pos, grad_cls), None where ``output_mask`` is False.
+
+    grad_weight re-reads the video (no patch matrix); grad_video is written only when asked; grad_pos,
+    grad_bias and grad_cls all come from one pass of row sums over grad_tokens.
+    """
+    configs = configs or {}
+    grid = _checked_grid(video, weight, has_cls)
+    need_video, need_weight, need_bias, need_pos, need_cls = (bool(m) for m in output_mask)
+    need_bias &= has_bias
+    need_pos &= pos_rows > 0
+    need_cls &= has_cls
+    grad_tokens = grad_tokens.contiguous()
+    dtype = weight.dtype
+    grads: list[Optional[Tensor]] = [None] * 5
+    if need_video:
+        grads[0] = grad_video(grad_tokens, video, weight, has_cls, configs.get("grad_video"))
+    if need_weight:
+        grads[1] = grad_weight(grad_tokens, video, weight, has_cls, configs.get("grad_weight"))
+    if need_bias or need_pos or need_cls:
+        s, per_step = grid.cls_slots, grid.tokens_per_step
+        per_token = need_pos and grid.pos_is_per_token(pos_rows)
+        groups, rows = (grid.batch, grid.steps * per_step) if per_token else (grid.batch * grid.steps, per_step)
+        sums = grad_row_sums(grad_tokens, groups, rows, configs.get("grad_rows"))  # (rows, E) float32
+        slots = sums.view(-1, per_step, grid.embed_dim)  # (1 or T', S + N, E)
+        if need_bias:
+            grads[2] = slots[:, s:].sum((0, 1)).to(dtype)
+        if need_pos:
+            grads[3] = sums.to(dtype)
+        if need_cls:
+            grads[4] = slots[:, 0].sum(0).to(dtype)
+    return tuple(grads)
+
+
+BACKEND = register_backend(
+    Backend(
+        name="triton",
+        devices=("cuda", "cpu") if INTERPRET else ("cuda",),
+        forward=forward,
+        backward=backward,
+        unavailable_reason=unavailable_reason,
+        description="fused Triton kernels: gather tubelets from the strided video, tl.dot, bias+pos epilogue",
+        dtypes=(torch.float32, torch.float16, torch.bfloat16),
+    )
+)

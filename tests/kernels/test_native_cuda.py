@@ -1,0 +1,169 @@
+"""The compiled CUDA kernels (backend "cuda", csrc/cuda/patch_embed_cuda.cu) against a float64 conv3d oracle.
+
+Same form as test_native_cpu.py; every test needs a GPU (marked ``gpu``) and touches CUDA only when it runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lsvit_kernels as lk
+from lsvit_kernels.backends import native
+
+from .native_cases import CASES, as_float64_leaves, leaves, make_inputs, reference_float64, scaled_tolerance
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not native._has_cuda_kernels(),
+        reason=f"the compiled library has no CUDA kernels: {native._load_error or 'built without its CUDA part'}",
+    ),
+]
+
+
+def poisoned(fn):
+    """Run fn with NaN-filled fresh allocations (so unwritten output elements fail)."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_filling = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        return fn()
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = was_filling
+
+
+def run_cuda(inp, **kwargs):
+    out = poisoned(
+        lambda: lk.patch_embed(
+            inp.video,
+            inp.weight,
+            inp.bias,
+            inp.pos_embed,
+            cls_token=inp.cls_token,
+            layout=inp.layout,
+            backend="cuda",
+            **kwargs,
+        )
+    )
+    assert lk.last_backend() == "cuda"
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("layout", ["BTCHW", "BCTHW"])
+@pytest.mark.parametrize(
+    "cls,pos,bias", [(False, "slot", True), (True, "token", True), (True, "none", False), (True, "slot", True)]
+)
+def test_forward_float32_matches_float64(case, layout, cls, pos, bias):
+    inp = make_inputs(case, device="cuda", layout=layout, cls=cls, pos=pos, bias=bias)
+    out = run_cuda(inp)
+    ref = reference_float64(inp)
+    assert out.shape == ref.shape and out.dtype == torch.float32 and out.is_contiguous()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=scaled_tolerance(ref, 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("layout,cls,pos", [("BTCHW", True, "slot"), ("BCTHW", False, "token")])
+def test_16bit_error_at_most_twice_plain_pytorch(dtype, case, layout, cls, pos):
+    inp = make_inputs(case, device="cuda", dtype=dtype, layout=layout, cls=cls, pos=pos)
+    out = run_cuda(inp)
+    ref = reference_float64(inp)
+    plain = lk.patch_embed(
+        inp.video, inp.weight, inp.bias, inp.pos_embed, cls_token=inp.cls_token, layout=layout, backend="reference"
+    )
+    err = (out.double() - ref).abs().max().item()
+    plain_err = (plain.double() - ref).abs().max().item()
+    assert out.dtype == dtype
+    assert err <= 2 * plain_err + 1e-3 * scaled_tolerance(ref, 1.0), (err, plain_err)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("layout,cls,pos", [("BTCHW", True, "token"), ("BCTHW", False, "slot")])
+def test_every_gradient_matches_float64(dtype, case, layout, cls, pos):
+    inp = make_inputs(case, device="cuda", dtype=dtype, layout=layout, cls=cls, pos=pos)
+    for t in (inp.video, inp.weight, inp.bias, inp.pos_embed, inp.cls_token):
+        if t is not None:
+            t.requires_grad_()
+    out = run_cuda(inp)
+    grad_out = torch.randn_like(out)
+    grads = poisoned(lambda: torch.autograd.grad(out, leaves(inp), grad_out))
+    ref_inp = as_float64_leaves(inp)
+    ref_grads = torch.autograd.grad(reference_float64(ref_inp), leaves(ref_inp), grad_out.double())
+    assert len(grads) == len(ref_grads) == 4 + cls
+    rel = 1e-5 if dtype == torch.float32 else 2e-2
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert got.dtype == dtype and got.shape == want.shape
+        torch.testing.assert_close(got.double(), want, rtol=rel, atol=scaled_tolerance(want, rel))
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_uint8_video(weight_dtype):
+    inp = make_inputs(CASES[0], device="cuda", dtype=weight_dtype, video_dtype=torch.uint8, cls=True, pos="slot")
+    mean, std = [0.45, 0.40, 0.50], [0.22, 0.25, 0.21]
+    inp.weight.requires_grad_()
+    out = run_cuda(inp, mean=mean, std=std)
+    (grad_weight,) = torch.autograd.grad(out, [inp.weight], torch.ones_like(out))
+    ref_inp = as_float64_leaves(inp)
+    m = torch.tensor(mean, dtype=torch.float64, device="cuda").view(1, 1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64, device="cuda").view(1, 1, 3, 1, 1)
+    ref_inp.video = (inp.video.double() / 255.0 - m) / s
+    ref = reference_float64(ref_inp)
+    (ref_grad_weight,) = torch.autograd.grad(ref, [ref_inp.weight], torch.ones_like(ref))
+    rel = 1e-5 if weight_dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.double(), ref, rtol=rel, atol=scaled_tolerance(ref, rel))
+    atol = scaled_tolerance(ref_grad_weight, rel)
+    torch.testing.assert_close(grad_weight.double(), ref_grad_weight, rtol=rel, atol=atol)
+
+
+def test_non_contiguous_video_of_any_strides():
+    case = CASES[0]
+    base = torch.randn(
+        case.batch, case.frames * 2, case.channels, case.width, case.height + 3, device="cuda", requires_grad=True
+    )
+    video = base[:, ::2, :, :, 1 : 1 + case.height].transpose(3, 4)
+    assert video.stride(-1) != 1
+    inp = make_inputs(case, device="cuda", cls=True, pos="token")
+    inp.video = video
+    out = run_cuda(inp)
+    ref_inp = as_float64_leaves(inp)
+    ref = reference_float64(ref_inp)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=scaled_tolerance(ref, 1e-5))
+    grad_out = torch.randn_like(out)
+    (grad_video,) = poisoned(lambda: torch.autograd.grad(out, [video], grad_out))
+    (ref_grad_video,) = torch.autograd.grad(ref, [ref_inp.video], grad_out.double())
+    atol = scaled_tolerance(ref_grad_video, 1e-5)
+    torch.testing.assert_close(grad_video.double(), ref_grad_video, rtol=1e-5, atol=atol)
+
+
+def test_benchmark_shape_bf16():
+    """The suite's shape (2x16x3x224x224, tubelet 2x16x16, E=768): many full tiles and a partial last one."""
+    from .native_cases import Case
+
+    inp = make_inputs(Case(2, 16, 3, 224, 224, 768, 2, 16, 16), device="cuda", dtype=torch.bfloat16, cls=True)
+    out = run_cuda(inp)
+    ref = reference_float64(inp)
+    plain = lk.patch_embed(inp.video, inp.weight, inp.bias, inp.pos_embed, cls_token=inp.cls_token, backend="reference")
+    err = (out.double() - ref).abs().max().item()
+    plain_err = (plain.double() - ref).abs().max().item()
+    assert err <= 2 * plain_err + 1e-3 * scaled_tolerance(ref, 1.0), (err, plain_err)
+
+
+def test_opcheck_with_cuda_kernel_active():
+    inp = make_inputs(CASES[0], device="cuda", cls=True, pos="token")
+    args = (inp.video.requires_grad_(), inp.weight.requires_grad_(), inp.bias, inp.pos_embed, inp.cls_token, "cuda")
+    torch.library.opcheck(torch.ops.lsvit.patch_embed.default, args)
+    plain = (inp.video.detach(), inp.weight.detach(), inp.bias, inp.pos_embed, inp.cls_token)
+    torch.library.opcheck(torch.ops.lsvit.native_patch_embed_forward.default, plain)
+
+
+def test_cpp_checks_repeat_the_python_errors():
+    video, weight = torch.randn(1, 3, 3, 8, 8, device="cuda"), torch.randn(4, 3, 2, 4, 4, device="cuda")
+    with pytest.raises(ValueError, match=r"num_frames=3 is not divisible by tubelet_size=2; use 2 or 4"):
+        torch.ops.lsvit.native_patch_embed_forward(video, weight, None, None, None)
+    with pytest.raises(TypeError, match=r"weight must be one of torch.float32, torch.float16, torch.bfloat16"):
+        torch.ops.lsvit.native_patch_embed_forward(video[:, :2].double(), weight.double(), None, None, None)
