@@ -1,0 +1,65 @@
+"""Shared fixtures for the data / train / infer / compare tests: one small synthetic dataset per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsvit import train
+from lsvit.synth import make_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Motions a clip's motion energy tells apart (horizontal, vertical, radial, rotational) while a single frame
+# cannot: position, size, angle, shape and colours are random per video.
+CI_CLASSES = ("left", "up", "grow", "rotate_cw")
+
+# The CI-sized model: 32x32 clips, 8x8 patches, embed 64, depth 2.
+TINY_MODEL = [
+    "--image_size", "32", "--patch_size", "8", "--embed_dim", "64", "--depth", "2", "--num_heads", "4",
+    "--drop_path_rate", "0", "--smif_window", "3",
+]  # fmt: skip
+
+
+TRAIN_FLAGS = [
+    *TINY_MODEL, "--epochs", "16", "--batch_size", "8", "--lr", "2e-3", "--warmup_epochs", "1",
+    "--num_workers", "0", "--threads", "1", "--no_progress", "--seed", "0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """4 motion classes, 32x32, 16 frames; train/val folders + lists + dataset.json."""
+    root = tmp_path_factory.mktemp("synth")
+    return make_dataset(
+        root, classes=CI_CLASSES, train_per_class=48, val_per_class=12, size=32, frames=16, seed=0, progress=False
+    )
+
+
+def run_module(module: str, *args: str, timeout: float = 120, env: dict | None = None, launcher=None):
+    """Run ``python -m module args`` (or ``launcher + args``) from the repo root; return the CompletedProcess."""
+    command = (launcher or [sys.executable, "-m", module]) + list(args)
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_3d(synth_root, tmp_path_factory):
+    """A T=8, tubelet-2 model trained on the session dataset; shared with the infer tests."""
+    out = tmp_path_factory.mktemp("run_3d")
+    threads = torch.get_num_threads()
+    try:
+        summary = train.run(
+            ["--data_root", str(synth_root), "--output_dir", str(out), "--num_frames", "8", "--use_3d_patch_embed",
+             "--tubelet_size", "2", *TRAIN_FLAGS]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return out, summary

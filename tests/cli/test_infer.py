@@ -1,0 +1,86 @@
+"""Inference: the checkpoint decides the architecture; bad videos are reported; outputs are written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsvit import infer
+from lsvit.synth import render_video, write_mp4
+
+from .conftest import CI_CLASSES
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(synth_root, tmp_path_factory) -> Path:
+    """The validation videos in class folders plus one corrupt file and one too-short file."""
+    root = tmp_path_factory.mktemp("mixed")
+    for name in CI_CLASSES:
+        shutil.copytree(synth_root / "val" / name, root / name)
+    (root / CI_CLASSES[0] / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 broken" * 40)
+    write_mp4(root / CI_CLASSES[1] / "short.mp4", render_video(CI_CLASSES[1], np.random.default_rng(0), 32, 5))
+    return root
+
+
+def test_infer_reports_bad_videos_and_scores_the_rest(trained_3d, mixed_folder, tmp_path, monkeypatch):
+    out, summary = trained_3d
+    monkeypatch.setenv("APPCONFIG__EMBED_DIM", "96")  # ignored: the checkpoint decides
+    metrics = infer.run(
+        ["--checkpoint", str(out / "best.pt"), "--data_root", str(mixed_folder), "--num_frames", "8",
+         "--output_dir", str(tmp_path), "--num_workers", "0", "--no_progress"]
+    )  # fmt: skip
+    total = 12 * len(CI_CLASSES)
+    assert metrics["videos"] == total + 2 and metrics["scored"] == total
+    skipped = {Path(entry["path"]).name: entry["reason"] for entry in metrics["skipped"]}
+    assert set(skipped) == {"corrupt.mp4", "short.mp4"}
+    assert skipped["short.mp4"] == "too short: 5 decodable frames, need num_frames=8"
+    # Same accuracy as the training run's validation of the best checkpoint (same clips, same sampling).
+    assert metrics["top1"] == pytest.approx(summary["best_metric"])
+    assert metrics["top5"] == 1.0  # 4 classes: top-5 holds every class
+    per_class = metrics["per_class"]
+    assert set(per_class) == set(CI_CLASSES)
+    assert np.mean(list(per_class.values())) == pytest.approx(metrics["top1"])  # balanced classes
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert len(rows) == total and {"top1_class", "top1_prob", "top4_prob"} <= set(rows[0])
+    predictions = json.loads((tmp_path / "predictions.json").read_text())["predictions"]
+    assert all(abs(sum(e["prob"] for e in p["topk"]) - 1) < 1e-4 for p in predictions)  # 4 of 4 classes listed
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+    assert sum(map(sum, metrics["confusion"])) == total
+
+
+@pytest.mark.parametrize(
+    "env, flags, named",
+    [
+        ({"APPCONFIG__USE_3D_PATCH_EMBED": "false"}, [], "env APPCONFIG__USE_3D_PATCH_EMBED=false"),
+        ({}, ["--no-use_3d_patch_embed"], "--use_3d_patch_embed False"),
+        ({"APPCONFIG__TUBELET_SIZE": "4"}, [], "env APPCONFIG__TUBELET_SIZE=4"),
+        ({}, ["--patch_size", "16"], "--patch_size 16"),
+    ],
+)
+def test_conflicting_architecture_stops_with_the_trained_settings(
+    trained_3d, synth_root, monkeypatch, env, flags, named
+):
+    out, _ = trained_3d
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as stop:
+        infer.run(["--checkpoint", str(out / "last.pt"), "--data_root", str(synth_root / "val.txt"), *flags])
+    message = str(stop.value)
+    assert "was trained with 3D patch embedding, tubelet_size=2, patch_size=8" in message
+    assert named in message
+
+
+def test_agreeing_settings_are_accepted(trained_3d, synth_root, tmp_path, monkeypatch):
+    out, _ = trained_3d
+    monkeypatch.setenv("APPCONFIG__TUBELET_SIZE", "2")
+    metrics = infer.run(
+        ["--checkpoint", str(out / "last.pt"), "--data_root", str(synth_root), "--split", "val", "--use_3d_patch_embed",
+         "--output_dir", str(tmp_path), "--num_workers", "0", "--no_progress", "--topk", "2"]
+    )  # fmt: skip
+    assert metrics["scored"] == 12 * len(CI_CLASSES) and not metrics["skipped"]
+    assert len(json.loads((tmp_path / "predictions.json").read_text())["predictions"][0]["topk"]) == 2
