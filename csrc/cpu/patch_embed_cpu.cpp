@@ -30,7 +30,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "../common.h"
@@ -40,6 +42,17 @@ namespace lsvit::cpu {
 namespace {
 
 // Rows per block: measured on the benchmark shape (docs/native.md); LSVIT_CPU_BLOCK_ROWS overrides it.
+// How blocks are spread over threads. kBlocks: each worker runs whole blocks (single-threaded GEMMs);
+// kGemm: blocks of threads x the row target one after another, gather parallel over rows, one multi-threaded
+// GEMM per block. LSVIT_CPU_SCHEDULE=blocks|gemm overrides the default (gemm when more than one thread).
+enum class Schedule { kBlocks, kGemm };
+Schedule schedule(int64_t threads) {
+  const char* env = std::getenv("LSVIT_CPU_SCHEDULE");
+  if (env && std::string(env) == "blocks") return Schedule::kBlocks;
+  if (env && std::string(env) == "gemm") return Schedule::kGemm;
+  return threads > 1 ? Schedule::kGemm : Schedule::kBlocks;
+}
+
 int64_t block_rows_target() {
   const char* env = std::getenv("LSVIT_CPU_BLOCK_ROWS");
   const int64_t rows = env ? std::atoll(env) : 0;
@@ -64,10 +77,10 @@ struct BlockPlan {
   }
 };
 
-BlockPlan plan_blocks(const PatchGeometry& g) {
+BlockPlan plan_blocks(const PatchGeometry& g, int64_t target) {
   BlockPlan p{};
   p.segment_len = g.cls_slots ? g.num_spatial : g.num_tokens;
-  p.blocks_per_segment = (p.segment_len + block_rows_target() - 1) / block_rows_target();
+  p.blocks_per_segment = (p.segment_len + target - 1) / target;
   p.num_blocks = (g.num_tokens / p.segment_len) * p.blocks_per_segment;
   p.max_rows = (p.segment_len + p.blocks_per_segment - 1) / p.blocks_per_segment;
   return p;
@@ -117,18 +130,19 @@ void scatter_panel(const acc_t* panel, const PatchGeometry& g, int64_t first, in
 }
 
 // C rows of a block before the GEMM: bias + pos_embed row of each token (zeros when neither is given).
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename c_t>
 void init_block(const CallPlan& plan, const scalar_t* bias, const scalar_t* pos, int64_t first, int64_t rows,
-                acc_t* block) {
+                c_t* block) {
+  using acc_t = at::opmath_type<scalar_t>;
   const auto& g = plan.geometry;
   const int64_t e = g.embed_dim;
   for (int64_t r = 0; r < rows; ++r) {
-    acc_t* dst = block + r * e;
+    c_t* dst = block + r * e;
     const scalar_t* pos_row_ptr = pos ? pos + pos_row(first + r, g, plan.pos_per_token) * e : nullptr;
     for (int64_t j = 0; j < e; ++j) {
       acc_t v = bias ? static_cast<acc_t>(bias[j]) : acc_t(0);
       if (pos_row_ptr) v += static_cast<acc_t>(pos_row_ptr[j]);
-      dst[j] = v;
+      dst[j] = static_cast<c_t>(v);
     }
   }
 }
@@ -157,38 +171,68 @@ template <typename scalar_t, typename video_t>
 void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tensor& weight2d,
                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& pos,
                   const c10::optional<at::Tensor>& cls, at::Tensor& out) {
+  // bf16: a bf16 panel and a bf16 GEMM straight into the output rows (oneDNN's avx512_bf16 / AMX kernels,
+  // which accumulate in fp32 and add C = bf16(bias + pos) before the one rounding): half the panel bytes and
+  // ~2.5x the GEMM rate of the fp32 path. fp16 (no native fp16 GEMM on AVX-512 CPUs without avx512_fp16) and
+  // fp32/fp64 use gemm_t = the accumulation type.
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr bool kSameDtype = std::is_same_v<acc_t, scalar_t>;
+  using gemm_t = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, scalar_t, acc_t>;
+  constexpr bool kCIsOut = std::is_same_v<gemm_t, scalar_t>;
   const auto& g = plan.geometry;
-  const BlockPlan blocks = plan_blocks(g);
-  const auto acc_options = weight2d.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  const at::Tensor weight_t = weight2d.to(acc_options.dtype()).t();  // (K, E) view; an fp32 copy for 16-bit
+  const int64_t threads = at::get_num_threads();
+  const Schedule sched = schedule(threads);
+  const BlockPlan blocks = plan_blocks(g, block_rows_target() * (sched == Schedule::kGemm ? threads : 1));
+  const auto gemm_options = weight2d.options().dtype(c10::CppTypeToScalarType<gemm_t>::value);
+  const at::Tensor weight_t = weight2d.to(gemm_options.dtype()).t();  // (K, E) view; an fp32 copy for fp16
   const video_t* video_ptr = video.const_data_ptr<video_t>();
   const auto* bias_ptr = static_cast<const scalar_t*>(data_or_null(bias));
   const auto* pos_ptr = static_cast<const scalar_t*>(data_or_null(pos));
   at::Tensor out2d = out.view({-1, g.embed_dim});  // (B T' (S + N), E)
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
 
+  if (sched == Schedule::kGemm) {
+    at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
+    at::Tensor c_buffer = kCIsOut ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, gemm_options);
+    gemm_t* panel_ptr = panel.mutable_data_ptr<gemm_t>();
+    for (int64_t i = 0; i < blocks.num_blocks; ++i) {
+      const int64_t first = blocks.first(i), rows = blocks.rows(i), row0 = output_row(first, g);
+      at::Tensor c_block = kCIsOut ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
+      gemm_t* c_ptr = c_block.mutable_data_ptr<gemm_t>();
+      at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+        init_block<scalar_t, gemm_t>(plan, bias_ptr, pos_ptr, first + r0, r1 - r0, c_ptr + r0 * g.embed_dim);
+        gather_panel<video_t, gemm_t>(video_ptr, g, plan.video_strides, first + r0, r1 - r0,
+                                      panel_ptr + r0 * g.patch_dim);
+      });
+      at::addmm_out(c_block, c_block, panel.narrow(0, 0, rows), weight_t);  // multi-threaded BLAS
+      if constexpr (!kCIsOut) {
+        scalar_t* dst = out_ptr + row0 * g.embed_dim;
+        at::parallel_for(0, rows * g.embed_dim, 4096, [&](int64_t j0, int64_t j1) {
+          for (int64_t j = j0; j < j1; ++j) dst[j] = static_cast<scalar_t>(c_ptr[j]);
+        });
+      }
+    }
+  } else {
   // Workers take blocks from a shared counter rather than fixed ranges: on a loaded machine a descheduled
   // thread then delays one block, not half the work (the blocks are independent, so the order is free).
   std::atomic<int64_t> next_block{0};
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.num_blocks));
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, acc_options);
-    at::Tensor c_buffer = kSameDtype ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, acc_options);
+    at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
+    at::Tensor c_buffer = kCIsOut ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, gemm_options);
     for (int64_t i = next_block++; i < blocks.num_blocks; i = next_block++) {
       const int64_t first = blocks.first(i), rows = blocks.rows(i), row0 = output_row(first, g);
-      at::Tensor c_block = kSameDtype ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
-      acc_t* c_ptr = c_block.mutable_data_ptr<acc_t>();
-      init_block<scalar_t, acc_t>(plan, bias_ptr, pos_ptr, first, rows, c_ptr);
-      gather_panel<video_t, acc_t>(video_ptr, g, plan.video_strides, first, rows, panel.mutable_data_ptr<acc_t>());
+      at::Tensor c_block = kCIsOut ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
+      gemm_t* c_ptr = c_block.mutable_data_ptr<gemm_t>();
+      init_block<scalar_t, gemm_t>(plan, bias_ptr, pos_ptr, first, rows, c_ptr);
+      gather_panel<video_t, gemm_t>(video_ptr, g, plan.video_strides, first, rows, panel.mutable_data_ptr<gemm_t>());
       at::addmm_out(c_block, c_block, panel.narrow(0, 0, rows), weight_t);  // C += panel @ W^T
-      if constexpr (!kSameDtype) {
+      if constexpr (!kCIsOut) {
         scalar_t* dst = out_ptr + row0 * g.embed_dim;
         for (int64_t j = 0; j < rows * g.embed_dim; ++j) dst[j] = static_cast<scalar_t>(c_ptr[j]);
       }
     }
   });
+  }
   if (g.cls_slots) {
     write_cls_rows<scalar_t>(plan, cls->const_data_ptr<scalar_t>(), pos_ptr, out_ptr);
   }
@@ -198,42 +242,68 @@ template <typename scalar_t, typename video_t>
 void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at::Tensor& video,
                    const at::Tensor& weight2d, bool need_video, bool need_weight, at::Tensor& grad_video,
                    at::Tensor& grad_weight2d) {
+  // grad_weight: fp32 GEMMs into fp32 accumulators for every dtype (a bf16 GEMM would round each block's
+  // partial sum). grad_video: one dot product over E per element, so for bf16 a bf16 GEMM (fp32 accumulation,
+  // one rounding) is what the dtype gives; fp16 runs it in fp32 (see forward_impl).
   using acc_t = at::opmath_type<scalar_t>;
+  using gemm_t = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, scalar_t, acc_t>;
   constexpr bool kSameDtype = std::is_same_v<acc_t, scalar_t>;
+  constexpr bool kVideoGemmNative = std::is_same_v<gemm_t, scalar_t>;
   const auto& g = plan.geometry;
-  const BlockPlan blocks = plan_blocks(g);
+  const int64_t threads = at::get_num_threads();
+  const Schedule sched = schedule(threads);
+  const BlockPlan blocks = plan_blocks(g, block_rows_target() * (sched == Schedule::kGemm ? threads : 1));
   const auto acc_options = weight2d.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  const at::Tensor weight_acc = weight2d.to(acc_options.dtype());  // (E, K)
+  const auto gemm_options = weight2d.options().dtype(c10::CppTypeToScalarType<gemm_t>::value);
+  const at::Tensor weight_gemm = need_video ? weight2d.to(gemm_options.dtype()) : at::Tensor();  // (E, K)
   const at::Tensor grad2d = grad_tokens.view({-1, g.embed_dim});  // (B T' (S + N), E)
   const video_t* video_ptr = video.const_data_ptr<video_t>();
   video_t* grad_video_ptr = need_video ? grad_video.mutable_data_ptr<video_t>() : nullptr;
+  const bool need_g_acc = !kSameDtype && (need_weight || !kVideoGemmNative);
 
-  // Fixed worker ranges, one fp32 grad_weight partial each: the sum does not depend on scheduling.
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.num_blocks));
+  // kBlocks: fixed worker ranges, one fp32 grad_weight partial each, single-threaded GEMMs (the sum does not
+  // depend on scheduling). kGemm: one worker (this thread) walking big blocks; the GEMMs and the row loops of
+  // gather/scatter are multi-threaded (at::parallel_for runs inline inside a kBlocks worker).
+  const int64_t workers =
+      sched == Schedule::kGemm ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads, blocks.num_blocks));
   std::vector<at::Tensor> partials(workers);
-  at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
-    at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, acc_options);
-    at::Tensor g_buffer = kSameDtype ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, acc_options);
-    for (int64_t w = wbegin; w < wend; ++w) {
-      at::Tensor partial = need_weight ? at::zeros({g.embed_dim, g.patch_dim}, acc_options) : at::Tensor();
-      const int64_t lo = blocks.num_blocks * w / workers, hi = blocks.num_blocks * (w + 1) / workers;
-      for (int64_t i = lo; i < hi; ++i) {
-        const int64_t first = blocks.first(i), rows = blocks.rows(i);
-        at::Tensor g_block = grad2d.narrow(0, output_row(first, g), rows);  // (rows, E), contiguous
-        if constexpr (!kSameDtype) g_block = g_buffer.narrow(0, 0, rows).copy_(g_block);
-        at::Tensor p = panel.narrow(0, 0, rows);
-        if (need_weight) {
-          gather_panel<video_t, acc_t>(video_ptr, g, plan.video_strides, first, rows, p.mutable_data_ptr<acc_t>());
-          at::addmm_out(partial, partial, g_block.t(), p);  // (E, K) += (E, rows) @ (rows, K)
-        }
-        if (need_video) {
-          at::mm_out(p, g_block, weight_acc);  // (rows, K) = (rows, E) @ (E, K)
-          scatter_panel<video_t, acc_t>(p.const_data_ptr<acc_t>(), g, first, rows, grad_video_ptr);
-        }
+  auto work = [&](int64_t w) {
+    at::Tensor panel = need_weight ? at::empty({blocks.max_rows, g.patch_dim}, acc_options) : at::Tensor();
+    at::Tensor vpanel = !need_video                    ? at::Tensor()
+                        : (need_weight && std::is_same_v<gemm_t, acc_t>) ? panel
+                                                       : at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
+    at::Tensor g_buffer = need_g_acc ? at::empty({blocks.max_rows, g.embed_dim}, acc_options) : at::Tensor();
+    at::Tensor partial = need_weight ? at::zeros({g.embed_dim, g.patch_dim}, acc_options) : at::Tensor();
+    const int64_t lo = blocks.num_blocks * w / workers, hi = blocks.num_blocks * (w + 1) / workers;
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t first = blocks.first(i), rows = blocks.rows(i);
+      const at::Tensor g_block = grad2d.narrow(0, output_row(first, g), rows);  // (rows, E), contiguous
+      const at::Tensor g_acc = need_g_acc ? g_buffer.narrow(0, 0, rows).copy_(g_block) : g_block;
+      if (need_weight) {
+        acc_t* p = panel.mutable_data_ptr<acc_t>();
+        at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+          gather_panel<video_t, acc_t>(video_ptr, g, plan.video_strides, first + r0, r1 - r0, p + r0 * g.patch_dim);
+        });
+        at::addmm_out(partial, partial, g_acc.t(), panel.narrow(0, 0, rows));  // (E, K) += (E, rows) @ (rows, K)
       }
-      partials[w] = partial;
+      if (need_video) {
+        at::Tensor vp = vpanel.narrow(0, 0, rows);
+        at::mm_out(vp, kVideoGemmNative ? g_block : g_acc, weight_gemm);  // (rows, K) = (rows, E) @ (E, K)
+        const gemm_t* src = vp.const_data_ptr<gemm_t>();
+        at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+          scatter_panel<video_t, gemm_t>(src + r0 * g.patch_dim, g, first + r0, r1 - r0, grad_video_ptr);
+        });
+      }
     }
-  });
+    partials[w] = partial;
+  };
+  if (sched == Schedule::kGemm) {
+    work(0);
+  } else {
+    at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
+      for (int64_t w = wbegin; w < wend; ++w) work(w);
+    });
+  }
   if (need_weight) {
     at::Tensor total = partials[0];
     for (int64_t w = 1; w < workers; ++w) total.add_(partials[w]);
