@@ -41,10 +41,11 @@
 namespace lsvit::cpu {
 namespace {
 
-// Rows per block: measured on the benchmark shape (docs/native.md); LSVIT_CPU_BLOCK_ROWS overrides it.
-// How blocks are spread over threads. kBlocks: each worker runs whole blocks (single-threaded GEMMs);
-// kGemm: blocks of threads x the row target one after another, gather parallel over rows, one multi-threaded
-// GEMM per block. LSVIT_CPU_SCHEDULE=blocks|gemm overrides the default (gemm when more than one thread).
+// How blocks are spread over threads. kBlocks: each worker runs whole blocks with single-threaded GEMMs (one
+// parallel region per call); kGemm: blocks one after another, init/gather/scatter parallel over rows, one
+// multi-threaded GEMM per block. kGemm is the default with more than one thread: measured faster here for
+// every dtype (docs/native.md), and oneDNN's bf16 GEMM inside an OpenMP worker ran ~2.5x slower than on
+// its own. LSVIT_CPU_SCHEDULE=blocks|gemm overrides the choice.
 enum class Schedule { kBlocks, kGemm };
 Schedule schedule(int64_t threads) {
   const char* env = std::getenv("LSVIT_CPU_SCHEDULE");
@@ -53,10 +54,24 @@ Schedule schedule(int64_t threads) {
   return threads > 1 ? Schedule::kGemm : Schedule::kBlocks;
 }
 
-int64_t block_rows_target() {
+// Rows per block: measured on the benchmark shape (docs/native.md); LSVIT_CPU_BLOCK_ROWS overrides it.
+int64_t block_rows_env() {
   const char* env = std::getenv("LSVIT_CPU_BLOCK_ROWS");
   const int64_t rows = env ? std::atoll(env) : 0;
+  return rows > 0 ? rows : int64_t{0};
+}
+int64_t block_rows_target() {
+  const int64_t rows = block_rows_env();
   return rows > 0 ? rows : int64_t{256};
+}
+
+// kGemm block rows: threads x LSVIT_CPU_BLOCK_ROWS when set, else as many rows as fit a 4 MiB panel (at least
+// 256 per thread). Each block costs a few thread-team synchronisations, which on a loaded machine cost a time
+// slice each (docs/native.md), so fewer, bigger blocks win; the panel stays bounded whatever the input size.
+constexpr int64_t kGemmPanelBytes = int64_t{4} << 20;
+int64_t gemm_block_rows(int64_t threads, int64_t patch_dim, int64_t elem_bytes) {
+  if (block_rows_env() > 0) return threads * block_rows_env();
+  return std::max(threads * 256, kGemmPanelBytes / (patch_dim * elem_bytes));
 }
 
 // Blocks of tokens whose output rows are contiguous: with a CLS slot a block stays inside one time step.
@@ -181,7 +196,9 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
   const auto& g = plan.geometry;
   const int64_t threads = at::get_num_threads();
   const Schedule sched = schedule(threads);
-  const BlockPlan blocks = plan_blocks(g, block_rows_target() * (sched == Schedule::kGemm ? threads : 1));
+  const BlockPlan blocks = plan_blocks(g, sched == Schedule::kGemm
+                                              ? gemm_block_rows(threads, g.patch_dim, sizeof(gemm_t))
+                                              : block_rows_target());
   const auto gemm_options = weight2d.options().dtype(c10::CppTypeToScalarType<gemm_t>::value);
   const at::Tensor weight_t = weight2d.to(gemm_options.dtype()).t();  // (K, E) view; an fp32 copy for fp16
   const video_t* video_ptr = video.const_data_ptr<video_t>();
@@ -252,7 +269,9 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
   const auto& g = plan.geometry;
   const int64_t threads = at::get_num_threads();
   const Schedule sched = schedule(threads);
-  const BlockPlan blocks = plan_blocks(g, block_rows_target() * (sched == Schedule::kGemm ? threads : 1));
+  const BlockPlan blocks = plan_blocks(g, sched == Schedule::kGemm
+                                              ? gemm_block_rows(threads, g.patch_dim, sizeof(acc_t))
+                                              : block_rows_target());
   const auto acc_options = weight2d.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const auto gemm_options = weight2d.options().dtype(c10::CppTypeToScalarType<gemm_t>::value);
   const at::Tensor weight_gemm = need_video ? weight2d.to(gemm_options.dtype()) : at::Tensor();  // (E, K)
