@@ -99,10 +99,12 @@ def test_every_gradient_matches_float64(case, layout, cls, pos):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=scaled_tolerance(want, 1e-5))
 
 
+@pytest.mark.parametrize("schedule", ["blocks", "gemm"])
 @pytest.mark.parametrize("block_rows", ["7", "64"])
-def test_small_uneven_blocks(monkeypatch, block_rows):
-    """Blocks of unequal sizes, many per time step and per worker (the block size is read on every call)."""
+def test_small_uneven_blocks(monkeypatch, block_rows, schedule):
+    """Blocks of unequal sizes, many per time step and per worker (block size and schedule read on every call)."""
     monkeypatch.setenv("LSVIT_CPU_BLOCK_ROWS", block_rows)
+    monkeypatch.setenv("LSVIT_CPU_SCHEDULE", schedule)
     for cls in (False, True):
         inp = make_inputs(CASES[3], cls=cls, pos="token")
         for t in (inp.video, inp.weight, inp.bias):
@@ -129,9 +131,13 @@ def test_float64_is_exact_enough_for_gradcheck():
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, fast_mode=True)
 
 
+@pytest.mark.parametrize("schedule", ["blocks", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", CASES[:3], ids=str)
-def test_16bit_error_at_most_twice_plain_pytorch(dtype, case):
+def test_16bit_error_at_most_twice_plain_pytorch(monkeypatch, dtype, case, schedule):
+    """bf16 runs a bf16 GEMM (fp32 accumulation) under both schedules; small blocks make several of them."""
+    monkeypatch.setenv("LSVIT_CPU_SCHEDULE", schedule)
+    monkeypatch.setenv("LSVIT_CPU_BLOCK_ROWS", "5")
     inp = make_inputs(case, dtype=dtype, cls=True, pos="slot", layout="BCTHW")
     out = run_cpu(inp)
     ref = reference_float64(inp)
@@ -144,8 +150,11 @@ def test_16bit_error_at_most_twice_plain_pytorch(dtype, case):
     assert err <= 2 * plain_err + 1e-3 * scaled_tolerance(ref, 1.0), (err, plain_err)
 
 
+@pytest.mark.parametrize("schedule", ["blocks", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_16bit_gradients(dtype):
+def test_16bit_gradients(monkeypatch, dtype, schedule):
+    monkeypatch.setenv("LSVIT_CPU_SCHEDULE", schedule)
+    monkeypatch.setenv("LSVIT_CPU_BLOCK_ROWS", "5")
     inp = make_inputs(CASES[0], dtype=dtype, cls=True, pos="token")
     for t in (inp.video, inp.weight, inp.bias, inp.pos_embed, inp.cls_token):
         t.requires_grad_()
