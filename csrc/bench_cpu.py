@@ -4,7 +4,9 @@ fp32 video (2, 16, 3, 224, 224), tubelet 2 x 16 x 16, E = 768, with bias and pos
 calls, then the median of --reps wall times and the minimum process CPU time (all threads). Peak memory: the
 ru_maxrss increase of one call in a fresh subprocess per backend, run first.
 
-    python csrc/bench_cpu.py [--threads 2] [--reps 10]
+    python csrc/bench_cpu.py [--threads 2] [--reps 10] [--dtype bfloat16]
+
+LSVIT_CPU_SCHEDULE=blocks|gemm and LSVIT_CPU_BLOCK_ROWS select the kernel's schedule and block size.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from lsvit_kernels.backends import reference
 B, T, C, H, W, E, TUBELET, PATCH = 2, 16, 3, 224, 224, 768, 2, 16
 
 
-def inputs():
+def inputs(dtype: torch.dtype):
     torch.manual_seed(0)
-    video = torch.randn(B, T, C, H, W)
-    conv = torch.nn.Conv3d(C, E, (TUBELET, PATCH, PATCH), (TUBELET, PATCH, PATCH))
-    pos = torch.randn((H // PATCH) * (W // PATCH), E)
+    video = torch.randn(B, T, C, H, W, dtype=dtype)
+    conv = torch.nn.Conv3d(C, E, (TUBELET, PATCH, PATCH), (TUBELET, PATCH, PATCH), dtype=dtype)
+    pos = torch.randn((H // PATCH) * (W // PATCH), E, dtype=dtype)
     return video, conv, pos
 
 
@@ -64,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions per case")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,11 +76,12 @@ def main() -> None:
             output_mib = B * (T // TUBELET) * (H // PATCH) * (W // PATCH) * E * 4 / 2**20
             print(f"  peak RSS increase, {backend:<9} {mib:6.1f} MiB (output {output_mib:.1f} MiB)")
 
-    video, conv, pos = inputs()
+    dtype = getattr(torch, args.dtype)
+    video, conv, pos = inputs(dtype)
     weight, bias = conv.weight.detach(), conv.bias.detach()
     grid = lk.geometry.patch_grid(video.shape, weight.shape)
     m, k = grid.batch * grid.num_patches, grid.patch_dim
-    a, w2 = torch.randn(m, k), weight.reshape(E, k)
+    a, w2 = torch.randn(m, k, dtype=dtype), weight.reshape(E, k)
 
     def conv_path():
         y = conv(video.permute(0, 2, 1, 3, 4))  # (B, E, T', gh, gw)
@@ -93,7 +97,7 @@ def main() -> None:
         "nn.Conv3d + flatten + transpose + add": conv_path,
         "reshape + F.linear + add": linear_path,
     }
-    print(f"threads={args.threads}, reps={args.reps}, {grid.flops() / 1e9:.1f} GFLOP per call")
+    print(f"{args.dtype}, threads={args.threads}, reps={args.reps}, {grid.flops() / 1e9:.1f} GFLOP per call")
     with torch.no_grad():
         base = None
         for name, fn in cases.items():
