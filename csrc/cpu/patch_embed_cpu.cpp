@@ -162,6 +162,42 @@ void init_block(const CallPlan& plan, const scalar_t* bias, const scalar_t* pos,
   }
 }
 
+// kGemm blocks are ranges of output rows, CLS rows included, so that a block can span time steps and C is
+// one contiguous run of output rows. Rows [r0, r1): the panel row and (when c is given) the C row of each;
+// a CLS row gets a zero panel row (it adds exactly 0 to C and to grad_weight) and a zero C row (write_cls_rows
+// overwrites it after the GEMM). panel and c point at row r0's rows.
+template <typename scalar_t, typename video_t, typename gemm_t>
+void prepare_rows(const CallPlan& plan, const video_t* video, const scalar_t* bias, const scalar_t* pos, int64_t r0,
+                  int64_t r1, gemm_t* panel, gemm_t* c) {
+  const auto& g = plan.geometry;
+  for (int64_t r = r0; r < r1; ++r) {
+    gemm_t* p = panel + (r - r0) * g.patch_dim;
+    gemm_t* c_row = c ? c + (r - r0) * g.embed_dim : nullptr;
+    const int64_t slot = r % g.tokens_per_step;
+    if (slot < g.cls_slots) {
+      std::fill(p, p + g.patch_dim, gemm_t(0));
+      if (c_row) std::fill(c_row, c_row + g.embed_dim, gemm_t(0));
+      continue;
+    }
+    const int64_t m = (r / g.tokens_per_step) * g.num_spatial + slot - g.cls_slots;  // token index
+    if (c_row) init_block<scalar_t, gemm_t>(plan, bias, pos, m, 1, c_row);
+    gather_panel<video_t, gemm_t>(video, g, plan.video_strides, m, 1, p);
+  }
+}
+
+// Near-equal ranges of output rows, at most target rows each.
+struct RowPlan {
+  int64_t total, num_blocks, max_rows;
+  int64_t begin(int64_t i) const { return total * i / num_blocks; }
+};
+RowPlan plan_rows(const PatchGeometry& g, int64_t target) {
+  RowPlan p{};
+  p.total = g.batch * g.steps * g.tokens_per_step;
+  p.num_blocks = std::max<int64_t>(1, (p.total + target - 1) / target);
+  p.max_rows = (p.total + p.num_blocks - 1) / p.num_blocks;
+  return p;
+}
+
 template <typename scalar_t>
 void write_cls_rows(const CallPlan& plan, const scalar_t* cls, const scalar_t* pos, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -196,9 +232,7 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
   const auto& g = plan.geometry;
   const int64_t threads = at::get_num_threads();
   const Schedule sched = schedule(threads);
-  const BlockPlan blocks = plan_blocks(g, sched == Schedule::kGemm
-                                              ? gemm_block_rows(threads, g.patch_dim, sizeof(gemm_t))
-                                              : block_rows_target());
+  const BlockPlan blocks = plan_blocks(g, block_rows_target());
   const auto gemm_options = weight2d.options().dtype(c10::CppTypeToScalarType<gemm_t>::value);
   const at::Tensor weight_t = weight2d.to(gemm_options.dtype()).t();  // (K, E) view; an fp32 copy for fp16
   const video_t* video_ptr = video.const_data_ptr<video_t>();
@@ -208,17 +242,17 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
 
   if (sched == Schedule::kGemm) {
-    at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
-    at::Tensor c_buffer = kCIsOut ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, gemm_options);
+    const RowPlan rp = plan_rows(g, gemm_block_rows(threads, g.patch_dim, sizeof(gemm_t)));
+    at::Tensor panel = at::empty({rp.max_rows, g.patch_dim}, gemm_options);
+    at::Tensor c_buffer = kCIsOut ? at::Tensor() : at::empty({rp.max_rows, g.embed_dim}, gemm_options);
     gemm_t* panel_ptr = panel.mutable_data_ptr<gemm_t>();
-    for (int64_t i = 0; i < blocks.num_blocks; ++i) {
-      const int64_t first = blocks.first(i), rows = blocks.rows(i), row0 = output_row(first, g);
+    for (int64_t i = 0; i < rp.num_blocks; ++i) {
+      const int64_t row0 = rp.begin(i), rows = rp.begin(i + 1) - row0;
       at::Tensor c_block = kCIsOut ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
       gemm_t* c_ptr = c_block.mutable_data_ptr<gemm_t>();
-      at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-        init_block<scalar_t, gemm_t>(plan, bias_ptr, pos_ptr, first + r0, r1 - r0, c_ptr + r0 * g.embed_dim);
-        gather_panel<video_t, gemm_t>(video_ptr, g, plan.video_strides, first + r0, r1 - r0,
-                                      panel_ptr + r0 * g.patch_dim);
+      at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
+        prepare_rows<scalar_t, video_t, gemm_t>(plan, video_ptr, bias_ptr, pos_ptr, row0 + a, row0 + b,
+                                                panel_ptr + a * g.patch_dim, c_ptr + a * g.embed_dim);
       });
       at::addmm_out(c_block, c_block, panel.narrow(0, 0, rows), weight_t);  // multi-threaded BLAS
       if constexpr (!kCIsOut) {
@@ -269,9 +303,7 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
   const auto& g = plan.geometry;
   const int64_t threads = at::get_num_threads();
   const Schedule sched = schedule(threads);
-  const BlockPlan blocks = plan_blocks(g, sched == Schedule::kGemm
-                                              ? gemm_block_rows(threads, g.patch_dim, sizeof(acc_t))
-                                              : block_rows_target());
+  const BlockPlan blocks = plan_blocks(g, block_rows_target());
   const auto acc_options = weight2d.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const auto gemm_options = weight2d.options().dtype(c10::CppTypeToScalarType<gemm_t>::value);
   const at::Tensor weight_gemm = need_video ? weight2d.to(gemm_options.dtype()) : at::Tensor();  // (E, K)
@@ -279,6 +311,44 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
   const video_t* video_ptr = video.const_data_ptr<video_t>();
   video_t* grad_video_ptr = need_video ? grad_video.mutable_data_ptr<video_t>() : nullptr;
   const bool need_g_acc = !kSameDtype && (need_weight || !kVideoGemmNative);
+
+  if (sched == Schedule::kGemm) {  // one block of output rows after another, multi-threaded GEMMs
+    const RowPlan rp = plan_rows(g, gemm_block_rows(threads, g.patch_dim, sizeof(acc_t)));
+    at::Tensor panel = need_weight ? at::empty({rp.max_rows, g.patch_dim}, acc_options) : at::Tensor();
+    at::Tensor vpanel = !need_video                                        ? at::Tensor()
+                        : (need_weight && std::is_same_v<gemm_t, acc_t>) ? panel
+                                                                           : at::empty({rp.max_rows, g.patch_dim}, gemm_options);
+    at::Tensor g_buffer = need_g_acc ? at::empty({rp.max_rows, g.embed_dim}, acc_options) : at::Tensor();
+    at::Tensor partial = need_weight ? at::zeros({g.embed_dim, g.patch_dim}, acc_options) : at::Tensor();
+    for (int64_t i = 0; i < rp.num_blocks; ++i) {
+      const int64_t row0 = rp.begin(i), rows = rp.begin(i + 1) - row0;
+      const at::Tensor g_block = grad2d.narrow(0, row0, rows);  // (rows, E), CLS rows included
+      const at::Tensor g_acc = need_g_acc ? g_buffer.narrow(0, 0, rows).copy_(g_block) : g_block;
+      if (need_weight) {
+        acc_t* p = panel.mutable_data_ptr<acc_t>();
+        at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
+          prepare_rows<scalar_t, video_t, acc_t>(plan, video_ptr, nullptr, nullptr, row0 + a, row0 + b,
+                                                 p + a * g.patch_dim, nullptr);
+        });
+        at::addmm_out(partial, partial, g_acc.t(), panel.narrow(0, 0, rows));  // CLS rows add exactly 0
+      }
+      if (need_video) {
+        at::Tensor vp = vpanel.narrow(0, 0, rows);
+        at::mm_out(vp, kVideoGemmNative ? g_block : g_acc, weight_gemm);  // (rows, K) = (rows, E) @ (E, K)
+        const gemm_t* src = vp.const_data_ptr<gemm_t>();
+        at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
+          for (int64_t r = row0 + a; r < row0 + b; ++r) {
+            const int64_t slot = r % g.tokens_per_step;
+            if (slot < g.cls_slots) continue;
+            const int64_t m = (r / g.tokens_per_step) * g.num_spatial + slot - g.cls_slots;
+            scatter_panel<video_t, gemm_t>(src + (r - row0) * g.patch_dim, g, m, 1, grad_video_ptr);
+          }
+        });
+      }
+    }
+    if (need_weight) grad_weight2d = kSameDtype ? partial : partial.to(weight2d.scalar_type());
+    return;
+  }
 
   // kBlocks: fixed worker ranges, one fp32 grad_weight partial each, single-threaded GEMMs (the sum does not
   // depend on scheduling). kGemm: one worker (this thread) walking big blocks; the GEMMs and the row loops of
