@@ -1,23 +1,20 @@
 // Fused patch embedding on CPU: blocked implicit GEMM over tokens, no patch matrix.
 //
-// Forward. Tokens are cut into blocks of about 256 rows whose output rows are contiguous (a block never
-// crosses a CLS slot). For each block, in parallel over blocks (at::parallel_for, one panel per thread):
+// Forward, per block of rows:
 //   1. write bias + pos_embed into the block's output rows (the GEMM's C; the epilogue done up front),
-//   2. gather the block's tubelets from the strided video into a (rows, K) panel in the accumulation dtype,
-//      casting as it goes (uint8 / bf16 / fp16 -> fp32): rows * K * 4 bytes, 256 x 1536 x 4 = 1.5 MiB on the
-//      benchmark shape, still in the core's L2/L3 when the GEMM reads it,
-//   3. C += panel @ W^T with one BLAS call (at::addmm_out, single-threaded inside the parallel region).
-// Per block: 2 rows K E FLOPs; video bytes read once; panel and C stay cache-resident. 256 rows measured
-// best (docs/native.md): smaller blocks pay the BLAS call's per-call packing of W (K x E) more often.
-// 16-bit dtypes accumulate in fp32: the panel and a copy of the weight are fp32 and the block's C is a
-// per-thread fp32 buffer rounded once into the output. An fp32 GEMM on bf16-valued inputs is exact per
-// product and accumulates in fp32, i.e. what a bf16 GEMM with fp32 accumulation computes, and on CPUs without
-// AMX it is as fast as the bf16 paths ATen would take.
+//   2. gather the block's tubelets from the strided video into a (rows, K) panel, casting as it goes,
+//   3. C += panel @ W^T with one BLAS call (at::addmm_out).
+// Two schedules (Schedule below): kBlocks, ~256-token blocks in parallel over blocks, one panel per thread
+// (256 x 1536 x 4 = 1.5 MiB on the benchmark shape, cache-resident for the GEMM), single-threaded GEMMs;
+// kGemm, blocks of output rows one after another (a 4 MiB panel), steps 1-2 parallel over rows, one
+// multi-threaded GEMM. Per block: 2 rows K E FLOPs; video bytes read once.
+// Accumulation is fp32 for every dtype: bf16 runs a bf16 panel and a bf16 GEMM (oneDNN: fp32 accumulation,
+// C added in fp32, one rounding); fp16 an fp32 panel, an fp32 weight copy and an fp32 C rounded once.
 //
-// Backward. The same blocks: grad_weight += G_block^T @ panel into one fp32 (E, K) partial per worker, summed
-// at the end (deterministic: fixed worker ranges); grad_video = scatter(G_block @ W) (tubelets tile the
-// video, so every element is written exactly once: no zero fill); bias/pos/cls gradients are sums of
-// grad_tokens (common.cpp).
+// Backward. The same blocks: grad_weight += G_block^T @ panel, fp32 for every dtype, into one fp32 (E, K)
+// accumulator (kGemm) or one per worker summed at the end (kBlocks, fixed worker ranges): deterministic.
+// grad_video = scatter(G_block @ W) (tubelets tile the video, so every element is written exactly once: no
+// zero fill); bias/pos/cls gradients are sums of grad_tokens (common.cpp).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -351,10 +348,8 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
   }
 
   // kBlocks: fixed worker ranges, one fp32 grad_weight partial each, single-threaded GEMMs (the sum does not
-  // depend on scheduling). kGemm: one worker (this thread) walking big blocks; the GEMMs and the row loops of
-  // gather/scatter are multi-threaded (at::parallel_for runs inline inside a kBlocks worker).
-  const int64_t workers =
-      sched == Schedule::kGemm ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads, blocks.num_blocks));
+  // depend on scheduling).
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, blocks.num_blocks));
   std::vector<at::Tensor> partials(workers);
   auto work = [&](int64_t w) {
     at::Tensor panel = need_weight ? at::empty({blocks.max_rows, g.patch_dim}, acc_options) : at::Tensor();
@@ -386,13 +381,9 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
     }
     partials[w] = partial;
   };
-  if (sched == Schedule::kGemm) {
-    work(0);
-  } else {
-    at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
-      for (int64_t w = wbegin; w < wend; ++w) work(w);
-    });
-  }
+  at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
+    for (int64_t w = wbegin; w < wend; ++w) work(w);
+  });
   if (need_weight) {
     at::Tensor total = partials[0];
     for (int64_t w = 1; w < workers; ++w) total.add_(partials[w]);
