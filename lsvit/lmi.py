@@ -40,6 +40,6 @@ class LMI(nn.Module):
         z = tokens.view(bt // steps, steps, length, dim)  # (B, T', L, E)
         reduced = self.reduce(self.norm(z))  # (B, T', L, E / r)
         difference = F.pad(reduced[:, 1:] - reduced[:, :-1], (0, 0, 0, 0, 0, 1))  # (B, T', L, E / r), last = 0
-        excitation = self.expand(difference.mean(dim=2)).tanh()  # (B, T', E)
-        gated = z + self.gate * (z * excitation.unsqueeze(2))
+        excitation = self.expand(difference).tanh()  # (B, T', L, E): each token by its own change
+        gated = z + self.gate * (z * excitation)
         return gated.view(bt, length, dim)
