@@ -7,34 +7,27 @@ from lsvit.lmi import LMI
 from lsvit.smif import SMIF, neighbour_differences
 
 
-def loop_differences(video: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """D_t = mean over existing neighbours j (1 <= |j - t| <= radius) of |X_j - X_t|, and
-    S_t = the same mean of sign(j - t) (X_j - X_t), one frame at a time."""
+def loop_differences(video: torch.Tensor, radius: int) -> torch.Tensor:
+    """D_t = mean over existing neighbours j (1 <= |j - t| <= radius) of |X_j - X_t|, one frame at a time."""
     frames = video.shape[1]
-    absolute, signed = torch.zeros_like(video), torch.zeros_like(video)
+    out = torch.zeros_like(video)
     for t in range(frames):
         neighbours = [j for j in range(t - radius, t + radius + 1) if j != t and 0 <= j < frames]
         for j in neighbours:
-            absolute[:, t] += (video[:, j] - video[:, t]).abs() / len(neighbours)
-            signed[:, t] += (1 if j > t else -1) * (video[:, j] - video[:, t]) / len(neighbours)
-    return absolute, signed
+            out[:, t] += (video[:, j] - video[:, t]).abs() / len(neighbours)
+    return out
 
 
 @pytest.mark.parametrize("frames,radius", [(5, 1), (5, 2), (3, 4), (1, 2), (6, 0)])
 def test_neighbour_differences_match_loop(frames, radius):
     video = torch.randn(2, frames, 3, 5, 7, dtype=torch.float64)
-    absolute, signed = loop_differences(video, radius)
-    torch.testing.assert_close(neighbour_differences(video, radius), absolute)
-    both = neighbour_differences(video, radius, signed=True)
-    torch.testing.assert_close(both[0], absolute)
-    torch.testing.assert_close(both[1], signed)
+    torch.testing.assert_close(neighbour_differences(video, radius), loop_differences(video, radius))
 
 
 def test_static_clip_has_no_motion():
     smif = SMIF(3, window=5)
     frame = torch.randn(1, 1, 3, 8, 8)
-    for part in smif.motion(frame.expand(2, 6, -1, -1, -1)):
-        assert part.abs().max() == 0
+    assert smif.motion(frame.expand(2, 6, -1, -1, -1)).abs().max() == 0
 
 
 def test_threshold_suppresses_small_differences():
@@ -42,29 +35,10 @@ def test_threshold_suppresses_small_differences():
     video = torch.zeros(1, 3, 1, 2, 2)
     video[0, 1, 0, 0, 0] = 0.2  # below the threshold
     video[0, 1, 0, 1, 1] = 3.0  # above it
-    magnitude, signed = smif.motion(video)
+    motion = smif.motion(video)
     assert torch.allclose(smif.threshold, torch.tensor([0.5]))
-    assert magnitude[..., 0, 0].abs().max() == 0 and signed[..., 0, 0].abs().max() == 0
-    assert torch.allclose(magnitude[0, 1, 0, 1, 1], torch.tensor(3.0 - 0.5))
-    # the pixel lights up at frame 1 and goes dark at frame 2: +3 entering (frame 0), -3 leaving (frame 2),
-    # symmetric around frame 1 (derivative 0); soft-thresholded by the same tau
-    torch.testing.assert_close(signed[0, :, 0, 1, 1], torch.tensor([3.0 - 0.5, 0.0, -(3.0 - 0.5)]))
-
-
-def test_signed_motion_tells_direction():
-    """A bar moving right and the same bar moving left have the same magnitude map but opposite signed maps."""
-    smif = SMIF(1, window=3, threshold_init=0.01)
-    right = torch.zeros(1, 4, 1, 1, 8)
-    for t in range(4):
-        right[0, t, 0, 0, 2 + t] = 1.0
-    left = right.flip(-1)
-    magnitude_r, signed_r = smif.motion(right)
-    magnitude_l, signed_l = smif.motion(left)
-    torch.testing.assert_close(magnitude_l, magnitude_r.flip(-1))
-    torch.testing.assert_close(signed_l, signed_r.flip(-1))
-    # at frame 1 the bar is at x=3: it arrives from x=2 (trailing side loses, S < 0) and heads to x=4 (gains)
-    assert signed_r[0, 1, 0, 0, 4] > 0 > signed_r[0, 1, 0, 0, 2]
-    assert signed_l[0, 1, 0, 0, 3] > 0 > signed_l[0, 1, 0, 0, 5]
+    assert motion[..., 0, 0].abs().max() == 0
+    assert torch.allclose(motion[0, 1, 0, 1, 1], torch.tensor(3.0 - 0.5))
 
 
 def test_smif_starts_close_to_the_plain_frame_and_learns():
@@ -132,4 +106,3 @@ def test_lmi_keeps_where_the_change_is():
 def test_neighbour_differences_gradient():
     video = torch.randn(1, 4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: neighbour_differences(x, 2), (video,))
-    assert torch.autograd.gradcheck(lambda x: neighbour_differences(x, 2, signed=True), (video,))
