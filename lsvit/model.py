@@ -126,10 +126,10 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.lmi = LMI(e, config.lmi_reduction)
 
-    def forward(self, x: Tensor, steps: int) -> Tensor:
+    def forward(self, x: Tensor, steps: int, grid: tuple[int, int]) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return self.lmi(x, steps)
+        return self.lmi(x, steps, grid)
 
 
 class LSViTForAction(nn.Module):
@@ -232,9 +232,11 @@ class LSViTForAction(nn.Module):
         """Pooled CLS feature (B, E)."""
         tokens = self.tokens(video)  # (B, T', 1 + N, E)
         b, steps, length, e = tokens.shape
+        p = self.config.patch_size
+        grid = (video.shape[3] // p, video.shape[4] // p)
         x = self.pos_drop(tokens.view(b * steps, length, e))  # per-step sequences, CLS slot in front
         for block in self.blocks:
-            x = block(x, steps)
+            x = block(x, steps, grid)
         x = self.norm(x)
         return x[:, 0].view(b, steps, e).mean(dim=1)  # CLS of every step, averaged over time
 
