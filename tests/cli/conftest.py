@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Motions a clip's motion energy tells apart (horizontal, vertical, radial, rotational) while a single frame
 # cannot: position, size, angle, shape and colours are random per video.
-CI_CLASSES = ("left", "right", "up", "grow", "rotate_cw")
+CI_CLASSES = ("left", "up", "grow", "rotate_cw")
 
 # The CI-sized model: 32x32 clips, 8x8 patches, embed 64, depth 2.
 TINY_MODEL = [
