@@ -1,17 +1,19 @@
 """LMI: long-term motion interaction between time steps, applied at the end of every transformer block.
 
-Motion excitation over the token sequence of each time step. For tokens ``Z`` (B, T', L, E):
+Motion excitation over the token sequence of each time step. For tokens ``Z`` (B, T', L, E), L = 1 + gh gw:
 
     R_s = W_r LN(Z_s)                               reduce E -> E / lmi_reduction, per token
-    D_s = R_{s+1} - R_s  (s < T' - 1),  D_{T'-1} = 0   difference between neighbouring time steps
-    A_s = tanh(W_e mean_L(D_s) + b_e)               (B, T', E): one excitation per step and channel
+    D_s = K(R_{s+1}) - R_s  (s < T' - 1),  D_{T'-1} = 0   K: channel-wise 3x3 conv over the patch grid (TEA),
+                                                    identity at init; the CLS slot passes K unchanged
+    A_s = tanh(W_e D_s + b_e)                       (B, T', L, E): one excitation per token and channel
     Z'_s = Z_s + gamma * (Z_s * A_s)                gamma one per channel, initialized small
 
-Pooling the difference over the step's tokens (as motion excitation does over pixels) makes the gate describe
-*how the clip changes* between steps rather than where, robust to small misalignments, and the gate reaches
-every token of the step, CLS included: the CLS token that the head pools carries the long-term motion.
-``gamma`` starts at ``gate_init`` so each block starts within ``gate_init`` of identity while every LMI parameter
-receives a gradient on the first step.
+Each token is gated by its own change, not by the change pooled over the step: pooling keeps *that* the clip
+changes but cancels the opposite changes at a moving object's leading and trailing edges, losing *where* and
+*which way*. ``K`` compares a token with its 3x3 neighbourhood at the next step (as TEA transforms X(t+1)
+before subtracting), so a channel of ``D`` can measure where the token's content moved. The CLS slot's own
+difference carries the step-level change to the token the head reads. ``gamma`` starts at ``gate_init`` so each
+block starts within ``gate_init`` of identity while every LMI parameter receives a gradient on the first step.
 """
 
 from __future__ import annotations
