@@ -27,6 +27,9 @@ bench: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+gpu-validate: setup
+	$(BIN)/python -m benchmarks.gpu_validate
+
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 

@@ -32,8 +32,7 @@ def _extensions():
         _log("no csrc/register.cpp: pure-Python install")
         return [], {}
     try:
-        import torch  # noqa: F401
-        from torch.utils import cpp_extension
+        import torch.utils.cpp_extension  # noqa: F401  (the build helpers csrc_build uses)
     except ImportError:
         _log("torch is not importable at build time (use --no-build-isolation): skipping the compiled library")
         return [], {}

@@ -41,6 +41,7 @@ class ModelConfig(BaseSettings):
     num_classes: int = 400
     smif_window: int = 5  # frames in the SMIF difference window, centred on the frame: odd
     lmi_reduction: int = 4  # LMI reduces E to E / lmi_reduction channels before differencing
+    temporal_embed: bool = True  # learned per-step embedding added with the spatial one (zero at init)
     use_3d_patch_embed: bool = False
     tubelet_size: int = 2  # frames per tubelet (3D patching only)
     kernel_backend: Optional[str] = None  # None: the op chooses per device (LSVIT_BACKEND env var applies)

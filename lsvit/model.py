@@ -28,7 +28,7 @@ from lsvit_kernels.geometry import check_divisible
 
 from .config import ModelConfig
 from .lmi import LMI
-from .pos_embed import ResampledPosCache
+from .pos_embed import ResampledPosCache, ResampledTimeCache
 from .smif import SMIF
 
 LAYER_NORM_EPS = 1e-6  # timm's ViT value
@@ -69,7 +69,7 @@ class PatchEmbedding(nn.Module):
         self.backend = config.kernel_backend
 
     def forward(self, video: Tensor, pos_embed: Tensor, cls_token: Tensor) -> Tensor:
-        """(B, T, C, H, W) video, (1 + N, E) pos, E cls -> (B, T', 1 + N, E) tokens."""
+        """(B, T, C, H, W) video, (1 + N, E) or per-token (T' (1 + N), E) pos, E cls -> (B, T', 1 + N, E)."""
         weight, bias = self.proj.weight, self.proj.bias
         # under autocast the op runs in the autocast dtype (it is a custom op autocast does not see)
         dtype = weight.dtype
@@ -126,10 +126,10 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.lmi = LMI(e, config.lmi_reduction)
 
-    def forward(self, x: Tensor, steps: int) -> Tensor:
+    def forward(self, x: Tensor, steps: int, grid: tuple[int, int]) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return self.lmi(x, steps)
+        return self.lmi(x, steps, grid)
 
 
 class LSViTForAction(nn.Module):
@@ -140,7 +140,8 @@ class LSViTForAction(nn.Module):
         num_frames: clip length for 3D patching (defaults to ``config.num_frames``); must be a multiple of
             ``tubelet_size``. Positional embeddings are per spatial slot and broadcast over time, so any
             multiple of ``tubelet_size`` (3D) or any frame count (2D) runs; ``num_frames`` fixes what the model
-            was built and validated for.
+            was built and validated for and the length of the temporal embedding (``num_frames / t`` rows,
+            linearly resampled for another step count; none when ``num_frames`` is None).
     """
 
     def __init__(self, config: ModelConfig, num_frames: Optional[int] = None):
@@ -161,6 +162,14 @@ class LSViTForAction(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, e))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, e))
         self._pos_cache = ResampledPosCache((grid, grid))
+        # temporal embedding: one row per time step, zero at init (an ImageNet-initialized model starts as the
+        # image model); added per token through the op's (T' (1 + N), E) positional mode
+        steps = config.num_steps(frames) if config.temporal_embed and frames is not None else 0
+        if steps:
+            self.temporal_pos_embed = nn.Parameter(torch.zeros(steps, e))
+            self._time_cache = ResampledTimeCache(steps)
+        else:
+            self.register_parameter("temporal_pos_embed", None)
         self.pos_drop = nn.Dropout(config.dropout)
         rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
         self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
@@ -185,14 +194,23 @@ class LSViTForAction(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names conventionally excluded from weight decay."""
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token", "temporal_pos_embed"}
 
-    def position_embedding(self, height: int, width: int) -> Tensor:
-        """(1 + N, E) table for a ``height x width`` frame (bicubic-resampled and cached if the grid differs)."""
+    def position_embedding(self, height: int, width: int, steps: Optional[int] = None) -> Tensor:
+        """Positional rows for ``steps`` time steps of ``height x width`` frames.
+
+        ``(1 + N, E)`` (spatial, broadcast over time by the op) without a temporal embedding or when ``steps`` is
+        None; otherwise ``(steps (1 + N), E)``, row ``s (1 + N) + l`` = spatial row ``l`` + temporal row ``s``.
+        Each table is resampled (bicubic grid, linear time) and cached when its size differs from the trained one.
+        """
         p = self.config.patch_size
         check_divisible("video height", height, "patch_size", p)
         check_divisible("video width", width, "patch_size", p)
-        return self._pos_cache(self.pos_embed, (height // p, width // p))
+        spatial = self._pos_cache(self.pos_embed, (height // p, width // p))
+        if self.temporal_pos_embed is None or steps is None:
+            return spatial
+        temporal = self._time_cache(self.temporal_pos_embed, steps)  # (steps, E)
+        return (temporal.unsqueeze(1) + spatial.unsqueeze(0)).reshape(-1, spatial.shape[-1])
 
     def tokens(self, video: Tensor) -> Tensor:
         """SMIF + fused patch embedding: (B, T, C, H, W) -> (B, T', 1 + N, E)."""
@@ -206,18 +224,19 @@ class LSViTForAction(nn.Module):
                 f"video has C={video.shape[2]} channels but the model expects C={self.config.in_channels} "
                 f"(in_channels); is the video (B, T, C, H, W) rather than (B, C, T, H, W)?"
             )
-        if self.config.use_3d_patch_embed:
-            check_divisible("num_frames", video.shape[1], "tubelet_size", self.config.tubelet_size)
-        pos = self.position_embedding(video.shape[3], video.shape[4])
+        steps = self.config.num_steps(video.shape[1])  # checks divisibility by the tubelet in 3D
+        pos = self.position_embedding(video.shape[3], video.shape[4], steps)
         return self.patch_embed(self.smif(video), pos, self.cls_token)
 
     def forward_features(self, video: Tensor) -> Tensor:
         """Pooled CLS feature (B, E)."""
         tokens = self.tokens(video)  # (B, T', 1 + N, E)
         b, steps, length, e = tokens.shape
+        p = self.config.patch_size
+        grid = (video.shape[3] // p, video.shape[4] // p)
         x = self.pos_drop(tokens.view(b * steps, length, e))  # per-step sequences, CLS slot in front
         for block in self.blocks:
-            x = block(x, steps)
+            x = block(x, steps, grid)
         x = self.norm(x)
         return x[:, 0].view(b, steps, e).mean(dim=1)  # CLS of every step, averaged over time
 

@@ -1,8 +1,12 @@
-"""Positional embedding for a patch grid other than the one it was trained on: bicubic resampling, cached.
+"""Positional embeddings at a size other than the trained one: resampled, cached.
 
-The embedding is ``(1, 1 + N, E)``: one CLS row, then ``N = gh * gw`` rows in row-major ``(gy, gx)`` order (the
-op's token order). Resampling keeps the CLS row and interpolates the grid rows as an image (timm/DeiT convention:
-bicubic, ``align_corners=False``).
+Spatial: ``(1, 1 + N, E)``, one CLS row, then ``N = gh * gw`` rows in row-major ``(gy, gx)`` order (the op's token
+order). Resampling keeps the CLS row and interpolates the grid rows as an image (timm/DeiT convention: bicubic,
+``align_corners=False``).
+
+Temporal: ``(T0', E)``, one row per time step. Resampling to ``T'`` steps interpolates linearly with
+``align_corners=False``: step ``s`` of ``T'`` sits at the clip position ``(s + 0.5) / T'``, the centre of its TSN
+segment, so a clip sampled with more or fewer frames reads the table at the same relative times.
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ def resample_grid(
     return torch.cat([cls_part, grid_part], dim=1)  # the embedding table, not the tokens: one small copy
 
 
+def resample_steps(table: Tensor, steps: int) -> Tensor:
+    """``(T0', E)`` -> ``(steps, E)`` by linear interpolation over time (``align_corners=False``); differentiable."""
+    if table.shape[0] == steps:
+        return table
+    line = table.t().unsqueeze(0).float()  # (1, E, T0')
+    line = F.interpolate(line, size=steps, mode="linear", align_corners=False)
+    return line[0].t().to(table.dtype)
+
+
 class ResampledPosCache:
     """``pos_embed`` viewed at any grid: ``cache(pos_embed, grid) -> (1 + gh*gw, E)``.
 
@@ -57,20 +70,42 @@ class ResampledPosCache:
         self.trained_grid = tuple(trained_grid)
         self._entries: dict[tuple, tuple[tuple[int, int], Tensor]] = {}
 
+    def _trained(self, size: tuple[int, int]) -> bool:
+        return tuple(size) == self.trained_grid
+
+    def _resample(self, table: Tensor, size: tuple[int, int]) -> Tensor:
+        return resample_grid(table, size, self.trained_grid)[0]
+
     def __call__(self, pos_embed: Tensor, grid: tuple[int, int]) -> Tensor:
-        if tuple(grid) == self.trained_grid:
-            return pos_embed[0]
+        if self._trained(grid):
+            return pos_embed[0] if pos_embed.dim() == 3 else pos_embed
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and pos_embed.requires_grad):
-            return resample_grid(pos_embed, grid, self.trained_grid)[0]
-        key = (tuple(grid), pos_embed.device, pos_embed.dtype)
+            return self._resample(pos_embed, grid)
+        key = (grid, pos_embed.device, pos_embed.dtype)
         stamp = (pos_embed._version, pos_embed.data_ptr())
         hit = self._entries.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]
         with torch.no_grad():
-            resampled = resample_grid(pos_embed, grid, self.trained_grid)[0]
+            resampled = self._resample(pos_embed, grid)
         self._entries[key] = (stamp, resampled)
         return resampled
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ResampledTimeCache(ResampledPosCache):
+    """The temporal table ``(T0', E)`` viewed at any step count: ``cache(table, steps) -> (steps, E)``.
+
+    Same caching rules as ``ResampledPosCache`` (no cache while gradients flow or under ``torch.compile``).
+    """
+
+    def __init__(self, trained_steps: int):
+        super().__init__((trained_steps,))
+
+    def _trained(self, size) -> bool:
+        return int(size) == self.trained_grid[0]
+
+    def _resample(self, table: Tensor, size) -> Tensor:
+        return resample_steps(table, int(size))

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
+
+from .conv_oracle import conv_tokens
 
 
 @dataclass(frozen=True)
@@ -94,21 +95,9 @@ def make_inputs(
 
 
 def reference_float64(inp: Inputs, pixel_scale: float = 1.0) -> torch.Tensor:
-    """Tokens (B, T', S + N, E) in float64 via conv3d; differentiable w.r.t. the float64 leaves passed in."""
+    """Tokens (B, T', S + N, E) in float64 from the conv oracle; differentiable w.r.t. float64 leaves passed in."""
     video = inp.video.double() * pixel_scale
-    if inp.layout == "BTCHW":
-        video = video.permute(0, 2, 1, 3, 4)  # (B, C, T, H, W) for conv3d
-    weight = inp.weight.double()
-    stride = tuple(weight.shape[2:])
-    y = F.conv3d(video, weight, None if inp.bias is None else inp.bias.double(), stride=stride)  # (B, E, T', gh, gw)
-    b, e, steps = y.shape[:3]
-    tokens = y.flatten(3).permute(0, 2, 3, 1)  # (B, T', N, E)
-    if inp.cls_token is not None:
-        cls = inp.cls_token.double().view(1, 1, 1, e).expand(b, steps, 1, e)
-        tokens = torch.cat([cls, tokens], dim=2)
-    if inp.pos_embed is not None:
-        tokens = tokens + inp.pos_embed.double().view(-1, tokens.shape[2], e)
-    return tokens
+    return conv_tokens(video, inp.weight, inp.bias, inp.pos_embed, inp.cls_token, layout=inp.layout)
 
 
 def as_float64_leaves(inp: Inputs) -> Inputs:

@@ -11,17 +11,21 @@ from lsvit import LSViTForAction
 
 
 def test_compiled_inference_matches_eager(tiny):
-    """Inductor at a resolution other than the trained one: the pos resampling is traced, never cached."""
+    """Inductor at a resolution and a step count other than the trained ones: both resamplings are traced,
+    never cached."""
     torch._dynamo.reset()
     model = LSViTForAction(tiny(use_3d_patch_embed=True, tubelet_size=2, depth=1)).eval()
+    with torch.no_grad():
+        model.temporal_pos_embed.normal_()
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
-    video = torch.randn(2, 4, 3, 32, 40)
+    video = torch.randn(2, 6, 3, 32, 40)  # 3 steps; the temporal table has 2
     with torch.no_grad():
         out = compiled(video)
-        assert len(model._pos_cache) == 0  # the compiled call cached nothing
+        assert len(model._pos_cache) == 0 and len(model._time_cache) == 0  # the compiled call cached nothing
         torch.testing.assert_close(out, model(video), atol=1e-5, rtol=1e-5)
-        assert len(model._pos_cache) == 1  # the eager call did
-        model.pos_embed.add_(0.5)  # the compiled graph reads the parameter itself: no stale table
+        assert len(model._pos_cache) == 1 and len(model._time_cache) == 1  # the eager call did
+        model.pos_embed.add_(0.5)  # the compiled graph reads the parameters itself: no stale table
+        model.temporal_pos_embed.add_(0.5)
         torch.testing.assert_close(compiled(video), model(video), atol=1e-5, rtol=1e-5)
 
 
@@ -29,6 +33,8 @@ def test_compiled_training_step_matches_eager(tiny):
     """Forward + backward through AOT autograd, at another resolution, every gradient compared."""
     torch._dynamo.reset()
     model = LSViTForAction(tiny(depth=1)).train()
+    with torch.no_grad():
+        model.temporal_pos_embed.normal_()  # 4 rows, resampled to the clip's 3 steps in the graph
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     video = torch.randn(2, 3, 3, 32, 40)
 

@@ -22,6 +22,7 @@ ENV_VALUES = {
     "num_classes": ("7", 7),
     "smif_window": ("3", 3),
     "lmi_reduction": ("8", 8),
+    "temporal_embed": ("false", False),
     "use_3d_patch_embed": ("true", True),
     "tubelet_size": ("4", 4),
     "kernel_backend": ("reference", "reference"),

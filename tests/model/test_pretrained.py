@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from lsvit import LSViTForAction
 from lsvit.pretrained import detect_layout, inflate_patch_weight, load_pretrained
 
-NEW_PREFIXES = ("smif.", "head.")  # and blocks.N.lmi.*: what an image ViT does not have
+NEW_PREFIXES = ("smif.", "head.", "temporal_pos_embed")  # and blocks.N.lmi.*: what an image ViT does not have
 
 
 def is_new(key: str) -> bool:
@@ -98,6 +98,7 @@ def test_timm_layout(tiny, tmp_path):
     check_loaded(model, timm, before, grid=4)
     assert report.pos_grid == ((4, 4), (3, 3))
     assert report.missing == sorted(k for k in before if is_new(k))
+    assert "temporal_pos_embed" in report.missing and model.temporal_pos_embed.abs().max() == 0
     assert sorted(report.skipped) == ["head.bias", "head.weight"]
     assert "blocks.0.ls1.gamma" in report.unexpected
     assert f"blocks.{model.config.depth}.attn.qkv.weight" in report.unexpected

@@ -60,26 +60,56 @@ def test_smif_rejects_even_window():
 def test_lmi_near_identity_and_exact_for_one_step():
     lmi = LMI(16, reduction=4)
     tokens = torch.randn(2 * 3, 5, 16)
-    out = lmi(tokens, steps=3)
+    out = lmi(tokens, steps=3, grid=(2, 2))
     assert 0 < (out - tokens).abs().max() < 1e-2
     single = torch.randn(2, 5, 16)
     torch.testing.assert_close(lmi(single, steps=1), single)  # no neighbour step: no difference, no gate
 
 
-def test_lmi_matches_equations():
+@pytest.mark.parametrize("grid", [(2, 3), (1, 1)])
+def test_lmi_matches_equations(grid):
     lmi = LMI(8, reduction=2, gate_init=0.7)
     torch.nn.init.normal_(lmi.expand.bias)
-    b, steps, length, dim = 2, 4, 3, 8
+    torch.nn.init.normal_(lmi.shift.weight)  # a learned shift, not the identity it starts as
+    b, steps, length, dim = 2, 4, 1 + grid[0] * grid[1], 8
     tokens = torch.randn(b * steps, length, dim, dtype=torch.float64)
     lmi = lmi.double()
     z = tokens.view(b, steps, length, dim)
+    weight = lmi.shift.weight[:, 0]  # (E_r, 3, 3)
+
+    def shifted(r):  # r (B, L, E_r): the 3x3 channel-wise transform over the grid, CLS unchanged, by hand
+        out = r.clone()
+        for y in range(grid[0]):
+            for x in range(grid[1]):
+                acc = torch.zeros_like(r[:, 0])
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        if 0 <= y + dy < grid[0] and 0 <= x + dx < grid[1]:
+                            acc += weight[:, dy + 1, dx + 1] * r[:, 1 + (y + dy) * grid[1] + x + dx]
+                out[:, 1 + y * grid[1] + x] = acc
+        return out
+
     expected = torch.empty_like(z)
     for s in range(steps):
         reduced_s = lmi.reduce(lmi.norm(z[:, s]))
-        difference = lmi.reduce(lmi.norm(z[:, s + 1])) - reduced_s if s + 1 < steps else torch.zeros_like(reduced_s)
-        excitation = torch.tanh(lmi.expand(difference.mean(dim=1)))  # (B, E)
-        expected[:, s] = z[:, s] + lmi.gate * z[:, s] * excitation[:, None]
-    torch.testing.assert_close(lmi(tokens, steps), expected.view(b * steps, length, dim))
+        if s + 1 < steps:
+            difference = shifted(lmi.reduce(lmi.norm(z[:, s + 1]))) - reduced_s
+        else:
+            difference = torch.zeros_like(reduced_s)
+        excitation = torch.tanh(lmi.expand(difference))  # (B, L, E): per token
+        expected[:, s] = z[:, s] + lmi.gate * z[:, s] * excitation
+    torch.testing.assert_close(lmi(tokens, steps, grid), expected.view(b * steps, length, dim))
+
+
+def test_lmi_shift_starts_as_identity_and_checks_the_grid():
+    lmi = LMI(8, reduction=2, gate_init=1.0)
+    tokens = torch.randn(2 * 3, 1 + 6, 8)
+    static = tokens.view(2, 3, 7, 8)[:, :1].expand(2, 3, 7, 8).reshape(6, 7, 8)
+    torch.testing.assert_close(lmi(static, 3, (2, 3)), static)  # identity shift: no change, no gate
+    with pytest.raises(ValueError, match="do not form the grid"):
+        lmi(tokens, 3, (2, 2))
+    with pytest.raises(ValueError, match="do not form the grid"):
+        lmi(tokens, 3)  # 6 patch tokens are not a square grid
 
 
 def test_lmi_mixes_time_steps():
@@ -87,9 +117,25 @@ def test_lmi_mixes_time_steps():
     tokens = torch.randn(4, 3, 8)
     changed = tokens.clone()
     changed[1] += torch.randn(3, 8)  # step 1 of clip 0 (a random change: LayerNorm ignores a constant shift)
-    delta = (lmi(changed, 2) - lmi(tokens, 2)).abs()
+    delta = (lmi(changed, 2, (1, 2)) - lmi(tokens, 2, (1, 2))).abs()
     assert delta[0].max() > 0  # step 0 sees step 1 through D_0 = R_1 - R_0
     assert delta[2:].max() == 0  # the other clip is untouched
+
+
+def test_lmi_keeps_where_the_change_is():
+    """Token l of step s is gated by its change to the 3x3 neighbourhood of l at step s + 1: a change at one
+    token reaches that token and, through a learned shift, its grid neighbours only."""
+    lmi = LMI(8, reduction=2, gate_init=1.0)
+    tokens = torch.randn(2, 1 + 16, 8)  # one clip, 2 steps, CLS + a 4 x 4 grid
+    changed = tokens.clone()
+    changed[1, 1 + 0] += torch.randn(8)  # grid cell (0, 0) of step 1
+    delta = (lmi(changed, 2, (4, 4)) - lmi(tokens, 2, (4, 4))).abs().amax(dim=-1)  # (steps, L)
+    assert delta[0, 1] > 0 and delta[0, [0, *range(2, 17)]].max() == 0  # identity shift: that token only
+    torch.nn.init.normal_(lmi.shift.weight)
+    delta = (lmi(changed, 2, (4, 4)) - lmi(tokens, 2, (4, 4))).abs().amax(dim=-1).view(-1)[:17]
+    near = [1 + 0, 1 + 1, 1 + 4, 1 + 5]  # (0, 0) and its neighbours (0, 1), (1, 0), (1, 1)
+    assert delta[near].min() > 0
+    assert delta[[i for i in range(17) if i not in near]].max() == 0  # CLS and the rest of the grid untouched
 
 
 def test_neighbour_differences_gradient():
