@@ -27,7 +27,7 @@ TINY_MODEL = [
 
 
 TRAIN_FLAGS = [
-    *TINY_MODEL, "--epochs", "24", "--batch_size", "8", "--lr", "2e-3", "--warmup_epochs", "1",
+    *TINY_MODEL, "--epochs", "32", "--batch_size", "8", "--lr", "2e-3", "--warmup_epochs", "1",
     "--num_workers", "0", "--threads", "1", "--no_progress", "--seed", "0",
 ]  # fmt: skip
 
