@@ -15,6 +15,14 @@ COLORS = {"conv": "#7f7f7f", "linear": "#1f77b4", "compile": "#9467bd", "gemm fl
 OURS_COLORS = ["#d62728", "#ff7f0e", "#2ca02c", "#8c564b", "#e377c2"]
 
 
+def _save(fig, path: Path) -> bool:
+    """Lay out, write and release a figure; True (a plot was written)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _color(name: str, ours_names: list[str]) -> str:
     if name in COLORS:
         return COLORS[name]
@@ -59,10 +67,7 @@ def latency_plot(results: dict, mode: str, path: Path) -> bool:
         f"({results['settings']['device']})"
     )
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def speedup_plot(results: dict, path: Path) -> bool:
@@ -94,10 +99,7 @@ def speedup_plot(results: dict, path: Path) -> bool:
     ax.set_xlabel("speedup = baseline median / best-of-ours median (> 1: ours faster)")
     ax.set_title("Speedup of our best backend per case")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def memory_plot(results: dict, path: Path) -> bool:
@@ -123,10 +125,7 @@ def memory_plot(results: dict, path: Path) -> bool:
     ax.set_xlabel("peak MiB allocated during one call (output included)")
     ax.set_title("Peak memory per call")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def patch_count_plot(results: dict, path: Path) -> bool:
@@ -178,10 +177,7 @@ def patch_count_plot(results: dict, path: Path) -> bool:
     left.set_title("Tokens per clip: 2D patches vs tubelets (P=16)")
     right.set_ylabel("query-key pairs per attention layer")
     right.set_title(f"Attention cost at {sizes[-1]} px: per time step vs full clip")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def model_plot(results: dict, path: Path) -> bool:
@@ -206,10 +202,7 @@ def model_plot(results: dict, path: Path) -> bool:
         f"LSViT forward, {cfg['num_frames']}x{cfg['image_size']}px, E={cfg['embed_dim']}, depth {cfg['depth']}",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def write_plots(results: dict, out_dir: Path) -> list[str]:

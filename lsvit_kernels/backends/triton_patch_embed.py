@@ -38,6 +38,11 @@ except Exception as exc:  # ImportError, or a broken install that fails while im
 _INT32_MAX = 2**31 - 1
 
 
+def _grid_args(grid: geometry.PatchGrid) -> tuple[int, ...]:
+    """The size arguments every kernel takes, in signature order: M, E, K, grid_h, grid_w, steps."""
+    return (grid.batch * grid.num_patches, grid.embed_dim, grid.patch_dim, grid.grid_h, grid.grid_w, grid.steps)
+
+
 def unavailable_reason(device_type: str) -> Optional[str]:
     if _IMPORT_ERROR is not None:
         return _IMPORT_ERROR
@@ -169,12 +174,7 @@ def forward(
             weight if pos_embed is None else pos_embed,
             weight if cls_token is None else cls_token,
             out,
-            num_tokens,
-            grid.embed_dim,
-            grid.patch_dim,
-            grid.grid_h,
-            grid.grid_w,
-            grid.steps,
+            *_grid_args(grid),
             *strides,
             HAS_BIAS=bias is not None,
             HAS_POS=pos_embed is not None,
@@ -216,12 +216,7 @@ def grad_weight(
             grad_tokens,
             video,
             partial,
-            num_tokens,
-            e,
-            k,
-            grid.grid_h,
-            grid.grid_w,
-            grid.steps,
+            *_grid_args(grid),
             tokens_per_split,
             *strides,
             **_common_meta(grid, weight.dtype, _wide(video, grad_tokens, partial)),
@@ -258,12 +253,7 @@ def grad_video(
             grad_tokens,
             weight.contiguous(),
             out,
-            num_tokens,
-            grid.embed_dim,
-            grid.patch_dim,
-            grid.grid_h,
-            grid.grid_w,
-            grid.steps,
+            *_grid_args(grid),
             *strides,
             **_common_meta(grid, weight.dtype, _wide(out, grad_tokens)),
             **cfg.meta(),
