@@ -1,4 +1,4 @@
-"""LMI: long-term motion interaction between time steps, applied at the end of every transformer block.
+"""LMI: long-term motion interaction between time steps, applied at the start of every transformer block.
 
 Motion excitation over the token sequence of each time step. For tokens ``Z`` (B, T', L, E), L = 1 + gh gw:
 

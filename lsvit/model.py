@@ -5,7 +5,7 @@
       -> PatchEmbedding: fused op, CLS slot + positional embedding written    (B, T', 1 + N, E)
          2D: T' = T, per-frame P x P patches; 3D: T' = T / t, t x P x P tubelets
       -> view as per-step sequences                                           (B T', 1 + N, E)
-      -> depth x Block: attention within each step, MLP, then LMI across steps
+      -> depth x Block: LMI across steps, then attention within each step and MLP
       -> LayerNorm; CLS token of each step averaged over time                 (B, E)
       -> linear head                                                          (B, num_classes)
 
@@ -114,7 +114,13 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm ViT block on each time step, then LMI across time steps."""
+    """LMI across time steps, then a pre-norm ViT block on each time step.
+
+    LMI comes first, where TEA puts motion excitation (at the start of the residual block): the first block's
+    LMI then compares the patch tokens themselves, linear in the pixels of two frames, so every 2D token enters
+    attention already knowing which way its content moves; and the last block's gates still reach the head
+    through attention (after the last attention they would only touch patch tokens the head never reads).
+    """
 
     def __init__(self, config: ModelConfig, drop_path: float):
         super().__init__()
@@ -127,9 +133,9 @@ class Block(nn.Module):
         self.lmi = LMI(e, config.lmi_reduction)
 
     def forward(self, x: Tensor, steps: int, grid: tuple[int, int]) -> Tensor:
+        x = self.lmi(x, steps, grid)
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return self.lmi(x, steps, grid)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class LSViTForAction(nn.Module):
