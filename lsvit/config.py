@@ -40,6 +40,7 @@ class ModelConfig(BaseSettings):
     drop_path_rate: float = 0.1
     num_classes: int = 400
     smif_window: int = 5  # frames in the SMIF difference window, centred on the frame: odd
+    motion_channels: bool = True  # SMIF's signed difference enters the patch embedding as C extra channels
     lmi_reduction: int = 4  # LMI reduces E to E / lmi_reduction channels before differencing
     temporal_embed: bool = True  # learned per-step embedding added with the spatial one (zero at init)
     use_3d_patch_embed: bool = False
@@ -162,8 +163,13 @@ class ModelConfig(BaseSettings):
     @classmethod
     def from_checkpoint_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Rebuild a saved config exactly: environment variables are ignored (model_validate skips settings
-        sources), so an ``APPCONFIG__*`` variable cannot change a checkpoint's architecture."""
-        return cls.model_validate(values)
+        sources), so an ``APPCONFIG__*`` variable cannot change a checkpoint's architecture. A saved config
+        holds every field, so a missing one predates it: it gets the value that reproduces the older model."""
+        return cls.model_validate({**FIELDS_ADDED_LATER, **values})
+
+
+# Fields added after checkpoints were first written, with the value that means "not present" in those.
+FIELDS_ADDED_LATER: dict[str, Any] = {"temporal_embed": False, "motion_channels": False}
 
 
 def _divisors_near(n: int, near: int) -> str:

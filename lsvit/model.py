@@ -1,7 +1,8 @@
 """LSViT (Chen et al., Frontiers in Neurorobotics 2024): a ViT with short- and long-term temporal differences.
 
     clip (B, T, C, H, W)
-      -> SMIF: short-term motion fused into every frame                       (B, T, C, H, W)
+      -> SMIF: short-term motion magnitude fused into every frame             (B, T, C, H, W)
+         and its signed direction as C more channels                          (B, T, 2C, H, W)
       -> PatchEmbedding: fused op, CLS slot + positional embedding written    (B, T', 1 + N, E)
          2D: T' = T, per-frame P x P patches; 3D: T' = T / t, t x P x P tubelets
       -> view as per-step sequences                                           (B T', 1 + N, E)
@@ -55,6 +56,8 @@ class PatchEmbedding(nn.Module):
     ``proj`` is a conv-shaped parameter holder (``lsvit_kernels.PatchEmbed2d`` / ``PatchEmbed3d``: state_dict of
     ``nn.Conv2d`` / ``nn.Conv3d``), so ``patch_embed.proj.weight`` is timm's key. One kernel call writes the
     ``(B, T', 1 + N, E)`` tokens: no patch matrix, no ``torch.cat`` of the CLS token, no separate add.
+    With ``motion_channels``, ``motion_weight`` (shaped like ``proj.weight``, zero at init so the model starts as
+    the image model) projects SMIF's signed differences: the op sees ``[frames ; motion]`` as 2C channels.
     """
 
     def __init__(self, config: ModelConfig):
@@ -67,10 +70,20 @@ class PatchEmbedding(nn.Module):
         self.patch_size = p
         self.tubelet_size = config.tubelet_size if config.use_3d_patch_embed else 1
         self.backend = config.kernel_backend
+        if config.motion_channels:
+            self.motion_weight = nn.Parameter(torch.zeros_like(self.proj.weight))
+        else:
+            self.register_parameter("motion_weight", None)
 
-    def forward(self, video: Tensor, pos_embed: Tensor, cls_token: Tensor) -> Tensor:
-        """(B, T, C, H, W) video, (1 + N, E) or per-token (T' (1 + N), E) pos, E cls -> (B, T', 1 + N, E)."""
+    def forward(self, video: Tensor, pos_embed: Tensor, cls_token: Tensor, motion: Optional[Tensor] = None) -> Tensor:
+        """(B, T, C, H, W) video and optional motion of the same shape, (1 + N, E) or per-token (T' (1 + N), E)
+        pos, E cls -> (B, T', 1 + N, E)."""
         weight, bias = self.proj.weight, self.proj.bias
+        if motion is not None:
+            if self.motion_weight is None:
+                raise ValueError("motion given but this model has motion_channels=False: it has no motion weights")
+            video = torch.cat([video, motion], dim=2)  # (B, T, 2C, H, W)
+            weight = torch.cat([weight, self.motion_weight], dim=1)
         # under autocast the op runs in the autocast dtype (it is a custom op autocast does not see)
         dtype = weight.dtype
         if torch.is_autocast_enabled(video.device.type):
@@ -219,7 +232,7 @@ class LSViTForAction(nn.Module):
         return (temporal.unsqueeze(1) + spatial.unsqueeze(0)).reshape(-1, spatial.shape[-1])
 
     def tokens(self, video: Tensor) -> Tensor:
-        """SMIF + fused patch embedding: (B, T, C, H, W) -> (B, T', 1 + N, E)."""
+        """SMIF + one fused patch embedding of frames and signed motion: (B, T, C, H, W) -> (B, T', 1 + N, E)."""
         if video.dim() != 5:
             raise ValueError(f"video must be (B, T, C, H, W); got shape {list(video.shape)}")
         if not video.is_floating_point():
@@ -232,7 +245,8 @@ class LSViTForAction(nn.Module):
             )
         steps = self.config.num_steps(video.shape[1])  # checks divisibility by the tubelet in 3D
         pos = self.position_embedding(video.shape[3], video.shape[4], steps)
-        return self.patch_embed(self.smif(video), pos, self.cls_token)
+        motion = self.smif.signed_motion(video) if self.config.motion_channels else None
+        return self.patch_embed(self.smif(video), pos, self.cls_token, motion)
 
     def forward_features(self, video: Tensor) -> Tensor:
         """Pooled CLS feature (B, E)."""

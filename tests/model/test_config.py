@@ -23,6 +23,7 @@ ENV_VALUES = {
     "smif_window": ("3", 3),
     "lmi_reduction": ("8", 8),
     "temporal_embed": ("false", False),
+    "motion_channels": ("false", False),
     "use_3d_patch_embed": ("true", True),
     "tubelet_size": ("4", 4),
     "kernel_backend": ("reference", "reference"),
@@ -146,6 +147,16 @@ def test_checkpoint_round_trip_ignores_environment(monkeypatch):
     restored = ModelConfig.from_checkpoint_dict(saved)
     assert restored.model_dump() == saved
     assert ModelConfig(**saved).tubelet_size == 4  # explicit values win over the environment as well
+
+
+def test_checkpoint_from_before_a_field_gets_the_older_model():
+    saved = ModelConfig(embed_dim=96, num_heads=6).model_dump()
+    for field in ("temporal_embed", "motion_channels"):
+        assert saved[field] is True
+    older = {k: v for k, v in saved.items() if k not in ("temporal_embed", "motion_channels")}
+    restored = ModelConfig.from_checkpoint_dict(older)
+    assert restored.temporal_embed is False and restored.motion_channels is False
+    assert ModelConfig.from_checkpoint_dict(saved) == ModelConfig(**saved)
 
 
 GUIDE_COUNTS = [(False, 2, 3136), (True, 1, 3136), (True, 2, 1568), (True, 4, 784)]

@@ -94,9 +94,12 @@ def test_2d_any_frame_count_3d_any_multiple(tiny):
 def test_tubelet_1_equals_2d(tiny):
     model_2d = LSViTForAction(tiny()).eval()
     model_3d = LSViTForAction(tiny(use_3d_patch_embed=True, tubelet_size=1)).eval()
+    with torch.no_grad():
+        model_2d.patch_embed.motion_weight.normal_(std=0.02)  # zero at init: make the motion channels count
     state = model_2d.state_dict()
-    assert state["patch_embed.proj.weight"].dim() == 4
-    state["patch_embed.proj.weight"] = state["patch_embed.proj.weight"].unsqueeze(2)  # (E, C, 1, P, P)
+    for key in ("patch_embed.proj.weight", "patch_embed.motion_weight"):
+        assert state[key].dim() == 4
+        state[key] = state[key].unsqueeze(2)  # (E, C, 1, P, P)
     model_3d.load_state_dict(state)
     video = clip(t=5)
     with torch.no_grad():
@@ -109,11 +112,13 @@ def test_tokens_are_the_fused_op_on_smif_output(tiny):
     model = LSViTForAction(tiny(use_3d_patch_embed=True, tubelet_size=2)).eval()
     video = clip(b=1)
     with torch.no_grad():
+        model.patch_embed.motion_weight.normal_(std=0.02)  # zero at init: make the motion channels count
         tokens = model.tokens(video).double()
         fused = model.smif(video).double()  # (B, T, C, H, W)
+        motion = model.smif.signed_motion(video).double()
         conv = torch.nn.functional.conv3d(
-            fused.transpose(1, 2),
-            model.patch_embed.proj.weight.double(),
+            torch.cat([fused, motion], dim=2).transpose(1, 2),
+            torch.cat([model.patch_embed.proj.weight, model.patch_embed.motion_weight], dim=1).double(),
             model.patch_embed.proj.bias.double(),
             stride=(2, 8, 8),
         )  # (B, E, T', gh, gw)

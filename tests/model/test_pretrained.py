@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from lsvit import LSViTForAction
 from lsvit.pretrained import detect_layout, inflate_patch_weight, load_pretrained
 
-NEW_PREFIXES = ("smif.", "head.", "temporal_pos_embed")  # and blocks.N.lmi.*: what an image ViT does not have
+NEW_PREFIXES = ("smif.", "head.", "temporal_pos_embed", "patch_embed.motion_weight")  # and blocks.N.lmi.*: what an image ViT does not have
 
 
 def is_new(key: str) -> bool:
