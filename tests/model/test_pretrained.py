@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from lsvit import LSViTForAction
 from lsvit.pretrained import detect_layout, inflate_patch_weight, load_pretrained
 
-NEW_PREFIXES = ("smif.", "head.", "temporal_pos_embed", "patch_embed.motion_weight")  # and blocks.N.lmi.*: what an image ViT does not have
+# What an image ViT does not have (and blocks.N.lmi.*)
+NEW_PREFIXES = ("smif.", "head.", "temporal_pos_embed", "patch_embed.motion_weight")
 
 
 def is_new(key: str) -> bool:

@@ -7,14 +7,18 @@ from lsvit.lmi import LMI
 from lsvit.smif import SMIF, neighbour_differences
 
 
-def loop_differences(video: torch.Tensor, radius: int) -> torch.Tensor:
-    """D_t = mean over existing neighbours j (1 <= |j - t| <= radius) of |X_j - X_t|, one frame at a time."""
+def loop_differences(video: torch.Tensor, radius: int, signed: bool = False) -> torch.Tensor:
+    """D_t = mean over existing neighbours j (1 <= |j - t| <= radius) of |X_j - X_t| (signed: of
+    sign(j - t) (X_j - X_t)), one frame at a time."""
     frames = video.shape[1]
     out = torch.zeros_like(video)
     for t in range(frames):
         neighbours = [j for j in range(t - radius, t + radius + 1) if j != t and 0 <= j < frames]
         for j in neighbours:
-            out[:, t] += (video[:, j] - video[:, t]).abs() / len(neighbours)
+            difference = (
+                (j - t) / abs(j - t) * (video[:, j] - video[:, t]) if signed else (video[:, j] - video[:, t]).abs()
+            )
+            out[:, t] += difference / len(neighbours)
     return out
 
 
@@ -22,6 +26,23 @@ def loop_differences(video: torch.Tensor, radius: int) -> torch.Tensor:
 def test_neighbour_differences_match_loop(frames, radius):
     video = torch.randn(2, frames, 3, 5, 7, dtype=torch.float64)
     torch.testing.assert_close(neighbour_differences(video, radius), loop_differences(video, radius))
+    signed = neighbour_differences(video, radius, signed=True)
+    torch.testing.assert_close(signed, loop_differences(video, radius, signed=True))
+
+
+def test_signed_motion_is_the_direction():
+    """Reversing the clip negates S (and leaves |S| and the magnitude D alone); a static clip has none."""
+    smif = SMIF(3, window=5)
+    video = torch.randn(2, 6, 3, 8, 8, dtype=torch.float64)
+    forward, backward = smif.signed_motion(video), smif.signed_motion(video.flip(1))
+    torch.testing.assert_close(backward, -forward.flip(1))
+    assert forward.abs().max() > 0
+    ramp = torch.arange(6, dtype=torch.float64).view(1, 6, 1, 1, 1).expand(1, 6, 3, 2, 2)
+    # brightening by 1 per frame: window 3 sees +1 everywhere, window 5 also +2 where the neighbour 2 away exists
+    torch.testing.assert_close(SMIF(3, window=3).signed_motion(ramp), torch.ones_like(ramp))
+    expected = torch.tensor([1.5, 4 / 3, 1.5, 1.5, 4 / 3, 1.5], dtype=torch.float64).view(1, 6, 1, 1, 1)
+    torch.testing.assert_close(smif.signed_motion(ramp), expected.expand_as(ramp))
+    assert smif.signed_motion(video[:, :1].expand(2, 6, -1, -1, -1)).abs().max() == 0
 
 
 def test_static_clip_has_no_motion():
