@@ -10,7 +10,7 @@ The frame count vs tubelet rule is checked by the model, which knows the clip le
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +42,7 @@ class ModelConfig(BaseSettings):
     smif_window: int = 5  # frames in the SMIF difference window, centred on the frame: odd
     motion_channels: bool = True  # SMIF's signed difference enters the patch embedding as C extra channels
     lmi_reduction: int = 4  # LMI reduces E to E / lmi_reduction channels before differencing
+    lmi_position: Literal["start", "end"] = "start"  # LMI at the start of each block (TEA) or after its MLP
     temporal_embed: bool = True  # learned per-step embedding added with the spatial one (zero at init)
     use_3d_patch_embed: bool = False
     tubelet_size: int = 2  # frames per tubelet (3D patching only)
@@ -169,7 +170,7 @@ class ModelConfig(BaseSettings):
 
 
 # Fields added after checkpoints were first written, with the value that means "not present" in those.
-FIELDS_ADDED_LATER: dict[str, Any] = {"temporal_embed": False, "motion_channels": False}
+FIELDS_ADDED_LATER: dict[str, Any] = {"temporal_embed": False, "motion_channels": False, "lmi_position": "end"}
 
 
 def _divisors_near(n: int, near: int) -> str:

@@ -144,11 +144,14 @@ class Block(nn.Module):
         self.mlp = Mlp(e, int(e * config.mlp_ratio), config.dropout)
         self.drop_path = DropPath(drop_path)
         self.lmi = LMI(e, config.lmi_reduction)
+        self.lmi_first = config.lmi_position == "start"  # "end": models trained before the move
 
     def forward(self, x: Tensor, steps: int, grid: tuple[int, int]) -> Tensor:
-        x = self.lmi(x, steps, grid)
+        if self.lmi_first:
+            x = self.lmi(x, steps, grid)
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x if self.lmi_first else self.lmi(x, steps, grid)
 
 
 class LSViTForAction(nn.Module):

@@ -24,6 +24,7 @@ ENV_VALUES = {
     "lmi_reduction": ("8", 8),
     "temporal_embed": ("false", False),
     "motion_channels": ("false", False),
+    "lmi_position": ("end", "end"),
     "use_3d_patch_embed": ("true", True),
     "tubelet_size": ("4", 4),
     "kernel_backend": ("reference", "reference"),
@@ -153,9 +154,11 @@ def test_checkpoint_from_before_a_field_gets_the_older_model():
     saved = ModelConfig(embed_dim=96, num_heads=6).model_dump()
     for field in ("temporal_embed", "motion_channels"):
         assert saved[field] is True
-    older = {k: v for k, v in saved.items() if k not in ("temporal_embed", "motion_channels")}
+    assert saved["lmi_position"] == "start"
+    older = {k: v for k, v in saved.items() if k not in ("temporal_embed", "motion_channels", "lmi_position")}
     restored = ModelConfig.from_checkpoint_dict(older)
     assert restored.temporal_embed is False and restored.motion_channels is False
+    assert restored.lmi_position == "end"
     assert ModelConfig.from_checkpoint_dict(saved) == ModelConfig(**saved)
 
 

@@ -231,3 +231,24 @@ def test_motion_channels_make_direction_visible(tiny):
         model.patch_embed.motion_weight.normal_(std=0.02)
         seeing = (model.forward_features(video) - model.forward_features(video.flip(1))).abs().max()
     assert blind < 1e-6 and seeing > 1e-4, (blind, seeing)
+
+
+@pytest.mark.parametrize("position", ["start", "end"])
+def test_lmi_position_orders_the_block(tiny, position):
+    """``start`` (default): LMI, attention, MLP. ``end`` (models trained before the move): attention, MLP, LMI."""
+    model = LSViTForAction(tiny(lmi_position=position)).eval()
+    block = model.blocks[0]
+    with torch.no_grad():
+        block.lmi.gate.fill_(0.5)  # make the order matter
+        x = model.tokens(clip()).flatten(0, 1)  # (B T', 1 + N, E)
+        steps, grid = 4, (3, 3)
+
+        def vit(z):
+            z = z + block.attn(block.norm1(z))
+            return z + block.mlp(block.norm2(z))
+
+        expected = vit(block.lmi(x, steps, grid)) if position == "start" else block.lmi(vit(x), steps, grid)
+        other = block.lmi(vit(x), steps, grid) if position == "start" else vit(block.lmi(x, steps, grid))
+        got = block(x, steps, grid)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert (got - other).abs().max() > 1e-4
