@@ -120,7 +120,7 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
 
 def normalize_weight_shape(weight_shape: Sequence[int]) -> tuple[int, int, int, int, int]:
     """``(E, C, ph, pw)`` (Conv2d) or ``(E, C, t, ph, pw)`` (Conv3d) -> ``(E, C, t, ph, pw)``."""
-    shape = tuple(int(s) for s in weight_shape)
+    shape = tuple(weight_shape)
     if len(shape) == 4:
         return (shape[0], shape[1], 1, shape[2], shape[3])
     if len(shape) == 5:
@@ -135,7 +135,7 @@ def video_dims(video_shape: Sequence[int], layout: str) -> tuple[int, int, int, 
     """``(B, T, C, H, W)`` of a video given in ``layout``; a 4D ``(B, C, H, W)`` image is one frame."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not supported; use one of {LAYOUTS}")
-    shape = tuple(int(s) for s in video_shape)
+    shape = tuple(video_shape)
     if len(shape) == 4:
         b, c, h, w = shape
         return (b, 1, c, h, w)
@@ -165,7 +165,7 @@ def patch_grid(
     """
     if len(video_shape) != 5:
         raise ValueError(f"video must be 5D (B, T, C, H, W) here; got shape {list(video_shape)}")
-    b, t, c, h, w = (int(s) for s in video_shape)
+    b, t, c, h, w = video_shape
     e, wc, tubelet, ph, pw = normalize_weight_shape(weight_shape)
     if min(e, wc, tubelet, ph, pw) < 1:
         raise ValueError(f"weight shape {list(weight_shape)} has an empty dimension")

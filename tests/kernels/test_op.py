@@ -41,6 +41,32 @@ def test_compile_fullgraph_forward_and_backward():
         torch.testing.assert_close(g, e)
 
 
+def test_compile_dynamic_shapes_compile_once():
+    """Geometry keeps sizes symbolic: new resolutions, batch sizes and frame counts reuse one graph (forward and
+    backward). Sizes avoid equal values and a single time step, which torch would specialize on anyway."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    weight = torch.randn(40, 3, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(40, dtype=torch.float64, requires_grad=True)
+
+    @torch.compile(backend=counter, dynamic=True, fullgraph=True)
+    def step(video, pos, cls):
+        return lk.patch_embed(video, weight, bias, pos, cls_token=cls).square().sum()
+
+    for b, t, h, w in [(4, 6, 48, 56), (5, 10, 72, 24), (7, 4, 16, 104)]:
+        video = torch.randn(b, t, 3, h, w, dtype=torch.float64)
+        pos = torch.randn(1 + (h // 8) * (w // 8), 40, dtype=torch.float64)
+        cls = torch.randn(40, dtype=torch.float64)
+        loss = step(video, pos, cls)
+        grads = torch.autograd.grad(loss, (weight, bias))
+        eager = lk.patch_embed(video, weight, bias, pos, cls_token=cls).square().sum()
+        torch.testing.assert_close(loss, eager)
+        for g, e in zip(grads, torch.autograd.grad(eager, (weight, bias))):
+            torch.testing.assert_close(g, e)
+    assert counter.frame_count == 1
+
+
 def test_compile_inductor_matches_oracle():
     p = make_problem(b=1, steps=1, t=1, c=3, gh=3, gw=2, ph=4, pw=4, e=8)
     compiled = torch.compile(lambda *a: lk.patch_embed(*a, cls_token=p.cls_token), fullgraph=True)

@@ -48,3 +48,19 @@ def test_compiled_training_step_matches_eager(tiny):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     for name, param in model.named_parameters():
         torch.testing.assert_close(compiled_grads[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_dynamic_shapes_trace_the_model_once(tiny):
+    """``dynamic=True``: other batch sizes, frame counts and resolutions (both resamplings included) reuse one
+    graph. The trained sizes take another branch (no resampling), and the first sizes avoid every parameter
+    dimension, which torch's duck sizing would tie them to."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    model = LSViTForAction(tiny(embed_dim=40, num_heads=4)).eval()
+    compiled = torch.compile(model, backend=counter, dynamic=True, fullgraph=True)
+    with torch.no_grad():
+        for b, t, h, w in [(11, 12, 56, 64), (5, 10, 72, 24), (7, 8, 16, 104)]:
+            video = torch.randn(b, t, 3, h, w)
+            torch.testing.assert_close(compiled(video), model(video), atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 1
