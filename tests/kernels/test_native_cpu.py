@@ -66,6 +66,7 @@ def test_poisoning_reaches_cpp_allocations():
         (True, "none", False),
         (False, "token", False),
         (True, "slot", True),
+        (False, "none", True),
     ],
 )
 def test_forward_matches_float64(case, layout, cls, pos, bias):

@@ -55,7 +55,8 @@ def run_cuda(inp, **kwargs):
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("layout", ["BTCHW", "BCTHW"])
 @pytest.mark.parametrize(
-    "cls,pos,bias", [(False, "slot", True), (True, "token", True), (True, "none", False), (True, "slot", True)]
+    "cls,pos,bias",
+    [(False, "slot", True), (True, "token", True), (True, "none", False), (True, "slot", True), (False, "none", True)],
 )
 def test_forward_float32_matches_float64(case, layout, cls, pos, bias):
     inp = make_inputs(case, device="cuda", layout=layout, cls=cls, pos=pos, bias=bias)
