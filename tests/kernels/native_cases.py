@@ -11,28 +11,13 @@ from typing import Optional
 
 import torch
 
+from lsvit_kernels.geometry import PatchGrid
+
 from .conv_oracle import conv_tokens
 
 
-@dataclass(frozen=True)
-class Case:
-    batch: int
-    frames: int
-    channels: int
-    height: int
-    width: int
-    embed_dim: int
-    tubelet: int
-    patch_h: int
-    patch_w: int
-
-    @property
-    def steps(self) -> int:
-        return self.frames // self.tubelet
-
-    @property
-    def num_spatial(self) -> int:
-        return (self.height // self.patch_h) * (self.width // self.patch_w)
+class Case(PatchGrid):
+    """A test shape: the geometry's own grid (positional: B, T, C, H, W, E, t, ph, pw), named for test ids."""
 
     def __str__(self) -> str:
         return (
