@@ -119,7 +119,14 @@ def test_torchrun_two_processes_match_one_process(synth_root, small_list, tmp_pa
     one, two = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
     assert two["world_size"] == 2 and len(two["rng"]) == 2 and one["step"] == two["step"] == 8
     for name, tensor in one["model"].items():
-        torch.testing.assert_close(two["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+        got = two["model"][name]
+        if name.endswith("attn.qkv.bias"):
+            # The key bias has a true gradient of exactly zero (softmax ignores a shift shared by all keys), so
+            # its gradient is float rounding, which differs with the reduction order, and Adam scales that noise
+            # up to a full lr-sized step. Compare the query and value biases only.
+            e = tensor.shape[0] // 3
+            got, tensor = torch.cat([got[:e], got[2 * e :]]), torch.cat([tensor[:e], tensor[2 * e :]])
+        torch.testing.assert_close(got, tensor, rtol=1e-4, atol=1e-5, msg=f"{name} differs")
     # The per-epoch numbers are reduced over both ranks: same as one process up to float rounding.
     for row_one, row_two in zip(one["history"], two["history"], strict=True):
         assert row_two["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-4)
