@@ -27,29 +27,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    synth_parser = data_commands.add_parser(
-        "synth", help="write the synthetic motion dataset", description=synth.__doc__, formatter_class=formatter
-    )
-    synth.add_arguments(synth_parser)
-    synth_parser.set_defaults(handler=synth.run)
-
-    train_parser = commands.add_parser(
-        "train", help="train a model", description=train.__doc__, formatter_class=formatter
-    )
-    train.add_train_arguments(train_parser)
-    train_parser.set_defaults(handler=train.train)
-
-    infer_parser = commands.add_parser(
-        "infer", help="score a checkpoint on videos", description=infer.__doc__, formatter_class=formatter
-    )
-    infer.add_infer_arguments(infer_parser)
-    infer_parser.set_defaults(handler=infer.infer)
-
-    compare_parser = commands.add_parser(
-        "compare", help="2D vs 3D patch embedding table", description=compare.__doc__, formatter_class=formatter
-    )
-    compare.add_compare_arguments(compare_parser)
-    compare_parser.set_defaults(handler=compare.compare)
+    # (sub-command group, name, help, module whose docstring describes it, its argument adder, its handler)
+    entries = [
+        (data_commands, "synth", "write the synthetic motion dataset", synth, synth.add_arguments, synth.run),
+        (commands, "train", "train a model", train, train.add_train_arguments, train.train),
+        (commands, "infer", "score a checkpoint on videos", infer, infer.add_infer_arguments, infer.infer),
+        (
+            commands,
+            "compare",
+            "2D vs 3D patch embedding table",
+            compare,
+            compare.add_compare_arguments,
+            compare.compare,
+        ),
+    ]
+    for group, name, help_text, module, add_arguments, handler in entries:
+        sub = group.add_parser(name, help=help_text, description=module.__doc__, formatter_class=formatter)
+        add_arguments(sub)
+        sub.set_defaults(handler=handler)
     return parser
 
 
