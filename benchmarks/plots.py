@@ -29,6 +29,19 @@ def _color(name: str, ours_names: list[str]) -> str:
     return OURS_COLORS[ours_names.index(name) % len(OURS_COLORS)] if name in ours_names else "#17becf"
 
 
+def _finish_grouped_bars(
+    fig, ax, path: Path, labels: list[str], bar: float, xlabel: str, title: str, fontsize: int = 7
+) -> bool:
+    """Case labels centred on each group of horizontal bars (``bar`` high each), first case on top; save."""
+    ax.set_yticks([i + 0.4 - bar / 2 for i in range(len(labels))])
+    ax.set_yticklabels(labels, fontsize=fontsize)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
 def _ran(entries: list[dict], keep) -> list[str]:
     """Contestant names, in first-seen order, with at least one record that passes ``keep``."""
     names: list[str] = []
@@ -57,17 +70,13 @@ def latency_plot(results: dict, mode: str, path: Path) -> bool:
             lo.append(r["median_ms"] - r["q1_ms"])
             hi.append(r["q3_ms"] - r["median_ms"])
         ax.barh(ys, xs, height=height, xerr=[lo, hi], label=name, color=_color(name, ours_names), capsize=2)
-    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(entries))])
-    ax.set_yticklabels([e["case"]["label"].replace(f" {mode}", "") for e in entries], fontsize=8)
-    ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("median ms per call (log scale; bars: IQR)")
-    ax.set_title(
+    labels = [e["case"]["label"].replace(f" {mode}", "") for e in entries]
+    title = (
         f"Patch embedding latency, {'forward' if mode == 'fwd' else 'forward + backward'} "
         f"({results['settings']['device']})"
     )
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return _finish_grouped_bars(fig, ax, path, labels, height, "median ms per call (log scale; bars: IQR)", title, 8)
 
 
 def speedup_plot(results: dict, path: Path) -> bool:
@@ -93,13 +102,9 @@ def speedup_plot(results: dict, path: Path) -> bool:
                 xs.append(ratio)
         ax.barh(ys, xs, height=width, label=f"vs {base}", color=COLORS[base])
     ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_yticks([i + 0.4 - width / 2 for i in range(len(entries))])
-    ax.set_yticklabels([f"{e['case']['label']} [{best_ours(e)['contestant']}]" for e in entries], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("speedup = baseline median / best-of-ours median (> 1: ours faster)")
-    ax.set_title("Speedup of our best backend per case")
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    labels = [f"{e['case']['label']} [{best_ours(e)['contestant']}]" for e in entries]
+    xlabel = "speedup = baseline median / best-of-ours median (> 1: ours faster)"
+    return _finish_grouped_bars(fig, ax, path, labels, width, xlabel, "Speedup of our best backend per case")
 
 
 def memory_plot(results: dict, path: Path) -> bool:
@@ -119,13 +124,9 @@ def memory_plot(results: dict, path: Path) -> bool:
                 ys.append(i + j * height)
                 xs.append(r["peak_bytes"] / 2**20)
         ax.barh(ys, xs, height=height, label=name, color=_color(name, ours_names))
-    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(entries))])
-    ax.set_yticklabels([e["case"]["label"] for e in entries], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("peak MiB allocated during one call (output included)")
-    ax.set_title("Peak memory per call")
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    labels = [e["case"]["label"] for e in entries]
+    xlabel = "peak MiB allocated during one call (output included)"
+    return _finish_grouped_bars(fig, ax, path, labels, height, xlabel, "Peak memory per call")
 
 
 def patch_count_plot(results: dict, path: Path) -> bool:
