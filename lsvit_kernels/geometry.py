@@ -14,6 +14,7 @@ Conventions (see docs/op.md):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -180,6 +181,7 @@ def patch_grid(
     if t == 0 or h == 0 or w == 0:
         raise ValueError(f"video shape {list(video_shape)} has no frames or no pixels")
     grid = PatchGrid(b, t, c, h, w, e, tubelet, ph, pw, 1 if has_cls else 0)
+    check_index_range(grid)
     if bias_shape is not None and tuple(bias_shape) != (e,):
         raise ValueError(f"bias must have shape ({e},) to match embed_dim={e}; got {list(bias_shape)}")
     if cls_numel is not None and cls_numel != e:
@@ -195,6 +197,29 @@ def patch_grid(
                 f"resolution changed"
             )
     return grid
+
+
+INDEX_MAX = 2**63 - 1  # the largest element index a tensor (and every kernel, which indexes in int64) can hold
+
+
+def check_index_range(grid: PatchGrid) -> None:
+    """Raise ``ValueError`` when the video or the tokens have more elements than a 64-bit index can address.
+
+    Symbolic sizes (``torch.compile`` with dynamic shapes) are not checked here, so no guard is added for them.
+    """
+    sizes = (grid.batch, grid.frames, grid.channels, grid.height, grid.width, grid.embed_dim)
+    if not all(isinstance(v, int) for v in sizes):
+        return
+    for what, shape in (
+        ("a video", (grid.batch, grid.frames, grid.channels, grid.height, grid.width)),
+        ("tokens", grid.output_shape),
+    ):
+        count = math.prod(shape)
+        if count > INDEX_MAX:
+            raise ValueError(
+                f"{what} of shape {list(shape)} hold {count} elements, more than a 64-bit index can hold "
+                f"({INDEX_MAX}); use a smaller batch, fewer frames, a lower resolution or a smaller embed_dim"
+            )
 
 
 def tubelet_origin(token: int, grid: PatchGrid) -> tuple[int, int, int, int]:

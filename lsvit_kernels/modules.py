@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import geometry
-from .ops import patch_embed
+from .ops import channel_values, patch_embed
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -49,8 +49,9 @@ class _PatchEmbed(nn.Module):
         self.layout = layout
         self.backend = backend
         # Plain tuples, not buffers: they stay exact under module.to(dtype) and out of the state_dict.
-        self.mean = None if mean is None else tuple(float(m) for m in mean)
-        self.std = None if std is None else tuple(float(s) for s in std)
+        channels = weight_shape[1]
+        self.mean = None if mean is None else tuple(channel_values("mean", mean, channels).tolist())
+        self.std = None if std is None else tuple(channel_values("std", std, channels).tolist())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

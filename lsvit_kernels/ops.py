@@ -8,7 +8,8 @@ schema of the package lives in this file and the package imports without the lib
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Optional
 
 import torch
@@ -155,12 +156,8 @@ def fold_normalization(
     Differentiable: gradients reach the original weight and bias.
     """
     c = weight.shape[1]
-    mean_t = torch.as_tensor(mean, dtype=torch.float64, device=weight.device).flatten()
-    std_t = torch.as_tensor(std, dtype=torch.float64, device=weight.device).flatten()
-    if mean_t.numel() != c or std_t.numel() != c:
-        raise ValueError(f"mean and std need one value per channel (C={c}); got {mean_t.numel()} and {std_t.numel()}")
-    if bool((std_t <= 0).any()):
-        raise ValueError(f"std must be positive; got {std_t.tolist()}")
+    mean_t = channel_values("mean", mean, c).to(weight.device)
+    std_t = channel_values("std", std, c).to(weight.device)
     shape = (1, c) + (1,) * (weight.dim() - 2)
     acc = torch.float64 if weight.dtype == torch.float64 else torch.float32  # fold in at least fp32
     w_acc = weight.to(acc)
@@ -171,6 +168,37 @@ def fold_normalization(
     if bias is not None:
         folded_b = folded_b + bias.to(acc)
     return folded_w, folded_b.to(weight.dtype)
+
+
+def channel_values(name: str, values: Sequence[float] | Tensor, channels: int) -> Tensor:
+    """``mean`` / ``std`` as ``channels`` finite float64 values (``std`` also > 0), or a clear error.
+
+    Checked before any work: a NaN or infinite value would turn every token into NaN, a zero ``std`` into inf.
+    """
+    fix = (
+        f"pass {channels} finite numbers, one per channel, in the video's units (e.g. ImageNet's "
+        f"mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225) for uint8 or [0, 1] video)"
+    )
+    if isinstance(values, Tensor):
+        if values.dtype == torch.bool or values.is_complex():
+            raise TypeError(f"{name} must hold real numbers; got a {values.dtype} tensor: {fix}")
+        flat = values.detach().to("cpu", torch.float64).flatten()
+    else:
+        items = [values] if isinstance(values, (int, float)) else values
+        if isinstance(values, (str, bytes)) or not isinstance(items, Iterable):
+            raise TypeError(f"{name} must be a sequence of numbers or a tensor; got {values!r}: {fix}")
+        items = list(items)
+        bad = [v for v in items if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+        if bad:
+            raise TypeError(f"{name} must hold numbers; got {bad[0]!r} in {values!r}: {fix}")
+        flat = torch.tensor([float(v) for v in items], dtype=torch.float64)
+    if flat.numel() != channels:
+        raise ValueError(f"{name} needs one value per channel (C={channels}); got {flat.numel()}: {fix}")
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError(f"{name} must be finite; got {flat.tolist()}: {fix}")
+    if name == "std" and not bool((flat > 0).all()):
+        raise ValueError(f"std must be positive (it divides every pixel); got {flat.tolist()}: {fix}")
+    return flat
 
 
 def _check_tensor(name: str, t: Optional[Tensor], weight: Tensor) -> None:
@@ -198,7 +226,7 @@ def patch_embed(
 
     Args:
         video: ``(B, T, C, H, W)`` (``layout="BTCHW"``) or ``(B, C, T, H, W)`` (``layout="BCTHW"``), any
-            strides, float32/float16/bfloat16 (the weight's dtype) or uint8. A 4D ``(B, C, H, W)`` image is one
+            strides, float32/float16/bfloat16/float64 (the weight's dtype) or uint8. A 4D ``(B, C, H, W)`` image is one
             frame.
         weight: ``nn.Conv3d`` layout ``(E, C, t, P, P)`` or ``nn.Conv2d`` layout ``(E, C, P, P)``.
         bias: ``(E,)`` or None.
@@ -224,7 +252,10 @@ def patch_embed(
     geometry.normalize_weight_shape(weight.shape)
 
     if not weight.is_floating_point() or weight.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"weight must be float32, float16 or bfloat16; got {weight.dtype}")
+        raise TypeError(
+            f"weight must be float32, float16, bfloat16 or float64; got {weight.dtype}: cast it with "
+            f"weight.float() (or .half(), .bfloat16(), .double())"
+        )
     if video.device != weight.device:
         raise ValueError(f"video is on {video.device} but weight is on {weight.device}; move both to one device")
     if video.dtype == torch.uint8:

@@ -163,7 +163,7 @@ def test_unknown_layout_and_bad_dtype():
     p = _base()
     with pytest.raises(ValueError, match="layout='NCHW' is not supported"):
         lk.patch_embed(p.video, p.weight, layout="NCHW")
-    with pytest.raises(TypeError, match="weight must be float32, float16 or bfloat16"):
+    with pytest.raises(TypeError, match="weight must be float32, float16, bfloat16 or float64; got torch.int64"):
         lk.patch_embed(p.video.long(), p.weight.long())
     with pytest.raises(TypeError, match="video has dtype torch.int32"):
         lk.patch_embed(p.video.int(), p.weight)
@@ -175,3 +175,62 @@ def test_mean_without_std():
         lk.patch_embed(p.video, p.weight, mean=[0.5] * 3)
     with pytest.raises(ValueError, match="one value per channel"):
         lk.patch_embed(p.video, p.weight, mean=[0.5] * 2, std=[0.5] * 2)
+
+
+@pytest.fixture
+def no_op_call(monkeypatch):
+    """The op itself must not run: every error below is raised before any work."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the op ran although its input was invalid")
+
+    monkeypatch.setattr(lk.ops, "_patch_embed", refuse)
+
+
+@pytest.mark.parametrize(
+    "mean, std, error, match",
+    [
+        ([0.5] * 3, [0.2, float("nan"), 0.2], ValueError, r"std must be finite; got \[0.2, nan, 0.2\]"),
+        ([0.5] * 3, [0.2, 0.0, 0.2], ValueError, r"std must be positive .*got \[0.2, 0.0, 0.2\]"),
+        ([0.5] * 3, [0.2, -1.0, 0.2], ValueError, "std must be positive"),
+        ([0.5, float("inf"), 0.5], [0.2] * 3, ValueError, "mean must be finite"),
+        ("abc", [0.2] * 3, TypeError, "mean must be a sequence of numbers or a tensor; got 'abc'"),
+        ([0.5, "x", 0.5], [0.2] * 3, TypeError, "mean must hold numbers; got 'x'"),
+        ([0.5, None, 0.5], [0.2] * 3, TypeError, "mean must hold numbers; got None"),
+        ([0.5] * 3, torch.tensor([True, True, True]), TypeError, "std must hold real numbers"),
+        ([0.5] * 3, torch.tensor([0.2, float("nan"), 0.2]), ValueError, "std must be finite"),
+    ],
+)
+def test_bad_normalization_is_refused_with_the_fix(mean, std, error, match, no_op_call):
+    p = _base()
+    with pytest.raises(error, match=match) as info:
+        lk.patch_embed(p.video, p.weight, mean=mean, std=std)
+    assert "pass 3 finite numbers, one per channel" in str(info.value)
+
+
+def test_modules_refuse_bad_normalization_when_built():
+    with pytest.raises(ValueError, match="std must be finite"):
+        lk.PatchEmbed2d(3, 8, 4, mean=[0.5] * 3, std=[float("nan")] * 3)
+    with pytest.raises(TypeError, match="mean must be a sequence of numbers"):
+        lk.PatchEmbed3d(3, 8, 4, 2, mean="abc", std=[0.2] * 3)
+    module = lk.PatchEmbed2d(3, 8, 4, mean=torch.tensor([0.25, 0.5, 0.75]), std=(1, 2, 3))
+    assert module.mean == (0.25, 0.5, 0.75) and module.std == (1.0, 2.0, 3.0)
+
+
+def test_float64_works_as_the_dtype_message_says():
+    p = make_problem(b=1, steps=1, t=1, c=2, gh=2, gw=3, ph=2, pw=2, e=4, dtype=torch.float64)
+    out = lk.patch_embed(p.video, p.weight, p.bias)
+    assert out.dtype == torch.float64
+
+
+def test_tokens_beyond_a_64_bit_index_are_refused(no_op_call):
+    video = torch.empty(2**20, 2**10, 3, 2**10, 2**10, device="meta")  # a tensor, so its own count fits
+    weight = torch.empty(2**20, 3, 1, 1, 1, device="meta")
+    match = r"tokens of shape \[1048576, 1024, 1048576, 1048576\] hold \d+ elements, more than a 64-bit index"
+    with pytest.raises(ValueError, match=match + ".*use a smaller batch"):
+        lk.patch_embed(video, weight)
+
+
+def test_video_shapes_beyond_a_64_bit_index_are_refused():
+    with pytest.raises(ValueError, match=r"a video of shape \[1, 1, 3, 2147483648, 2147483648\] hold"):
+        lk.patch_grid((1, 1, 3, 2**31, 2**31), (8, 3, 1, 1))
