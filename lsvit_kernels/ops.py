@@ -142,6 +142,56 @@ def _backward(ctx, grad_tokens):
 _patch_embed.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Double backward. The backward's outputs are linear in grad_tokens and bilinear in (video, weight):
+#   grad_video  = unpatch(G W)       grad_weight = G^T patches(X)      (G: grad_tokens' patch slots)
+#   grad_bias   = sum G              grad_pos    = sum grad_tokens     grad_cls = sum of the CLS slots
+# so the vector-Jacobian products with upstream gradients (u_video, u_weight, u_bias, u_pos, u_cls) are the op
+# and its backward again, on the same backend:
+#   d grad_tokens = patch_embed(u_video, W) + patch_embed(X, u_weight, u_bias, u_pos, u_cls)
+#   d video       = backward(grad_tokens, X, u_weight).grad_video
+#   d weight      = backward(grad_tokens, u_video, W).grad_weight
+# Both calls are differentiable themselves, so every order of derivative works on every backend that has a
+# forward and a backward.
+
+
+def _setup_backward_context(ctx, inputs, output):
+    grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask, backend = inputs
+    ctx.save_for_backward(grad_tokens, video, weight)
+    ctx.pos_rows, ctx.has_bias, ctx.has_cls, ctx.backend = pos_rows, has_bias, has_cls, backend
+    ctx.produced = [bool(output_mask[0]), bool(output_mask[1]), output_mask[2] and has_bias]
+    ctx.produced += [output_mask[3] and pos_rows > 0, output_mask[4] and has_cls]
+
+
+def _backward_of_backward(ctx, upstream):
+    grad_tokens, video, weight = ctx.saved_tensors
+    u_video, u_weight, u_bias, u_pos, u_cls = (
+        u if (made and u is not None) else None for u, made in zip(upstream, ctx.produced)
+    )
+    need_grad_tokens, need_video, need_weight = ctx.needs_input_grad[:3]
+    d_grad_tokens = d_video = d_weight = None
+    cls_slot = weight.new_zeros(weight.shape[0]) if ctx.has_cls else None  # keeps the CLS slot in the shape
+    if need_grad_tokens:
+        terms = []
+        if u_video is not None:
+            terms.append(_patch_embed(u_video, weight, None, None, cls_slot, ctx.backend))
+        if any(u is not None for u in (u_weight, u_bias, u_pos, u_cls)):
+            w = torch.zeros_like(weight) if u_weight is None else u_weight
+            cls = cls_slot if u_cls is None else u_cls
+            terms.append(_patch_embed(video, w, u_bias, u_pos, cls, ctx.backend))
+        d_grad_tokens = sum(terms[1:], terms[0]) if terms else None
+    flags = (ctx.pos_rows, ctx.has_bias, ctx.has_cls)
+    if need_video and u_weight is not None:
+        mask = [True, False, False, False, False]
+        d_video = _patch_embed_backward(grad_tokens, video, u_weight, *flags, mask, ctx.backend)[0]
+    if need_weight and u_video is not None:
+        mask = [False, True, False, False, False]
+        d_weight = _patch_embed_backward(grad_tokens, u_video, weight, *flags, mask, ctx.backend)[1]
+    return d_grad_tokens, d_video, d_weight, None, None, None, None, None
+
+
+_patch_embed_backward.register_autograd(_backward_of_backward, setup_context=_setup_backward_context)
+
+
 def fold_normalization(
     weight: Tensor,
     bias: Optional[Tensor],
