@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
@@ -30,52 +31,79 @@ from . import registry
 from .modules import patch_conv_problem
 from .ops import patch_embed
 
-# dtypes the op computes in; any other input goes to the conv's own forward (which computes or raises as before)
-_OP_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
 NameFilter = Union[str, Iterable[str], Callable[[str, nn.Module], bool], None]
+
+
+def fused_patch_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], backend: Optional[str]) -> Tensor:
+    """``F.conv2d`` / ``F.conv3d(input, weight, bias, stride=kernel)`` of a patch-embedding conv, computed by the
+    fused op: ``(B, E, [T',] H', W')`` as a channels-last view of the op's ``(B, [T',] N, E)`` tokens.
+
+    The forward of ``FusedPatchConv2d`` / ``FusedPatchConv3d``. It is TorchScript-compatible (scripted, it calls
+    ``torch.ops.lsvit.patch_embed`` directly) and a leaf for ``torch.fx`` (``torch.fx.wrap`` below), so scripting,
+    symbolic tracing and feature extractors see one call instead of its shape-dependent control flow.
+    """
+    if not torch.jit.is_scripting():
+        input, weight, bias = _autocast_like_conv(input, weight, bias)
+    if not _fusable(input, weight):
+        # Whatever the op cannot take (wrong rank, channels, dtype, too small) is the conv's business: it
+        # computes or raises exactly as before the swap.
+        return _conv(input, weight, bias)
+    nd = weight.dim() - 2  # dimensions the kernel slides over
+    unbatched = input.dim() == nd + 1
+    video = input.unsqueeze(0) if unbatched else input
+    shape = [video.shape[0]]  # B, then T', H', W' (or H', W'), then E
+    for i in range(nd):  # the conv drops the remainder of a size not divisible by the stride: a view, no copy
+        steps = video.shape[2 + i] // weight.shape[2 + i]
+        video = video.narrow(2 + i, 0, steps * weight.shape[2 + i])
+        shape.append(steps)
+    shape.append(weight.shape[0])
+    if torch.jit.is_scripting():
+        video5, weight5 = (video.unsqueeze(2), weight.unsqueeze(2)) if nd == 2 else (video, weight)
+        tokens = torch.ops.lsvit.patch_embed(video5.transpose(1, 2), weight5.contiguous(), bias, None, None, backend)
+    else:
+        # Autocast's casts happened above (as the conv's would); the op must not see them a second time.
+        with torch.autocast(video.device.type, enabled=False) if _autocast_on(video) else contextlib.nullcontext():
+            tokens = patch_embed(video, weight, bias, layout="BCTHW", backend=backend)
+    out = tokens.view(shape).movedim(-1, 1)  # (B, E, *grid), channels-last strides
+    return out.squeeze(0) if unbatched else out
+
+
+torch.fx.wrap("fused_patch_conv")
+
+
+def _fusable(video: Tensor, weight: Tensor) -> bool:
+    """True when the op computes what the conv would for this input (TorchScript-compatible)."""
+    nd = weight.dim() - 2
+    if video.dim() != nd + 1 and video.dim() != nd + 2:
+        return False
+    op_dtype = weight.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    if not op_dtype or video.dtype != weight.dtype or video.device != weight.device:
+        return False
+    channel_dim = video.dim() - nd - 1
+    if video.shape[channel_dim] != weight.shape[1]:
+        return False
+    for i in range(nd):
+        if video.shape[channel_dim + 1 + i] < weight.shape[2 + i]:
+            return False
+    return True
+
+
+def _conv(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The patch-embedding conv's own forward: kernel == stride, no padding, dilation 1, groups 1."""
+    if weight.dim() == 4:
+        return F.conv2d(input, weight, bias, stride=weight.shape[2:])
+    return F.conv3d(input, weight, bias, stride=weight.shape[2:])
 
 
 class _FusedPatchConv:
     """The fused forward shared by ``FusedPatchConv2d`` and ``FusedPatchConv3d`` (mixed in before the conv)."""
 
-    _spatial_dims: int  # 2 or 3: dimensions the kernel slides over
-    _conv_class: type
-    backend: Optional[str]
+    # Types for TorchScript (real objects, not strings); ``bias`` repeats the conv's own annotation, which this
+    # class's ``__annotations__`` would otherwise hide.
+    __annotations__ = {"bias": Optional[Tensor], "backend": Optional[str]}
 
     def forward(self, input: Tensor) -> Tensor:
-        nd = self._spatial_dims
-        video, weight, bias = _autocast_like_conv(input, self.weight, self.bias)
-        if not self._fusable(video, weight):
-            # Whatever the op cannot take (wrong rank, channels, dtype, too small) is the conv's business: it
-            # computes or raises exactly as before the swap.
-            return self._conv_forward(input, self.weight, self.bias)
-
-        unbatched = video.dim() == nd + 1
-        if unbatched:
-            video = video.unsqueeze(0)
-        grid = [video.shape[2 + i] // self.kernel_size[i] for i in range(nd)]  # T', H', W' (or H', W')
-        for i in range(nd):  # the conv drops the remainder of a size not divisible by the stride: a view, no copy
-            video = video.narrow(2 + i, 0, grid[i] * self.kernel_size[i])
-
-        # Autocast's casts happened above (as the conv's would); the op must not see them a second time.
-        with torch.autocast(video.device.type, enabled=False) if _autocast_on(video) else contextlib.nullcontext():
-            tokens = patch_embed(video, weight, bias, layout="BCTHW", backend=self.backend)
-        # tokens: (B, T', N, E) for Conv3d, (B, N, E) for Conv2d (a 4D video is one frame)
-        batch, embed_dim = tokens.shape[0], tokens.shape[-1]
-        out = tokens.view(batch, *grid, embed_dim).movedim(-1, 1)  # (B, E, *grid), channels-last strides
-        return out.squeeze(0) if unbatched else out
-
-    def _fusable(self, video: Tensor, weight: Tensor) -> bool:
-        nd = self._spatial_dims
-        if video.dim() not in (nd + 1, nd + 2):
-            return False
-        if video.dtype != weight.dtype or weight.dtype not in _OP_DTYPES or video.device != weight.device:
-            return False
-        channel_dim = video.dim() - nd - 1
-        if video.shape[channel_dim] != self.in_channels:
-            return False
-        return all(video.shape[channel_dim + 1 + i] >= self.kernel_size[i] for i in range(nd))
+        return fused_patch_conv(input, self.weight, self.bias, self.backend)
 
     def extra_repr(self) -> str:
         backend = "auto" if self.backend is None else repr(self.backend)
@@ -113,7 +141,6 @@ class FusedPatchConv2d(_FusedPatchConv, nn.Conv2d):
     """``nn.Conv2d`` with kernel == stride, computed by ``lsvit_kernels.patch_embed``; output is a channels-last
     view of the token buffer, so ``out.flatten(2).transpose(1, 2)`` is free and contiguous."""
 
-    _spatial_dims = 2
     _conv_class = nn.Conv2d
 
 
@@ -121,7 +148,6 @@ class FusedPatchConv3d(_FusedPatchConv, nn.Conv3d):
     """``nn.Conv3d`` with kernel == stride (tubelets), computed by ``lsvit_kernels.patch_embed``; output is a
     channels-last view of the token buffer, so ``out.flatten(2).transpose(1, 2)`` is free and contiguous."""
 
-    _spatial_dims = 3
     _conv_class = nn.Conv3d
 
 
