@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import geometry, registry
+from . import geometry, onnx, registry
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -344,12 +344,13 @@ def patch_embed(
     elif video.dtype == torch.uint8:
         weight5 = weight5 * pixel_scale  # raw pixels in [0, 255] map to [0, 1]
 
-    out = _patch_embed(
+    args = (
         video,
         weight5.contiguous(),
         None if bias is None else bias.contiguous(),
         None if pos_embed is None else pos_embed.contiguous(),
         None if cls_token is None else cls_token.contiguous(),
-        backend,
     )
+    # ONNX has no fused patch embedding: the dynamo exporter traces the same tokens in standard operators.
+    out = onnx.decomposition(*args) if onnx.exporting_with_dynamo() else _patch_embed(*args, backend)
     return out[:, 0] if is_image else out

@@ -64,7 +64,7 @@ def fused_patch_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], back
         # Autocast's casts happened above (as the conv's would); the op must not see them a second time.
         with torch.autocast(video.device.type, enabled=False) if _autocast_on(video) else contextlib.nullcontext():
             tokens = patch_embed(video, weight, bias, layout="BCTHW", backend=backend)
-    out = tokens.view(shape).movedim(-1, 1)  # (B, E, *grid), channels-last strides
+    out = tokens.view(shape).movedim(nd + 1, 1)  # (B, E, *grid), channels-last strides
     return out.squeeze(0) if unbatched else out
 
 
