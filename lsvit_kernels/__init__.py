@@ -1,10 +1,13 @@
 """lsvit_kernels: fused patch embedding for video and image transformers.
 
 Public API: ``patch_embed`` (the op), ``PatchEmbed2d`` / ``PatchEmbed3d`` (drop-in modules), the geometry
-helpers, and backend controls (``use_backend``, ``available_backends``, ``last_backend``).
+helpers, backend controls (``use_backend``, ``available_backends``, ``last_backend``) and ``onnx`` (export).
 """
 
-from . import backends  # noqa: F401  (registers the backends)
+from . import (
+    backends,  # noqa: F401  (registers the backends)
+    onnx,  # noqa: F401  (ONNX export of the op: see docs/op.md)
+)
 from .geometry import PatchGrid, patch_grid, token_counts
 from .modules import PatchEmbed2d, PatchEmbed3d
 from .ops import fold_normalization, patch_embed

@@ -9,6 +9,9 @@ concatenation and a positional add, all standard ONNX operators that every runti
 - ``torch.onnx.export(..., dynamo=True)``: ``lsvit_kernels.patch_embed`` computes ``decomposition`` (ATen
   operators the exporter translates) instead of the custom op while the exporter traces the model, so no
   translation has to be passed to the exporter.
+- A program exported earlier with ``torch.export`` keeps the op; ``decompose(program)`` replaces it by the same
+  decomposition (``ExportedProgram.run_decompositions``) before ``torch.onnx.export(program)`` or any other
+  consumer that does not know the op.
 - ``torch.onnx.export(..., dynamo=False)`` (TorchScript-based): the op stays in the traced graph and ``symbolic``
   (registered for opset 9 and later at import) writes the operators above.
 """
@@ -47,6 +50,15 @@ def decomposition(
     if pos_embed is not None:  # (S + N, E) broadcast over steps, or (T' (S + N), E) one row per token
         tokens = tokens + pos_embed.view(-1, tokens.shape[2], tokens.shape[3])
     return tokens.contiguous()
+
+
+def decompose(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``program`` with every ``lsvit::patch_embed`` call replaced by ``decomposition`` (other ops untouched)."""
+
+    def call(video, weight, bias, pos_embed, cls_token, backend):
+        return decomposition(video, weight, bias, pos_embed, cls_token)
+
+    return program.run_decompositions({torch.ops.lsvit.patch_embed.default: call})
 
 
 def symbolic(g, video, weight, bias, pos_embed, cls_token, backend):

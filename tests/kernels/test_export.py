@@ -107,6 +107,18 @@ def test_onnx_torchscript_exporter_matches_eager(name):
         assert_matches(run_onnx(buffer.getvalue(), x), model, x)
 
 
+def test_onnx_export_of_a_program_exported_earlier():
+    model, make_input = swapped("timm-vit")
+    program = torch.export.export(model, (make_input(2),))
+    decomposed = lk.onnx.decompose(program)
+    targets = {n.target for n in decomposed.graph.nodes if n.op == "call_function"}
+    assert torch.ops.lsvit.patch_embed.default not in targets and torch.ops.aten.conv3d.default in targets
+    buffer = io.BytesIO()
+    torch.onnx.export(decomposed, dynamo=True, verbose=False).save(buffer)
+    x = make_input(2)
+    assert_matches(run_onnx(buffer.getvalue(), x), model, x)
+
+
 # ---- TorchScript ----
 
 
