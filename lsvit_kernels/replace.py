@@ -76,8 +76,9 @@ def _fusable(video: Tensor, weight: Tensor) -> bool:
     nd = weight.dim() - 2
     if video.dim() != nd + 1 and video.dim() != nd + 2:
         return False
-    op_dtype = weight.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-    if not op_dtype or video.dtype != weight.dtype or video.device != weight.device:
+    dtype = weight.dtype  # comparisons, not `in`: a scripted `in (...)` does not export to ONNX
+    op_dtype = dtype == torch.float32 or dtype == torch.float16 or dtype == torch.bfloat16 or dtype == torch.float64
+    if not op_dtype or video.dtype != dtype or video.device != weight.device:
         return False
     channel_dim = video.dim() - nd - 1
     if video.shape[channel_dim] != weight.shape[1]:
