@@ -50,8 +50,8 @@ class _PatchEmbed(nn.Module):
         self.backend = backend
         # Plain tuples, not buffers: they stay exact under module.to(dtype) and out of the state_dict.
         channels = weight_shape[1]
-        self.mean = None if mean is None else tuple(channel_values("mean", mean, channels).tolist())
-        self.std = None if std is None else tuple(channel_values("std", std, channels).tolist())
+        self.mean = None if mean is None else channel_values("mean", mean, channels)
+        self.std = None if std is None else channel_values("std", std, channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -8,6 +8,7 @@ schema of the package lives in this file and the package imports without the lib
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Sequence
 from typing import Optional
@@ -206,8 +207,8 @@ def fold_normalization(
     Differentiable: gradients reach the original weight and bias.
     """
     c = weight.shape[1]
-    mean_t = channel_values("mean", mean, c).to(weight.device)
-    std_t = channel_values("std", std, c).to(weight.device)
+    mean_t = torch.tensor(channel_values("mean", mean, c), dtype=torch.float64, device=weight.device)
+    std_t = torch.tensor(channel_values("std", std, c), dtype=torch.float64, device=weight.device)
     shape = (1, c) + (1,) * (weight.dim() - 2)
     acc = torch.float64 if weight.dtype == torch.float64 else torch.float32  # fold in at least fp32
     w_acc = weight.to(acc)
@@ -220,10 +221,11 @@ def fold_normalization(
     return folded_w, folded_b.to(weight.dtype)
 
 
-def channel_values(name: str, values: Sequence[float] | Tensor, channels: int) -> Tensor:
-    """``mean`` / ``std`` as ``channels`` finite float64 values (``std`` also > 0), or a clear error.
+def channel_values(name: str, values: Sequence[float] | Tensor, channels: int) -> tuple[float, ...]:
+    """``mean`` / ``std`` as ``channels`` finite floats (``std`` also > 0), or a clear error.
 
     Checked before any work: a NaN or infinite value would turn every token into NaN, a zero ``std`` into inf.
+    The checks run on Python floats, so tracing (``torch.export``, ``torch.compile``) sees constants.
     """
     fix = (
         f"pass {channels} finite numbers, one per channel, in the video's units (e.g. ImageNet's "
@@ -232,7 +234,7 @@ def channel_values(name: str, values: Sequence[float] | Tensor, channels: int) -
     if isinstance(values, Tensor):
         if values.dtype == torch.bool or values.is_complex():
             raise TypeError(f"{name} must hold real numbers; got a {values.dtype} tensor: {fix}")
-        flat = values.detach().to("cpu", torch.float64).flatten()
+        floats = values.detach().to("cpu", torch.float64).flatten().tolist()
     else:
         items = [values] if isinstance(values, (int, float)) else values
         if isinstance(values, (str, bytes)) or not isinstance(items, Iterable):
@@ -241,14 +243,14 @@ def channel_values(name: str, values: Sequence[float] | Tensor, channels: int) -
         bad = [v for v in items if isinstance(v, bool) or not isinstance(v, numbers.Real)]
         if bad:
             raise TypeError(f"{name} must hold numbers; got {bad[0]!r} in {values!r}: {fix}")
-        flat = torch.tensor([float(v) for v in items], dtype=torch.float64)
-    if flat.numel() != channels:
-        raise ValueError(f"{name} needs one value per channel (C={channels}); got {flat.numel()}: {fix}")
-    if not bool(torch.isfinite(flat).all()):
-        raise ValueError(f"{name} must be finite; got {flat.tolist()}: {fix}")
-    if name == "std" and not bool((flat > 0).all()):
-        raise ValueError(f"std must be positive (it divides every pixel); got {flat.tolist()}: {fix}")
-    return flat
+        floats = [float(v) for v in items]
+    if len(floats) != channels:
+        raise ValueError(f"{name} needs one value per channel (C={channels}); got {len(floats)}: {fix}")
+    if not all(math.isfinite(v) for v in floats):
+        raise ValueError(f"{name} must be finite; got {floats}: {fix}")
+    if name == "std" and not all(v > 0 for v in floats):
+        raise ValueError(f"std must be positive (it divides every pixel); got {floats}: {fix}")
+    return tuple(floats)
 
 
 def _check_tensor(name: str, t: Optional[Tensor], weight: Tensor) -> None:

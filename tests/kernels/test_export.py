@@ -107,6 +107,58 @@ def test_onnx_torchscript_exporter_matches_eager(name):
         assert_matches(run_onnx(buffer.getvalue(), x), model, x)
 
 
+class EmbedWithTables(torch.nn.Module):
+    """A fused patch embedding with its positional table and CLS token as parameters: video in, tokens out."""
+
+    def __init__(self, embed, pos_embed, cls_token):
+        super().__init__()
+        self.embed = embed
+        self.pos_embed = None if pos_embed is None else torch.nn.Parameter(pos_embed)
+        self.cls_token = None if cls_token is None else torch.nn.Parameter(cls_token)
+
+    def forward(self, video):
+        return self.embed(video, self.pos_embed, self.cls_token)
+
+
+# (module, video, pos rows per step or per token or none, CLS): every branch of the decomposition and symbolic
+OP_CASES = {
+    "3d-uint8-normalized-tokenpos-cls": (
+        lambda: lk.PatchEmbed3d(3, 10, (4, 3), 2, layout="BCTHW", mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.25]),
+        lambda b: torch.randint(0, 256, (b, 3, 4, 8, 9), dtype=torch.uint8),
+        "token",
+        True,
+    ),
+    "3d-nobias-slotpos": (
+        lambda: lk.PatchEmbed3d(2, 6, 3, 1, bias=False),
+        lambda b: torch.randn(b, 3, 2, 6, 9),
+        "slot",
+        False,
+    ),
+    "2d-image-cls-only": (lambda: lk.PatchEmbed2d(3, 8, (2, 5)), lambda b: torch.randn(b, 3, 6, 10), None, True),
+}
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("case", list(OP_CASES))
+def test_onnx_export_of_the_op_with_cls_pos_and_uint8(case, dynamo):
+    make_embed, make_video, pos, cls = OP_CASES[case]
+    embed = make_embed()
+    video = make_video(2)
+    tokens = embed(video, cls_token=torch.zeros(embed.embed_dim) if cls else None)
+    slots, steps = tokens.shape[-2], (tokens.shape[1] if tokens.dim() == 4 else 1)
+    rows = {"slot": slots, "token": steps * slots, None: 0}[pos]
+    model = EmbedWithTables(
+        embed, torch.randn(rows, embed.embed_dim) if pos else None, torch.randn(embed.embed_dim) if cls else None
+    ).eval()
+    buffer = io.BytesIO()
+    if dynamo:
+        torch.onnx.export(model, (video,), dynamo=True, verbose=False).save(buffer)
+    else:
+        torch.onnx.export(model, (video,), buffer, dynamo=False)
+    assert_standard_onnx(buffer.getvalue())
+    assert_matches(run_onnx(buffer.getvalue(), video), model, video)
+
+
 def test_onnx_export_of_a_program_exported_earlier():
     model, make_input = swapped("timm-vit")
     program = torch.export.export(model, (make_input(2),))
