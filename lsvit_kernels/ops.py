@@ -278,8 +278,8 @@ def patch_embed(
 
     Args:
         video: ``(B, T, C, H, W)`` (``layout="BTCHW"``) or ``(B, C, T, H, W)`` (``layout="BCTHW"``), any
-            strides, float32/float16/bfloat16/float64 (the weight's dtype) or uint8. A 4D ``(B, C, H, W)`` image is one
-            frame.
+            strides, float32/float16/bfloat16/float64 (the weight's dtype) or uint8. A 4D ``(B, C, H, W)`` image
+            is one frame.
         weight: ``nn.Conv3d`` layout ``(E, C, t, P, P)`` or ``nn.Conv2d`` layout ``(E, C, P, P)``.
         bias: ``(E,)`` or None.
         pos_embed: ``(S + N, E)`` broadcast over time steps, or ``(T' (S + N), E)`` one row per token (a leading
@@ -287,7 +287,7 @@ def patch_embed(
         cls_token: ``E`` values (any shape); when given each time step gets a leading CLS slot,
             ``out[:, :, 0] = cls_token + pos_embed[0]``.
         mean, std: per-channel normalization folded into weight and bias (for uint8 video, mean/std are in
-            [0, 1] units, as torchvision's). No normalization pass runs.
+            [0, 1] units, as torchvision's): C finite numbers each, std > 0. No normalization pass runs.
         backend: a registered backend name; None chooses automatically (see ``registry``).
 
     Returns:
