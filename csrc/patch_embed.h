@@ -86,6 +86,50 @@ LSVIT_HOST_DEVICE int64_t cls_pos_row(int64_t step, const PatchGeometry& g, bool
   return pos_per_token ? step * g.tokens_per_step : 0;
 }
 
+// 32-bit forms for the CUDA kernels, whose hot loops must not divide 64-bit integers (a slow-path call on the
+// GPU). Valid when M and K are below 2^31, which the CUDA host code checks; offsets stay int64.
+struct TokenCoords {
+  int32_t b, step, gy, gx;
+};
+
+LSVIT_HOST_DEVICE TokenCoords token_coords32(int32_t m, const PatchGeometry& g) {
+  const int32_t grid_w = static_cast<int32_t>(g.grid_w), grid_h = static_cast<int32_t>(g.grid_h);
+  const int32_t steps = static_cast<int32_t>(g.steps);
+  const int32_t row = m / grid_w;  // b * T' * gh + step * gh + gy
+  const int32_t frame = row / grid_h;
+  return TokenCoords{frame / steps, frame % steps, row % grid_h, m % grid_w};
+}
+
+LSVIT_HOST_DEVICE int64_t tubelet_origin_offset(const TokenCoords& t, const PatchGeometry& g, const VideoStrides& s) {
+  return t.b * s.b + static_cast<int64_t>(t.step) * g.tubelet * s.t + static_cast<int64_t>(t.gy) * g.patch_h * s.h +
+         static_cast<int64_t>(t.gx) * g.patch_w * s.w;
+}
+
+LSVIT_HOST_DEVICE int64_t output_row(const TokenCoords& t, const PatchGeometry& g) {
+  const int64_t slot = g.cls_slots + static_cast<int64_t>(t.gy) * g.grid_w + t.gx;
+  return (static_cast<int64_t>(t.b) * g.steps + t.step) * g.tokens_per_step + slot;
+}
+
+LSVIT_HOST_DEVICE int64_t pos_row(const TokenCoords& t, const PatchGeometry& g, bool pos_per_token) {
+  const int64_t slot = g.cls_slots + static_cast<int64_t>(t.gy) * g.grid_w + t.gx;
+  return pos_per_token ? t.step * g.tokens_per_step + slot : slot;
+}
+
+LSVIT_HOST_DEVICE int64_t k_offset32(int32_t k, const PatchGeometry& g, const VideoStrides& s) {
+  const int32_t pw = static_cast<int32_t>(g.patch_w), ph = static_cast<int32_t>(g.patch_h);
+  const int32_t t = static_cast<int32_t>(g.tubelet);
+  const int32_t row = k / pw;  // (c * t + dt) * ph + dh
+  const int32_t slab = row / ph;
+  return static_cast<int64_t>(slab / t) * s.c + static_cast<int64_t>(slab % t) * s.t +
+         static_cast<int64_t>(row % ph) * s.h + static_cast<int64_t>(k % pw) * s.w;
+}
+
+// Largest k_offset of the geometry (strides are never negative in torch): the CUDA kernels keep k offsets in
+// int32 when this fits.
+LSVIT_HOST_DEVICE int64_t max_k_offset(const PatchGeometry& g, const VideoStrides& s) {
+  return (g.channels - 1) * s.c + (g.tubelet - 1) * s.t + (g.patch_h - 1) * s.h + (g.patch_w - 1) * s.w;
+}
+
 // Contiguous (B, T, C, H, W) strides, for the gradient of the video.
 LSVIT_HOST_DEVICE VideoStrides contiguous_strides(const PatchGeometry& g) {
   const int64_t w = 1, h = g.width, c = g.height * g.width, t = g.channels * c, b = g.frames * t;

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,12 +15,29 @@ from lsvit_kernels.backends import native
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ("lsvit::native_patch_embed_forward", "lsvit::native_patch_embed_backward")
 KERNELS = (
-    "patch_embed_wmma_kernel",
+    "patch_embed_mma_kernel",
     "patch_embed_fma_kernel",
+    "k_offset_table_kernel",
     "cls_rows_kernel",
     "gather_patches_kernel",
     "scatter_patches_kernel",
 )
+ARCHES = ("sm_80", "sm_90")
+# The mma kernel's design (csrc/cuda/patch_embed_cuda.cu, docs/native.md "CUDA kernels"): 256 threads, 3 stages
+# of (128 + 128) x 40 16-bit elements of dynamic shared memory.
+MMA_THREADS, MMA_DYNAMIC_SHARED = 256, 3 * (128 + 128) * 40 * 2
+# Per 32-deep K step a warp (64 x 32 outputs) issues 32 HMMA.16816 and 12 LDSM.x4 (2 x (4 A + 2 B)), one barrier.
+MMA_PER_STEP, LDSM_PER_STEP = 32, 12
+# Main-loop instructions per HMMA, at most (measured on sm_80 / sm_90, docs/native.md), by (video, vector width):
+# 16-bit video copied with cp.async in 16 / 4 bytes or staged element by element; uint8 staged and converted.
+LOOP_BOUND = {
+    ("16-bit", 8): 3.6,
+    ("16-bit", 2): 6.5,
+    ("16-bit", 1): 8.5,
+    ("uint8", 8): 5.5,
+    ("uint8", 2): 7.5,
+    ("uint8", 1): 10.5,
+}
 
 needs_ext = pytest.mark.skipif(not native._has_ext(), reason=f"the compiled library is not built: {native._load_error}")
 
@@ -49,33 +64,88 @@ def test_cuda_kernels_are_registered():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
 
 
-def _cuobjdump() -> str | None:
-    import triton  # ships cuobjdump in its wheel
-
-    candidates = [
-        Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "cuobjdump",
-        Path("/usr/local/cuda/bin/cuobjdump"),
-        Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump",
-    ]
-    found = [str(c) for c in candidates if c.exists()]
-    return found[0] if found else shutil.which("cuobjdump")
-
-
-@needs_ext
-@needs_cuda_build
-def test_cuda_kernels_do_not_spill():
-    tool = _cuobjdump()
-    if tool is None:
+@pytest.fixture(scope="module")
+def sass():
+    """Every kernel of the built library, per architecture (csrc/cuda_sass.py)."""
+    if not (native._has_ext() and _cuda_built()):
+        pytest.skip("the compiled library has no CUDA part")
+    sys.path.insert(0, str(ROOT / "csrc"))
+    try:
+        import cuda_sass
+    finally:
+        sys.path.remove(str(ROOT / "csrc"))
+    if cuda_sass.tool("cuobjdump") is None:
         pytest.skip("cuobjdump not found (CUDA_HOME/bin or the triton wheel)")
-    dump = subprocess.run(
-        [tool, "--dump-resource-usage", native._ext.__file__], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
-    usage = re.findall(r"Function (\S+):\s*\n\s*(REG:.*)", dump)
-    names = " ".join(name for name, _ in usage)
+    return cuda_sass, cuda_sass.read(native._ext.__file__)
+
+
+def _mma_kernels(sass, arch):
+    cuda_sass, kernels = sass
+    found = []
+    for kernel in kernels:
+        m = re.search(r"patch_embed_mma_kernel<(\w+), ([\w ]+), (\d+)>", cuda_sass.short_name(kernel))
+        if m and kernel.arch == arch:
+            found.append((m.group(1), "uint8" if m.group(2) == "unsigned char" else "16-bit", int(m.group(3)), kernel))
+    return found
+
+
+def test_cuda_kernels_do_not_spill(sass):
+    cuda_sass, kernels = sass
+    names = " ".join(k.name for k in kernels)
     for kernel in KERNELS:
-        assert kernel in names, f"{kernel} missing from the fatbinary: {names}"
-    for name, line in usage:
-        assert "STACK:0 " in line and "LOCAL:0 " in line, f"{name} spills: {line}"
+        assert kernel in names, f"{kernel} missing from the fatbinary"
+    assert {k.arch for k in kernels} >= set(ARCHES)
+    for k in kernels:
+        assert k.stack == 0 and k.local == 0, f"{k.arch} {cuda_sass.short_name(k)} spills: {k.stack=} {k.local=}"
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_mma_kernel_main_loop(sass, arch):
+    """Every instantiation: cp.async (16-byte for the weight and the aligned 16-bit video), ldmatrix, mma.sync,
+    one barrier, no local memory or calls, and the instruction count per HMMA under its bound."""
+    cuda_sass, _ = sass
+    kernels = _mma_kernels(sass, arch)
+    # {fp16, bf16} x {16-bit, uint8 video} x {8, 2, 1} elements per copy
+    assert len(kernels) == 12, [cuda_sass.short_name(k) for *_, k in kernels]
+    for _, video, vec, kernel in kernels:
+        loop = kernel.main_loop("HMMA")
+        label = f"{arch} {cuda_sass.short_name(kernel)}"
+        assert loop is not None, label
+        wide = sum("LDGSTS" in line and ".128" in line for line in loop.lines)
+        assert loop.count("HMMA") == MMA_PER_STEP and loop.count("LDSM") == LDSM_PER_STEP, (label, loop.ops)
+        assert loop.count("BAR") == 1, (label, loop.ops)
+        assert loop.count("STL") == loop.count("LDL") == 0 and loop.subroutine_calls == 0, (label, loop.ops)
+        async_video = video == "16-bit" and vec >= 2
+        # 2 weight rows per thread, 16 bytes each; video: 2 rows x (8 / vec) chunks, 16 bytes when vec = 8
+        assert wide == (4 if async_video and vec == 8 else 2), (label, loop.ops)
+        assert loop.count("LDGSTS") == 2 + (2 * 8 // vec if async_video else 0), (label, loop.ops)
+        if not async_video:  # staged through registers: loads before the MMAs, shared stores after them
+            assert loop.count("LDG") >= 2 * 8 // vec and loop.count("STS") >= 2, (label, loop.ops)
+            stores = [i for i, line in enumerate(loop.lines) if line.split()[0].startswith("STS")]
+            mmas = [i for i, line in enumerate(loop.lines) if "HMMA" in line]
+            assert min(stores) > min(mmas), label
+        per_mma = loop.instructions / loop.count("HMMA")
+        assert per_mma <= LOOP_BOUND[(video, vec)], (label, per_mma)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_mma_kernel_blocks_per_sm(sass, arch):
+    """Two blocks of 8 warps per SM from registers and 60 KiB of shared memory; one for the byte-wise uint8 fallback."""
+    for _, video, vec, kernel in _mma_kernels(sass, arch):
+        expected = 1 if (video, vec) == ("uint8", 1) else 2
+        assert kernel.ctas_per_sm(MMA_THREADS, MMA_DYNAMIC_SHARED) == expected, (kernel.name, kernel.registers)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_index_kernels_have_no_slow_paths(sass, arch):
+    """No 64-bit division (a CALL into a slow path) or local memory in any loop of any kernel."""
+    cuda_sass, kernels = sass
+    for kernel in kernels:
+        if kernel.arch != arch:
+            continue
+        for loop in kernel.loops():
+            assert loop.subroutine_calls == 0, (cuda_sass.short_name(kernel), loop.lines)
+            assert loop.count("STL") == loop.count("LDL") == 0, cuda_sass.short_name(kernel)
 
 
 def _spec(monkeypatch, **env):
