@@ -25,6 +25,7 @@
 // Index math comes from patch_embed.h: 32-bit coordinates (the host checks M, K < 2^31), 64-bit offsets.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -716,8 +717,14 @@ Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video_in, con
               TORCH_CHECK(false, "video dtype ", video.scalar_type(), " does not match weight dtype ", dtype);
             }
           });
-          // (E, K) += (E, rows) @ (rows, K): 16-bit operands, fp32 accumulation and result
-          if (m0 == 0) {
+          // (E, K) += (E, rows) @ (rows, K), fp32 result; 16-bit operands through cuBLAS's fp32-output GEMM
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (m0 == 0) {
+              at::mm_out(grad_weight32, grad_chunk.t(), patches);
+            } else {
+              at::addmm_out(grad_weight32, grad_weight32, grad_chunk.t(), patches);
+            }
+          } else if (m0 == 0) {
             at::mm_out(grad_weight32, grad_chunk.t(), patches, at::kFloat);
           } else {
             grad_weight32.add_(at::mm(grad_chunk.t(), patches, at::kFloat));

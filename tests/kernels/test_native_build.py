@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -196,3 +198,49 @@ def test_force_cuda_without_toolchain_is_fatal(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", None)
     with pytest.raises(RuntimeError, match="LSVIT_FORCE_CUDA=1 but the CUDA part cannot be built"):
         _spec(monkeypatch, LSVIT_FORCE_CUDA="1")
+
+
+INDEX_CHECK = r"""
+#include "patch_embed.h"
+#include <cstdio>
+#include <cstdlib>
+using namespace lsvit;
+// The 32-bit index forms the CUDA kernels use against the int64 ones the CPU kernel uses, on random geometries
+// (odd sizes, a CLS slot or none) and strides (W stride 1 to 4).
+int main() {
+  srand(7);
+  long bad = 0;
+  for (int it = 0; it < 500; ++it) {
+    const int64_t t = 1 + rand() % 3, ph = 1 + rand() % 5, pw = 1 + rand() % 6;
+    const PatchGeometry g = make_geometry(1 + rand() % 3, t * (1 + rand() % 3), 1 + rand() % 3, ph * (1 + rand() % 4),
+                                          pw * (1 + rand() % 4), 8, t, ph, pw, rand() % 2);
+    const VideoStrides s{rand() % 100000, rand() % 1000, rand() % 1000, rand() % 100, 1 + rand() % 4};
+    for (int64_t m = 0; m < g.num_tokens; ++m) {
+      const TokenCoords c = token_coords32(static_cast<int32_t>(m), g);
+      bad += tubelet_origin_offset(c, g, s) != tubelet_origin_offset(m, g, s);
+      bad += output_row(c, g) != output_row(m, g);
+      bad += pos_row(c, g, true) != pos_row(m, g, true) || pos_row(c, g, false) != pos_row(m, g, false);
+    }
+    int64_t largest = 0;
+    for (int64_t k = 0; k < g.patch_dim; ++k) {
+      bad += k_offset32(static_cast<int32_t>(k), g, s) != k_offset(k, g, s);
+      largest = k_offset(k, g, s) > largest ? k_offset(k, g, s) : largest;
+    }
+    bad += largest != max_k_offset(g, s);
+  }
+  std::printf("mismatches %ld\n", bad);
+  return bad != 0;
+}
+"""
+
+
+def test_32bit_index_math_matches_int64(tmp_path):
+    """csrc/patch_embed.h: token_coords32 / k_offset32 / max_k_offset (CUDA kernels) == the int64 forms (CPU)."""
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    source, binary = tmp_path / "index_check.cpp", tmp_path / "index_check"
+    source.write_text(INDEX_CHECK)
+    subprocess.run([compiler, "-O1", "-std=c++17", f"-I{ROOT / 'csrc'}", str(source), "-o", str(binary)], check=True)
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "mismatches 0" in result.stdout, result.stdout + result.stderr
