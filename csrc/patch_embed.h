@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define LSVIT_HOST_DEVICE __host__ __device__ __forceinline__
@@ -122,6 +123,55 @@ LSVIT_HOST_DEVICE int64_t k_offset32(int32_t k, const PatchGeometry& g, const Vi
   const int32_t slab = row / ph;
   return static_cast<int64_t>(slab / t) * s.c + static_cast<int64_t>(slab % t) * s.t +
          static_cast<int64_t>(row % ph) * s.h + static_cast<int64_t>(k % pw) * s.w;
+}
+
+// The CUDA forward may read a channels-last video (C stride 1) in the reduction order (dt, dh, dw, c), where
+// consecutive k are consecutive in memory, with the weight permuted to match (E, t, ph, pw, C). This maps such
+// a k' to the weight's own k in (c, dt, dh, dw) order.
+LSVIT_HOST_DEVICE int32_t weight_k_of_channels_last32(int32_t k, const PatchGeometry& g) {
+  const int32_t channels = static_cast<int32_t>(g.channels), pw = static_cast<int32_t>(g.patch_w);
+  const int32_t ph = static_cast<int32_t>(g.patch_h), t = static_cast<int32_t>(g.tubelet);
+  const int32_t pixel = k / channels;  // (dt * ph + dh) * pw + dw
+  const int32_t c = k % channels;
+  return (c * t) * ph * pw + pixel;  // ((c * t + dt) * ph + dh) * pw + dw
+}
+
+// How the CUDA tensor-core forward reads the video: chunks of `vec` consecutive k (8, 2 or 1 elements) in the
+// weight's k order, or in the channels-last order above, whichever allows the wider chunks. A chunk must lie in
+// one run of consecutive k that are consecutive in memory, and start aligned to `vec` elements for every token.
+struct VideoReadPlan {
+  int vec = 1;
+  bool channels_last_order = false;
+};
+
+// Widest chunk in {8, 2}, else 1, that divides `run` and the stride of every dimension in `outer` longer than 1,
+// with the data address aligned to it.
+inline int widest_chunk(uintptr_t address, int64_t element_size, int64_t run, const int64_t (*outer)[2],
+                        int outer_count) {
+  for (const int vec : {8, 2}) {
+    bool aligned = run % vec == 0 && address % (vec * element_size) == 0;
+    for (int i = 0; i < outer_count; ++i) aligned = aligned && (outer[i][1] == 1 || outer[i][0] % vec == 0);
+    if (aligned) return vec;
+  }
+  return 1;
+}
+
+inline VideoReadPlan video_read_plan(uintptr_t address, int64_t element_size, const PatchGeometry& g,
+                                     const VideoStrides& s) {
+  // Weight order (c, dt, dh, dw): runs of pw pixels along a patch row when the W stride is 1.
+  const int64_t weight_order[4][2] = {{s.b, g.batch}, {s.t, g.frames}, {s.c, g.channels}, {s.h, g.height}};
+  VideoReadPlan plan;
+  plan.vec = widest_chunk(address, element_size, s.w == 1 ? g.patch_w : 1, weight_order, 4);
+  // Channels-last order (dt, dh, dw, c), C stride 1: runs of pw * C values along a patch row when pixels are
+  // packed (W stride C), else runs of C values and the W stride must keep chunks aligned.
+  if (s.c == 1 && g.channels > 1) {
+    const bool packed = s.w == g.channels;
+    const int64_t channels_last[4][2] = {{s.b, g.batch}, {s.t, g.frames}, {s.h, g.height}, {s.w, g.width}};
+    const int vec = widest_chunk(address, element_size, packed ? g.patch_w * g.channels : g.channels,
+                                 channels_last, packed ? 3 : 4);
+    if (vec > plan.vec) plan = VideoReadPlan{vec, true};
+  }
+  return plan;
 }
 
 // Largest k_offset of the geometry (strides are never negative in torch): the CUDA kernels keep k offsets in

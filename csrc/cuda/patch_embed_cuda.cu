@@ -10,7 +10,8 @@
 //     operands are always 16-bit values in shared memory.
 //     The hot loop has no index arithmetic beyond additions: each row's tubelet origin is a 64-bit pointer made
 //     once per block, each k's offset inside a tubelet comes from an int32 table (k_offset_table_kernel, one
-//     per call). The epilogue adds bias + pos to the fp32 accumulators and writes rows in the output's
+//     per call). The table may order k as (dt, dh, dw, c) instead of the weight's (c, dt, dh, dw), with the
+//     weight permuted to match, so that a channels-last video (C stride 1) is read in wide chunks too. The epilogue adds bias + pos to the fp32 accumulators and writes rows in the output's
 //     (B, T', S + N, E) order (the CLS slot rows are skipped; cls_rows_kernel fills them).
 //     Shared memory: 3 stages x (128 + 128) rows x 40 halves (32 + 8 padding: 80-byte rows, so the 8 rows an
 //     ldmatrix phase reads fall in distinct banks) = 60 KiB, dynamic; with at most 128 registers per thread
@@ -447,10 +448,14 @@ __global__ void __launch_bounds__(kFmaThreads) patch_embed_fma_kernel(const Forw
 }
 
 // ---- k table, CLS slots, gather / scatter for the backward ----------------------------------------------
-// table[k] = offset of reduction index k inside a tubelet (k < K), 0 for the padding up to `padded_k`.
-__global__ void k_offset_table_kernel(int32_t* table, int32_t padded_k, PatchGeometry g, VideoStrides s) {
+// table[k] = offset of reduction index k inside a tubelet (k < K), 0 for the padding up to `padded_k`; k runs in
+// the weight's (c, dt, dh, dw) order, or in (dt, dh, dw, c) order for a channels-last read.
+__global__ void k_offset_table_kernel(int32_t* table, int32_t padded_k, PatchGeometry g, VideoStrides s,
+                                      bool channels_last_order) {
   const int32_t k = static_cast<int32_t>(blockIdx.x * blockDim.x + threadIdx.x);
-  if (k < padded_k) table[k] = k < g.patch_dim ? static_cast<int32_t>(k_offset32(k, g, s)) : 0;
+  if (k >= padded_k) return;
+  const int32_t weight_k = channels_last_order ? weight_k_of_channels_last32(k, g) : k;
+  table[k] = k < g.patch_dim ? static_cast<int32_t>(k_offset32(weight_k, g, s)) : 0;
 }
 
 // One block per (b, step): out[row of its CLS slot, :] = cls + pos[cls_pos_row].
@@ -532,31 +537,16 @@ void dispatch_cuda_type(at::ScalarType dtype, Fn&& fn) {
   }
 }
 
-// The int32 k table of (g, s) on `device`, padded with zeros to whole 32-deep stages.
-at::Tensor k_offset_table(const PatchGeometry& g, const VideoStrides& s, const at::Tensor& like, cudaStream_t stream) {
+// The int32 k table of (g, s) on `like`'s device, padded with zeros to whole 32-deep stages.
+at::Tensor k_offset_table(const PatchGeometry& g, const VideoStrides& s, const at::Tensor& like, cudaStream_t stream,
+                          bool channels_last_order = false) {
   TORCH_CHECK(max_k_offset(g, s) <= std::numeric_limits<int32_t>::max(), "a tubelet spans more than 2^31 elements");
   const int32_t padded_k = static_cast<int32_t>((g.patch_dim + kMmaTileK - 1) / kMmaTileK * kMmaTileK);
   at::Tensor table = at::empty({padded_k}, like.options().dtype(at::kInt));
   k_offset_table_kernel<<<(padded_k + 255) / 256, 256, 0, stream>>>(table.mutable_data_ptr<int32_t>(), padded_k, g,
-                                                                    s);
+                                                                    s, channels_last_order);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return table;
-}
-
-// Widest video chunk (in elements) the mma kernel may copy: kVec consecutive k must be consecutive in memory
-// (W stride 1, pw a multiple of kVec) and every chunk start aligned to kVec elements (pointer and every stride
-// that moves an index, i.e. of a dimension longer than 1).
-int video_vector_width(const at::Tensor& video, const PatchGeometry& g, const VideoStrides& s) {
-  const auto address = reinterpret_cast<uintptr_t>(video.const_data_ptr());
-  for (const int vec : {8, 2}) {
-    if (g.patch_w % vec != 0 || s.w != 1) continue;
-    if (address % (vec * video.element_size()) != 0) continue;
-    auto aligned = [vec](int64_t stride, int64_t size) { return size == 1 || stride % vec == 0; };
-    if (aligned(s.b, g.batch) && aligned(s.t, g.frames) && aligned(s.c, g.channels) && aligned(s.h, g.height)) {
-      return vec;
-    }
-  }
-  return 1;
 }
 
 template <typename scalar_t, typename video_t, int kVec>
@@ -575,14 +565,26 @@ void launch_forward(const CallPlan& plan, const at::Tensor& video, const at::Ten
                     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& pos,
                     const c10::optional<at::Tensor>& cls, at::Tensor& out, cudaStream_t stream) {
   const auto& g = plan.geometry;
-  const at::Tensor table = k_offset_table(g, plan.video_strides, video, stream);
+  VideoReadPlan read;
+  if constexpr (!std::is_same_v<scalar_t, float>) {
+    read = video_read_plan(reinterpret_cast<uintptr_t>(video.const_data_ptr()), video.element_size(), g,
+                           plan.video_strides);
+  }
+  const at::Tensor table = k_offset_table(g, plan.video_strides, video, stream, read.channels_last_order);
+  // The weight in the table's k order: (E, t, ph, pw, C) for the channels-last order (a copy).
+  at::Tensor weight = read.channels_last_order
+                          ? weight2d.view({g.embed_dim, g.channels, g.tubelet, g.patch_h, g.patch_w})
+                                .permute({0, 2, 3, 4, 1})
+                                .contiguous()
+                                .view({g.embed_dim, g.patch_dim})
+                          : weight2d;
   // 16-byte weight copies need 16-byte aligned rows: K a multiple of 8 and an aligned pointer, else a zero-padded
   // copy (E x ceil(K / 8) * 8, the size of the weight).
-  at::Tensor weight = weight2d;
   if constexpr (!std::is_same_v<scalar_t, float>) {
-    if (g.patch_dim % 8 != 0 || reinterpret_cast<uintptr_t>(weight2d.const_data_ptr()) % 16 != 0) {
+    if (g.patch_dim % 8 != 0 || reinterpret_cast<uintptr_t>(weight.const_data_ptr()) % 16 != 0) {
+      const at::Tensor unpadded = weight;
       weight = at::zeros({g.embed_dim, (g.patch_dim + 7) / 8 * 8}, weight2d.options());
-      weight.narrow(1, 0, g.patch_dim).copy_(weight2d);
+      weight.narrow(1, 0, g.patch_dim).copy_(unpadded);
     }
   }
   ForwardArgs<scalar_t, video_t> a{reinterpret_cast<const video_t*>(video.const_data_ptr()),
@@ -602,7 +604,7 @@ void launch_forward(const CallPlan& plan, const at::Tensor& video, const at::Ten
     patch_embed_fma_kernel<video_t><<<grid, kFmaThreads, 0, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
-    switch (video_vector_width(video, g, plan.video_strides)) {
+    switch (read.vec) {
       case 8: launch_mma<scalar_t, video_t, 8>(a, stream); break;
       case 2: launch_mma<scalar_t, video_t, 2>(a, stream); break;
       default: launch_mma<scalar_t, video_t, 1>(a, stream); break;

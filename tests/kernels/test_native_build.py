@@ -134,8 +134,11 @@ def test_mma_kernel_main_loop(sass, arch):
 def test_mma_kernel_blocks_per_sm(sass, arch):
     """Two blocks of 8 warps per SM from registers and 60 KiB of shared memory; one for the byte-wise uint8 fallback."""
     for _, video, vec, kernel in _mma_kernels(sass, arch):
-        expected = 1 if (video, vec) == ("uint8", 1) else 2
-        assert kernel.ctas_per_sm(MMA_THREADS, MMA_DYNAMIC_SHARED) == expected, (kernel.name, kernel.registers)
+        ctas = kernel.ctas_per_sm(MMA_THREADS, MMA_DYNAMIC_SHARED)
+        if (video, vec) == ("uint8", 1):  # launch-bounded to one block: its registers may land anywhere up to 255
+            assert ctas >= 1, (kernel.name, kernel.registers)
+        else:
+            assert ctas == 2, (kernel.name, kernel.registers)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -204,6 +207,7 @@ INDEX_CHECK = r"""
 #include "patch_embed.h"
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 using namespace lsvit;
 // The 32-bit index forms the CUDA kernels use against the int64 ones the CPU kernel uses, on random geometries
 // (odd sizes, a CLS slot or none) and strides (W stride 1 to 4).
@@ -227,6 +231,57 @@ int main() {
       largest = k_offset(k, g, s) > largest ? k_offset(k, g, s) : largest;
     }
     bad += largest != max_k_offset(g, s);
+    // (dt, dh, dw, c) order: a bijection onto the weight's k, equal to permuting the weight to (E, t, ph, pw, C)
+    std::vector<int> seen(g.patch_dim, 0);
+    for (int64_t c = 0; c < g.channels; ++c)
+      for (int64_t dt = 0; dt < g.tubelet; ++dt)
+        for (int64_t dh = 0; dh < g.patch_h; ++dh)
+          for (int64_t dw = 0; dw < g.patch_w; ++dw) {
+            const int64_t permuted = ((dt * g.patch_h + dh) * g.patch_w + dw) * g.channels + c;
+            const int32_t weight_k = weight_k_of_channels_last32(static_cast<int32_t>(permuted), g);
+            bad += weight_k != ((c * g.tubelet + dt) * g.patch_h + dh) * g.patch_w + dw;
+            seen[weight_k] += 1;
+          }
+    for (int count : seen) bad += count != 1;
+  }
+  // The read plan: every chunk of every token lies in one run of consecutive memory and starts aligned.
+  for (int it = 0; it < 400; ++it) {
+    const int64_t t = 1 + rand() % 2, ph = 1 + rand() % 4, pw = 1 + rand() % 16;
+    const PatchGeometry g = make_geometry(1 + rand() % 2, t * (1 + rand() % 2), 1 + rand() % 4, ph * (1 + rand() % 3),
+                                          pw * (1 + rand() % 3), 8, t, ph, pw, 0);
+    const int64_t B = g.batch, T = g.frames, C = g.channels, H = g.height, W = g.width, gap = 1 + rand() % 2;
+    const VideoStrides layouts[] = {
+        {T * C * H * W * gap, C * H * W * gap, H * W * gap, W * gap, gap},   // (B, T, C, H, W), W stride 1 or 2
+        {T * H * W * C * gap, H * W * C * gap, 1, W * C * gap, C * gap},     // channels-last, packed or not
+        {rand() % 64 * 8, rand() % 64 * 2, rand() % 16, rand() % 32 * 2, 1},  // arbitrary
+    };
+    for (const VideoStrides& s : layouts) {
+      const int64_t element_size = 1 + rand() % 2;
+      const uintptr_t address = 4096 + element_size * (rand() % 3 == 0 ? rand() % 8 : 0);
+      const VideoReadPlan plan = video_read_plan(address, element_size, g, s);
+      auto offset = [&](int64_t k) {
+        const int64_t weight_k = plan.channels_last_order ? weight_k_of_channels_last32(static_cast<int32_t>(k), g) : k;
+        return k_offset(weight_k, g, s);
+      };
+      for (int64_t m = 0; m < g.num_tokens; ++m) {
+        const int64_t origin = tubelet_origin_offset(m, g, s);
+        for (int64_t k0 = 0; k0 < g.patch_dim; k0 += plan.vec) {
+          bad += (address + (origin + offset(k0)) * element_size) % (plan.vec * element_size) != 0;
+          for (int q = 1; q < plan.vec; ++q) bad += k0 + q >= g.patch_dim || offset(k0 + q) != offset(k0) + q;
+        }
+      }
+    }
+    (void)B;
+  }
+  // The plans the docs promise for the benchmark geometry (bf16, aligned): 8-element chunks contiguous or
+  // channels-last at P = 16, 2-element ones at P = 14.
+  for (const int64_t p : {16, 14}) {
+    const PatchGeometry g = make_geometry(2, 16, 3, 224, 224, 768, 2, p, p, 1);
+    const VideoStrides contiguous = contiguous_strides(g);
+    const VideoStrides channels_last{16 * 224 * 224 * 3, 224 * 224 * 3, 1, 224 * 3, 3};
+    const int want = p == 16 ? 8 : 2;
+    const VideoReadPlan a = video_read_plan(4096, 2, g, contiguous), b = video_read_plan(4096, 2, g, channels_last);
+    bad += a.vec != want || a.channels_last_order || b.vec != want || !b.channels_last_order;
   }
   std::printf("mismatches %ld\n", bad);
   return bad != 0;
@@ -235,7 +290,9 @@ int main() {
 
 
 def test_32bit_index_math_matches_int64(tmp_path):
-    """csrc/patch_embed.h: token_coords32 / k_offset32 / max_k_offset (CUDA kernels) == the int64 forms (CPU)."""
+    """csrc/patch_embed.h: token_coords32 / k_offset32 / max_k_offset (CUDA kernels) == the int64 forms (CPU); the
+    channels-last k order is the weight permuted to (E, t, ph, pw, C); video_read_plan's chunks are contiguous and
+    aligned for every token (what 16-byte cp.async needs), and as wide as the docs say at P = 16 and 14."""
     compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
     if compiler is None:
         pytest.skip("no C++ compiler")

@@ -173,7 +173,10 @@ def test_cpp_checks_repeat_the_python_errors():
 VECTOR_CASES = {
     "pw8_contiguous": (Case(2, 4, 3, 16, 24, 40, 2, 8, 8), "contiguous"),  # 8-element copies
     "pw14": (Case(1, 2, 3, 28, 42, 130, 2, 14, 14), "contiguous"),  # 2-element copies, K % 32 != 0
-    "channels_last": (Case(2, 2, 3, 16, 16, 48, 1, 8, 8), "channels_last"),  # W stride = C: 1 element
+    # channels-last (C stride 1): read in (dt, dh, dw, c) order with the weight permuted, runs of pw * C values
+    "channels_last": (Case(2, 2, 3, 16, 16, 48, 1, 8, 8), "channels_last"),  # 8-element copies (pw * C = 24)
+    "channels_last_pw14": (Case(1, 2, 3, 28, 28, 36, 2, 14, 14), "channels_last"),  # 2-element (pw * C = 42)
+    "w_stride_2": (Case(1, 2, 3, 8, 12, 20, 1, 4, 4), "w_stride_2"),  # 1 element, register-staged
     "misaligned": (Case(1, 2, 3, 16, 16, 24, 2, 8, 8), "offset"),  # pointer off by one element: 1 element
     "tiles_odd_e": (Case(3, 4, 2, 40, 56, 257, 2, 8, 8), "contiguous"),  # 2 M tiles, 3 N tiles, odd E
 }
@@ -185,6 +188,11 @@ def _restride(video: torch.Tensor, memory: str) -> torch.Tensor:
         out = video.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3).detach()
         assert out.stride(-1) == video.shape[2]
         return out
+    if memory == "w_stride_2":
+        wide = torch.empty(*video.shape[:-1], 2 * video.shape[-1], dtype=video.dtype, device=video.device)
+        out = wide[..., ::2].copy_(video)
+        assert out.stride(-1) == 2
+        return out.detach()
     if memory == "offset":
         flat = torch.empty(video.numel() + 1, dtype=video.dtype, device=video.device)
         return flat[1:].view(video.shape).copy_(video).detach()
@@ -216,7 +224,9 @@ def test_16bit_vector_widths_forward_and_gradients(dtype, name):
 
 
 @pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("name", ["pw8_contiguous", "pw14", "channels_last", "tiles_odd_e"])
+@pytest.mark.parametrize(
+    "name", ["pw8_contiguous", "pw14", "channels_last", "channels_last_pw14", "w_stride_2", "tiles_odd_e"]
+)
 def test_uint8_video_vector_widths(weight_dtype, name):
     case, memory = VECTOR_CASES[name]
     inp = make_inputs(case, device="cuda", dtype=weight_dtype, video_dtype=torch.uint8, cls=False, pos="slot")
