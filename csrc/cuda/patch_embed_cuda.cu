@@ -89,6 +89,27 @@ struct Packed<8> { using type = uint2; };
 template <>
 struct Packed<16> { using type = uint4; };
 
+// Bytes first and first + 1 of `word` (uint8 pixels) as two packed 16-bit values, exactly, without I2F (a
+// quarter-rate instruction that would compete with the tensor cores for issue): fp16 0x6400 | b is 1024 + b,
+// minus 1024 is b; the float 0x4B000000 | b is 2^23 + b, minus 2^23 is b, then packed to bf16 (exact below 256).
+template <typename scalar_t>
+__device__ __forceinline__ uint32_t bytes_to_pair(uint32_t word, int first) {
+  uint32_t bits;
+  if constexpr (std::is_same_v<scalar_t, __half>) {
+    const uint32_t biased = __byte_perm(word, 0x64646464u, first == 0 ? 0x4140 : 0x4342);  // [b, 0x64] x 2
+    __half2 h;
+    memcpy(&h, &biased, 4);
+    h = __hsub2(h, __half2(__ushort_as_half(0x6400), __ushort_as_half(0x6400)));
+    memcpy(&bits, &h, 4);
+  } else {
+    const float lo = __uint_as_float(__byte_perm(word, 0x4B00u, 0x5440 + first)) - 8388608.f;
+    const float hi = __uint_as_float(__byte_perm(word, 0x4B00u, 0x5441 + first)) - 8388608.f;
+    const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
+    memcpy(&bits, &pair, 4);
+  }
+  return bits;
+}
+
 // ---- sm_80 instructions: cp.async, ldmatrix, mma.sync --------------------------------------------------
 // The "memory" clobbers keep the compiler from moving ordinary loads and stores across them.
 __device__ __forceinline__ uint32_t shared_address(const void* p) {
@@ -260,13 +281,22 @@ __global__ void __launch_bounds__(kMmaThreads, (kMmaBlocksPerSm<scalar_t, video_
       for (int i = 0; i < 2; ++i) {
 #pragma unroll
         for (int j = 0; j < kVideoChunks; ++j) {
-          video_t in[kVec];
-          scalar_t out[kVec];
-          memcpy(in, &staged[i][j], sizeof(in));
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) out[e] = convert<scalar_t>(in[e]);
           TilePacked packed;
-          memcpy(&packed, out, sizeof(packed));
+          if constexpr (std::is_same_v<video_t, uint8_t> && kVec >= 2) {  // single bytes: I2F is shorter
+            uint32_t words[kVec == 8 ? 2 : 1] = {};  // the chunk's bytes, zero-extended
+            memcpy(words, &staged[i][j], sizeof(VideoPacked));
+            uint32_t pairs[kVec == 8 ? 4 : 1];
+#pragma unroll
+            for (int w = 0; w < (kVec == 8 ? 4 : 1); ++w) pairs[w] = bytes_to_pair<scalar_t>(words[w / 2], 2 * (w % 2));
+            memcpy(&packed, pairs, sizeof(packed));
+          } else {
+            video_t in[kVec];
+            scalar_t out[kVec];
+            memcpy(in, &staged[i][j], sizeof(in));
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) out[e] = convert<scalar_t>(in[e]);
+            memcpy(&packed, out, sizeof(packed));
+          }
           *reinterpret_cast<TilePacked*>(smem + stage_offset + load_dst + i * kHalfTileBytes + j * kVec * 2) = packed;
         }
       }
