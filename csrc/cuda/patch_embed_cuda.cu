@@ -11,8 +11,9 @@
 //     The hot loop has no index arithmetic beyond additions: each row's tubelet origin is a 64-bit pointer made
 //     once per block, each k's offset inside a tubelet comes from an int32 table (k_offset_table_kernel, one
 //     per call). The table may order k as (dt, dh, dw, c) instead of the weight's (c, dt, dh, dw), with the
-//     weight permuted to match, so that a channels-last video (C stride 1) is read in wide chunks too. The epilogue adds bias + pos to the fp32 accumulators and writes rows in the output's
-//     (B, T', S + N, E) order (the CLS slot rows are skipped; cls_rows_kernel fills them).
+//     weight permuted to match, so that a channels-last video (C stride 1) is read in wide chunks too.
+//     The epilogue adds bias + pos to the fp32 accumulators and writes rows in the output's (B, T', S + N, E)
+//     order (the CLS slot rows are skipped; cls_rows_kernel fills them).
 //     Shared memory: 3 stages x (128 + 128) rows x 40 halves (32 + 8 padding: 80-byte rows, so the 8 rows an
 //     ldmatrix phase reads fall in distinct banks) = 60 KiB, dynamic; with at most 128 registers per thread
 //     (__launch_bounds__(256, 2)) two blocks fit on an SM of sm_80 and sm_90.
@@ -203,7 +204,8 @@ template <typename scalar_t, typename video_t, int kVec>
 constexpr int kMmaBlocksPerSm = std::is_same_v<video_t, uint8_t> && kVec == 1 ? 1 : 2;
 
 template <typename scalar_t, typename video_t, int kVec>
-__global__ void __launch_bounds__(kMmaThreads, (kMmaBlocksPerSm<scalar_t, video_t, kVec>)) patch_embed_mma_kernel(const ForwardArgs<scalar_t, video_t> a) {
+__global__ void __launch_bounds__(kMmaThreads, (kMmaBlocksPerSm<scalar_t, video_t, kVec>))
+    patch_embed_mma_kernel(const ForwardArgs<scalar_t, video_t> a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // the host refuses GPUs older than sm_80 before launching
 #else
@@ -287,7 +289,9 @@ __global__ void __launch_bounds__(kMmaThreads, (kMmaBlocksPerSm<scalar_t, video_
             memcpy(words, &staged[i][j], sizeof(VideoPacked));
             uint32_t pairs[kVec == 8 ? 4 : 1];
 #pragma unroll
-            for (int w = 0; w < (kVec == 8 ? 4 : 1); ++w) pairs[w] = bytes_to_pair<scalar_t>(words[w / 2], 2 * (w % 2));
+            for (int w = 0; w < (kVec == 8 ? 4 : 1); ++w) {
+              pairs[w] = bytes_to_pair<scalar_t>(words[w / 2], 2 * (w % 2));
+            }
             memcpy(&packed, pairs, sizeof(packed));
           } else {
             video_t in[kVec];
@@ -393,7 +397,8 @@ __global__ void __launch_bounds__(kMmaThreads, (kMmaBlocksPerSm<scalar_t, video_
             v0 += to_float(p.x);
             v1 += to_float(p.y);
           }
-          *reinterpret_cast<Pair<scalar_t>*>(out_row + n) = Pair<scalar_t>{from_float<scalar_t>(v0), from_float<scalar_t>(v1)};
+          *reinterpret_cast<Pair<scalar_t>*>(out_row + n) =
+              Pair<scalar_t>{from_float<scalar_t>(v0), from_float<scalar_t>(v1)};
         } else {
           if (pos_row_ptr != nullptr) v0 += to_float(pos_row_ptr[n]);
           out_row[n] = from_float<scalar_t>(v0);
@@ -652,7 +657,9 @@ const at::Tensor& check_cuda(const at::Tensor& t, const char* name) {
 }
 
 // Threads per gather / scatter block: one row of K elements per block.
-unsigned row_threads(int64_t patch_dim) { return static_cast<unsigned>(std::min<int64_t>(256, (patch_dim + 31) / 32 * 32)); }
+unsigned row_threads(int64_t patch_dim) {
+  return static_cast<unsigned>(std::min<int64_t>(256, (patch_dim + 31) / 32 * 32));
+}
 
 }  // namespace
 
@@ -743,7 +750,8 @@ Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video_in, con
             if constexpr (std::is_same_v<video_t, uint8_t> || std::is_same_v<video_t, scalar_t>) {
               gather_patches_kernel<scalar_t, video_t><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
                   reinterpret_cast<const video_t*>(video.const_data_ptr()), video_table.const_data_ptr<int32_t>(), g,
-                  plan.video_strides, static_cast<int32_t>(m0), reinterpret_cast<scalar_t*>(patches.mutable_data_ptr()));
+                  plan.video_strides, static_cast<int32_t>(m0),
+                  reinterpret_cast<scalar_t*>(patches.mutable_data_ptr()));
               C10_CUDA_KERNEL_LAUNCH_CHECK();
             } else {
               TORCH_CHECK(false, "video dtype ", video.scalar_type(), " does not match weight dtype ", dtype);
