@@ -25,6 +25,10 @@ SM_SHARED_BYTES = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}
 # The runtime reserves 1 KiB of shared memory per CTA (sm_80 and newer); sm_90 cubins already count it in SHARED.
 CTA_RESERVED_SHARED = {"sm_80": 1024, "sm_90": 0}
 
+# Launch shapes of the forward kernels (csrc/cuda/patch_embed_cuda.cu): threads per block, dynamic shared bytes.
+# The mma kernel: 256 threads, 3 stages of (128 + 128) rows x 40 16-bit elements.
+LAUNCH = {"patch_embed_mma_kernel": (256, 3 * (128 + 128) * 40 * 2), "patch_embed_fma_kernel": (256, 0)}
+
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _BRANCH_TARGET = re.compile(r"\bBRA\b.*?0x([0-9a-f]+)")
 _CALL_TARGET = re.compile(r"\bCALL\.\S+\s+0x([0-9a-f]+)")
@@ -178,10 +182,17 @@ def loop_mma(kernel: Kernel) -> tuple[Loop | None, str]:
     return None, ""
 
 
+def launch(kernel: Kernel) -> tuple[int, int] | None:
+    """(threads, dynamic shared bytes) of a forward kernel, None for the others."""
+    return next((shape for name, shape in LAUNCH.items() if name in kernel.name), None)
+
+
 def summary(kernel: Kernel) -> str:
     loop, mma = loop_mma(kernel)
     line = f"{kernel.arch} {short_name(kernel)}: REG {kernel.registers}, SHARED {kernel.static_shared}"
     line += f", STACK {kernel.stack}, LOCAL {kernel.local}"
+    if (shape := launch(kernel)) is not None:
+        line += f", dynamic shared {shape[1]}, CTAs/SM {kernel.ctas_per_sm(*shape)}"
     if loop is not None:
         n = loop.count(mma)
         vector_copies = sum("LDGSTS" in t and ".128" in t for t in loop.lines)

@@ -25,9 +25,6 @@ KERNELS = (
     "scatter_patches_kernel",
 )
 ARCHES = ("sm_80", "sm_90")
-# The mma kernel's design (csrc/cuda/patch_embed_cuda.cu, docs/native.md "CUDA kernels"): 256 threads, 3 stages
-# of (128 + 128) x 40 16-bit elements of dynamic shared memory.
-MMA_THREADS, MMA_DYNAMIC_SHARED = 256, 3 * (128 + 128) * 40 * 2
 # Per 32-deep K step a warp (64 x 32 outputs) issues 32 HMMA.16816 and 12 LDSM.x4 (2 x (4 A + 2 B)), one barrier.
 MMA_PER_STEP, LDSM_PER_STEP = 32, 12
 # Main-loop instructions per HMMA, at most (measured on sm_80 / sm_90, docs/native.md), by (video, vector width):
@@ -135,8 +132,11 @@ def test_mma_kernel_main_loop(sass, arch):
 @pytest.mark.parametrize("arch", ARCHES)
 def test_mma_kernel_blocks_per_sm(sass, arch):
     """Two blocks of 8 warps per SM from registers and 60 KiB of shared memory; one for the byte-wise uint8 fallback."""
+    cuda_sass, _ = sass
+    threads, dynamic_shared = cuda_sass.LAUNCH["patch_embed_mma_kernel"]
+    assert (threads, dynamic_shared) == (256, 61440)  # the design in docs/native.md
     for _, video, vec, kernel in _mma_kernels(sass, arch):
-        ctas = kernel.ctas_per_sm(MMA_THREADS, MMA_DYNAMIC_SHARED)
+        ctas = kernel.ctas_per_sm(threads, dynamic_shared)
         if (video, vec) == ("uint8", 1):  # launch-bounded to one block: its registers may land anywhere up to 255
             assert ctas >= 1, (kernel.name, kernel.registers)
         else:
