@@ -2,7 +2,9 @@
 //
 // Plain C++ (no ATen): every function is `__host__ __device__` under nvcc and `inline` otherwise, so the CPU
 // kernel, compiled by the host compiler, runs exactly the arithmetic the CUDA kernel runs. All offsets are
-// int64_t: a video passes 2^31 elements long before it stops fitting in memory.
+// int64_t: a video passes 2^31 elements long before it stops fitting in memory. The `*32` forms take 32-bit
+// token / k coordinates (CUDA hot loops avoid 64-bit division) and still return 64-bit offsets; the host-only
+// video_read_plan chooses how the CUDA tensor-core kernel reads the video.
 //
 // Conventions (docs/op.md): the video is the logical (B, T, C, H, W) view with arbitrary strides; tokens are
 // numbered m in [0, M), M = B T' N, in (b, step, gy, gx) row-major order; the reduction index k in [0, K),
