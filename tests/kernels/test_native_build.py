@@ -144,6 +144,21 @@ def test_mma_kernel_blocks_per_sm(sass, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
+def test_fma_kernel_main_loop(sass, arch):
+    """fp32: per 16-deep step 16 x 16 FFMA per thread, at most 3 instructions per FFMA (2.41 on sm_80, 2.75 on
+    sm_90), no calls or local memory; 5-6 blocks of 256 threads per SM."""
+    cuda_sass, kernels = sass
+    found = [k for k in kernels if k.arch == arch and "patch_embed_fma_kernel" in k.name]
+    assert len(found) == 2  # fp32 and uint8 video
+    for kernel in found:
+        loop = kernel.main_loop("FFMA")
+        assert loop is not None and loop.count("FFMA") == 256, cuda_sass.short_name(kernel)
+        assert loop.subroutine_calls == 0 and loop.count("STL") == loop.count("LDL") == 0, loop.ops
+        assert loop.instructions / loop.count("FFMA") <= 3.0, (cuda_sass.short_name(kernel), loop.instructions)
+        assert kernel.ctas_per_sm(*cuda_sass.LAUNCH["patch_embed_fma_kernel"]) >= 4, kernel.registers
+
+
+@pytest.mark.parametrize("arch", ARCHES)
 def test_index_kernels_have_no_slow_paths(sass, arch):
     """No 64-bit division (a CALL into a slow path) or local memory in any loop of any kernel."""
     cuda_sass, kernels = sass
