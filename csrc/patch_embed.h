@@ -2,7 +2,9 @@
 //
 // Plain C++ (no ATen): every function is `__host__ __device__` under nvcc and `inline` otherwise, so the CPU
 // kernel, compiled by the host compiler, runs exactly the arithmetic the CUDA kernel runs. All offsets are
-// int64_t: a video passes 2^31 elements long before it stops fitting in memory.
+// int64_t: a video passes 2^31 elements long before it stops fitting in memory. The `*32` forms take 32-bit
+// token / k coordinates (CUDA hot loops avoid 64-bit division) and still return 64-bit offsets; the host-only
+// video_read_plan chooses how the CUDA tensor-core kernel reads the video.
 //
 // Conventions (docs/op.md): the video is the logical (B, T, C, H, W) view with arbitrary strides; tokens are
 // numbered m in [0, M), M = B T' N, in (b, step, gy, gx) row-major order; the reduction index k in [0, K),
@@ -11,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define LSVIT_HOST_DEVICE __host__ __device__ __forceinline__
@@ -84,6 +87,99 @@ LSVIT_HOST_DEVICE int64_t pos_row(int64_t m, const PatchGeometry& g, bool pos_pe
 // Row of pos_embed added to the CLS slot of (b, step): row 0 of the step's slots.
 LSVIT_HOST_DEVICE int64_t cls_pos_row(int64_t step, const PatchGeometry& g, bool pos_per_token) {
   return pos_per_token ? step * g.tokens_per_step : 0;
+}
+
+// 32-bit forms for the CUDA kernels, whose hot loops must not divide 64-bit integers (a slow-path call on the
+// GPU). Valid when M and K are below 2^31, which the CUDA host code checks; offsets stay int64.
+struct TokenCoords {
+  int32_t b, step, gy, gx;
+};
+
+LSVIT_HOST_DEVICE TokenCoords token_coords32(int32_t m, const PatchGeometry& g) {
+  const int32_t grid_w = static_cast<int32_t>(g.grid_w), grid_h = static_cast<int32_t>(g.grid_h);
+  const int32_t steps = static_cast<int32_t>(g.steps);
+  const int32_t row = m / grid_w;  // b * T' * gh + step * gh + gy
+  const int32_t frame = row / grid_h;
+  return TokenCoords{frame / steps, frame % steps, row % grid_h, m % grid_w};
+}
+
+LSVIT_HOST_DEVICE int64_t tubelet_origin_offset(const TokenCoords& t, const PatchGeometry& g, const VideoStrides& s) {
+  return t.b * s.b + static_cast<int64_t>(t.step) * g.tubelet * s.t + static_cast<int64_t>(t.gy) * g.patch_h * s.h +
+         static_cast<int64_t>(t.gx) * g.patch_w * s.w;
+}
+
+LSVIT_HOST_DEVICE int64_t output_row(const TokenCoords& t, const PatchGeometry& g) {
+  const int64_t slot = g.cls_slots + static_cast<int64_t>(t.gy) * g.grid_w + t.gx;
+  return (static_cast<int64_t>(t.b) * g.steps + t.step) * g.tokens_per_step + slot;
+}
+
+LSVIT_HOST_DEVICE int64_t pos_row(const TokenCoords& t, const PatchGeometry& g, bool pos_per_token) {
+  const int64_t slot = g.cls_slots + static_cast<int64_t>(t.gy) * g.grid_w + t.gx;
+  return pos_per_token ? t.step * g.tokens_per_step + slot : slot;
+}
+
+LSVIT_HOST_DEVICE int64_t k_offset32(int32_t k, const PatchGeometry& g, const VideoStrides& s) {
+  const int32_t pw = static_cast<int32_t>(g.patch_w), ph = static_cast<int32_t>(g.patch_h);
+  const int32_t t = static_cast<int32_t>(g.tubelet);
+  const int32_t row = k / pw;  // (c * t + dt) * ph + dh
+  const int32_t slab = row / ph;
+  return static_cast<int64_t>(slab / t) * s.c + static_cast<int64_t>(slab % t) * s.t +
+         static_cast<int64_t>(row % ph) * s.h + static_cast<int64_t>(k % pw) * s.w;
+}
+
+// The CUDA forward may read a channels-last video (C stride 1) in the reduction order (dt, dh, dw, c), where
+// consecutive k are consecutive in memory, with the weight permuted to match (E, t, ph, pw, C). This maps such
+// a k' to the weight's own k in (c, dt, dh, dw) order.
+LSVIT_HOST_DEVICE int32_t weight_k_of_channels_last32(int32_t k, const PatchGeometry& g) {
+  const int32_t channels = static_cast<int32_t>(g.channels), pw = static_cast<int32_t>(g.patch_w);
+  const int32_t ph = static_cast<int32_t>(g.patch_h), t = static_cast<int32_t>(g.tubelet);
+  const int32_t pixel = k / channels;  // (dt * ph + dh) * pw + dw
+  const int32_t c = k % channels;
+  return (c * t) * ph * pw + pixel;  // ((c * t + dt) * ph + dh) * pw + dw
+}
+
+// How the CUDA tensor-core forward reads the video: chunks of `vec` consecutive k (8, 2 or 1 elements) in the
+// weight's k order, or in the channels-last order above, whichever allows the wider chunks. A chunk must lie in
+// one run of consecutive k that are consecutive in memory, and start aligned to `vec` elements for every token.
+struct VideoReadPlan {
+  int vec = 1;
+  bool channels_last_order = false;
+};
+
+// Widest chunk in {8, 2}, else 1, that divides `run` and the stride of every dimension in `outer` longer than 1,
+// with the data address aligned to it.
+inline int widest_chunk(uintptr_t address, int64_t element_size, int64_t run, const int64_t (*outer)[2],
+                        int outer_count) {
+  for (const int vec : {8, 2}) {
+    bool aligned = run % vec == 0 && address % (vec * element_size) == 0;
+    for (int i = 0; i < outer_count; ++i) aligned = aligned && (outer[i][1] == 1 || outer[i][0] % vec == 0);
+    if (aligned) return vec;
+  }
+  return 1;
+}
+
+inline VideoReadPlan video_read_plan(uintptr_t address, int64_t element_size, const PatchGeometry& g,
+                                     const VideoStrides& s) {
+  // Weight order (c, dt, dh, dw): runs of pw pixels along a patch row when the W stride is 1.
+  const int64_t weight_order[4][2] = {{s.b, g.batch}, {s.t, g.frames}, {s.c, g.channels}, {s.h, g.height}};
+  VideoReadPlan plan;
+  plan.vec = widest_chunk(address, element_size, s.w == 1 ? g.patch_w : 1, weight_order, 4);
+  // Channels-last order (dt, dh, dw, c), C stride 1: runs of pw * C values along a patch row when pixels are
+  // packed (W stride C), else runs of C values and the W stride must keep chunks aligned.
+  if (s.c == 1 && g.channels > 1) {
+    const bool packed = s.w == g.channels;
+    const int64_t channels_last[4][2] = {{s.b, g.batch}, {s.t, g.frames}, {s.h, g.height}, {s.w, g.width}};
+    const int vec = widest_chunk(address, element_size, packed ? g.patch_w * g.channels : g.channels,
+                                 channels_last, packed ? 3 : 4);
+    if (vec > plan.vec) plan = VideoReadPlan{vec, true};
+  }
+  return plan;
+}
+
+// Largest k_offset of the geometry (strides are never negative in torch): the CUDA kernels keep k offsets in
+// int32 when this fits.
+LSVIT_HOST_DEVICE int64_t max_k_offset(const PatchGeometry& g, const VideoStrides& s) {
+  return (g.channels - 1) * s.c + (g.tubelet - 1) * s.t + (g.patch_h - 1) * s.h + (g.patch_w - 1) * s.w;
 }
 
 // Contiguous (B, T, C, H, W) strides, for the gradient of the video.

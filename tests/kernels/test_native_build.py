@@ -17,12 +17,26 @@ from lsvit_kernels.backends import native
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ("lsvit::native_patch_embed_forward", "lsvit::native_patch_embed_backward")
 KERNELS = (
-    "patch_embed_wmma_kernel",
+    "patch_embed_mma_kernel",
     "patch_embed_fma_kernel",
+    "k_offset_table_kernel",
     "cls_rows_kernel",
     "gather_patches_kernel",
     "scatter_patches_kernel",
 )
+ARCHES = ("sm_80", "sm_90")
+# Per 32-deep K step a warp (64 x 32 outputs) issues 32 HMMA.16816 and 12 LDSM.x4 (2 x (4 A + 2 B)), one barrier.
+MMA_PER_STEP, LDSM_PER_STEP = 32, 12
+# Main-loop instructions per HMMA, at most (measured on sm_80 / sm_90, docs/native.md), by (video, vector width):
+# 16-bit video copied with cp.async in 16 / 4 bytes or staged element by element; uint8 staged and converted.
+LOOP_BOUND = {
+    ("16-bit", 8): 3.6,
+    ("16-bit", 2): 6.5,
+    ("16-bit", 1): 8.5,
+    ("uint8", 8): 5.0,
+    ("uint8", 2): 7.5,
+    ("uint8", 1): 10.5,
+}
 
 needs_ext = pytest.mark.skipif(not native._has_ext(), reason=f"the compiled library is not built: {native._load_error}")
 
@@ -49,33 +63,111 @@ def test_cuda_kernels_are_registered():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
 
 
-def _cuobjdump() -> str | None:
-    import triton  # ships cuobjdump in its wheel
-
-    candidates = [
-        Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "cuobjdump",
-        Path("/usr/local/cuda/bin/cuobjdump"),
-        Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump",
-    ]
-    found = [str(c) for c in candidates if c.exists()]
-    return found[0] if found else shutil.which("cuobjdump")
-
-
-@needs_ext
-@needs_cuda_build
-def test_cuda_kernels_do_not_spill():
-    tool = _cuobjdump()
-    if tool is None:
+@pytest.fixture(scope="module")
+def sass():
+    """Every kernel of the built library, per architecture (csrc/cuda_sass.py)."""
+    if not (native._has_ext() and _cuda_built()):
+        pytest.skip("the compiled library has no CUDA part")
+    sys.path.insert(0, str(ROOT / "csrc"))
+    try:
+        import cuda_sass
+    finally:
+        sys.path.remove(str(ROOT / "csrc"))
+    if cuda_sass.tool("cuobjdump") is None:
         pytest.skip("cuobjdump not found (CUDA_HOME/bin or the triton wheel)")
-    dump = subprocess.run(
-        [tool, "--dump-resource-usage", native._ext.__file__], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
-    usage = re.findall(r"Function (\S+):\s*\n\s*(REG:.*)", dump)
-    names = " ".join(name for name, _ in usage)
+    return cuda_sass, cuda_sass.read(native._ext.__file__)
+
+
+def _mma_kernels(sass, arch):
+    cuda_sass, kernels = sass
+    found = []
+    for kernel in kernels:
+        m = re.search(r"patch_embed_mma_kernel<(\w+), ([\w ]+), (\d+)>", cuda_sass.short_name(kernel))
+        if m and kernel.arch == arch:
+            found.append((m.group(1), "uint8" if m.group(2) == "unsigned char" else "16-bit", int(m.group(3)), kernel))
+    return found
+
+
+def test_cuda_kernels_do_not_spill(sass):
+    cuda_sass, kernels = sass
+    names = " ".join(k.name for k in kernels)
     for kernel in KERNELS:
-        assert kernel in names, f"{kernel} missing from the fatbinary: {names}"
-    for name, line in usage:
-        assert "STACK:0 " in line and "LOCAL:0 " in line, f"{name} spills: {line}"
+        assert kernel in names, f"{kernel} missing from the fatbinary"
+    assert {k.arch for k in kernels} >= set(ARCHES)
+    for k in kernels:
+        assert k.stack == 0 and k.local == 0, f"{k.arch} {cuda_sass.short_name(k)} spills: {k.stack=} {k.local=}"
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_mma_kernel_main_loop(sass, arch):
+    """Every instantiation: cp.async (16-byte for the weight and the aligned 16-bit video), ldmatrix, mma.sync,
+    one barrier, no local memory or calls, and the instruction count per HMMA under its bound."""
+    cuda_sass, _ = sass
+    kernels = _mma_kernels(sass, arch)
+    # {fp16, bf16} x {16-bit, uint8 video} x {8, 2, 1} elements per copy
+    assert len(kernels) == 12, [cuda_sass.short_name(k) for *_, k in kernels]
+    for _, video, vec, kernel in kernels:
+        loop = kernel.main_loop("HMMA")
+        label = f"{arch} {cuda_sass.short_name(kernel)}"
+        assert loop is not None, label
+        wide = sum("LDGSTS" in line and ".128" in line for line in loop.lines)
+        assert loop.count("HMMA") == MMA_PER_STEP and loop.count("LDSM") == LDSM_PER_STEP, (label, loop.ops)
+        assert loop.count("BAR") == 1, (label, loop.ops)
+        assert loop.count("STL") == loop.count("LDL") == 0 and loop.subroutine_calls == 0, (label, loop.ops)
+        async_video = video == "16-bit" and vec >= 2
+        # 2 weight rows per thread, 16 bytes each; video: 2 rows x (8 / vec) chunks, 16 bytes when vec = 8
+        assert wide == (4 if async_video and vec == 8 else 2), (label, loop.ops)
+        assert loop.count("LDGSTS") == 2 + (2 * 8 // vec if async_video else 0), (label, loop.ops)
+        if not async_video:  # staged through registers: loads before the MMAs, shared stores after them
+            assert loop.count("LDG") >= 2 * 8 // vec and loop.count("STS") >= 2, (label, loop.ops)
+            if video == "uint8" and vec >= 2:  # bytes converted with PRMT + FADD / HADD2, not quarter-rate I2F
+                assert loop.count("I2F") == 0 and loop.count("PRMT") > 0, (label, loop.ops)
+            stores = [i for i, line in enumerate(loop.lines) if line.split()[0].startswith("STS")]
+            mmas = [i for i, line in enumerate(loop.lines) if "HMMA" in line]
+            assert min(stores) > min(mmas), label
+        per_mma = loop.instructions / loop.count("HMMA")
+        assert per_mma <= LOOP_BOUND[(video, vec)], (label, per_mma)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_mma_kernel_blocks_per_sm(sass, arch):
+    """Two blocks of 8 warps per SM from registers and 60 KiB of shared memory; one for the byte-wise uint8 fallback."""
+    cuda_sass, _ = sass
+    threads, dynamic_shared = cuda_sass.LAUNCH["patch_embed_mma_kernel"]
+    assert (threads, dynamic_shared) == (256, 61440)  # the design in docs/native.md
+    for _, video, vec, kernel in _mma_kernels(sass, arch):
+        ctas = kernel.ctas_per_sm(threads, dynamic_shared)
+        if (video, vec) == ("uint8", 1):  # launch-bounded to one block: its registers may land anywhere up to 255
+            assert ctas >= 1, (kernel.name, kernel.registers)
+        else:
+            assert ctas == 2, (kernel.name, kernel.registers)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_fma_kernel_main_loop(sass, arch):
+    """fp32: per 16-deep step 16 x 16 FFMA per thread, at most 3 instructions per FFMA (2.41 on sm_80, 2.75 on
+    sm_90), no calls or local memory; 5-6 blocks of 256 threads per SM."""
+    cuda_sass, kernels = sass
+    found = [k for k in kernels if k.arch == arch and "patch_embed_fma_kernel" in k.name]
+    assert len(found) == 2  # fp32 and uint8 video
+    for kernel in found:
+        loop = kernel.main_loop("FFMA")
+        assert loop is not None and loop.count("FFMA") == 256, cuda_sass.short_name(kernel)
+        assert loop.subroutine_calls == 0 and loop.count("STL") == loop.count("LDL") == 0, loop.ops
+        assert loop.instructions / loop.count("FFMA") <= 3.0, (cuda_sass.short_name(kernel), loop.instructions)
+        assert kernel.ctas_per_sm(*cuda_sass.LAUNCH["patch_embed_fma_kernel"]) >= 4, kernel.registers
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_index_kernels_have_no_slow_paths(sass, arch):
+    """No 64-bit division (a CALL into a slow path) or local memory in any loop of any kernel."""
+    cuda_sass, kernels = sass
+    for kernel in kernels:
+        if kernel.arch != arch:
+            continue
+        for loop in kernel.loops():
+            assert loop.subroutine_calls == 0, (cuda_sass.short_name(kernel), loop.lines)
+            assert loop.count("STL") == loop.count("LDL") == 0, cuda_sass.short_name(kernel)
 
 
 def _spec(monkeypatch, **env):
@@ -126,3 +218,103 @@ def test_force_cuda_without_toolchain_is_fatal(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", None)
     with pytest.raises(RuntimeError, match="LSVIT_FORCE_CUDA=1 but the CUDA part cannot be built"):
         _spec(monkeypatch, LSVIT_FORCE_CUDA="1")
+
+
+INDEX_CHECK = r"""
+#include "patch_embed.h"
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+using namespace lsvit;
+// The 32-bit index forms the CUDA kernels use against the int64 ones the CPU kernel uses, on random geometries
+// (odd sizes, a CLS slot or none) and strides (W stride 1 to 4).
+int main() {
+  srand(7);
+  long bad = 0;
+  for (int it = 0; it < 500; ++it) {
+    const int64_t t = 1 + rand() % 3, ph = 1 + rand() % 5, pw = 1 + rand() % 6;
+    const PatchGeometry g = make_geometry(1 + rand() % 3, t * (1 + rand() % 3), 1 + rand() % 3, ph * (1 + rand() % 4),
+                                          pw * (1 + rand() % 4), 8, t, ph, pw, rand() % 2);
+    const VideoStrides s{rand() % 100000, rand() % 1000, rand() % 1000, rand() % 100, 1 + rand() % 4};
+    for (int64_t m = 0; m < g.num_tokens; ++m) {
+      const TokenCoords c = token_coords32(static_cast<int32_t>(m), g);
+      bad += tubelet_origin_offset(c, g, s) != tubelet_origin_offset(m, g, s);
+      bad += output_row(c, g) != output_row(m, g);
+      bad += pos_row(c, g, true) != pos_row(m, g, true) || pos_row(c, g, false) != pos_row(m, g, false);
+    }
+    int64_t largest = 0;
+    for (int64_t k = 0; k < g.patch_dim; ++k) {
+      bad += k_offset32(static_cast<int32_t>(k), g, s) != k_offset(k, g, s);
+      largest = k_offset(k, g, s) > largest ? k_offset(k, g, s) : largest;
+    }
+    bad += largest != max_k_offset(g, s);
+    // (dt, dh, dw, c) order: a bijection onto the weight's k, equal to permuting the weight to (E, t, ph, pw, C)
+    std::vector<int> seen(g.patch_dim, 0);
+    for (int64_t c = 0; c < g.channels; ++c)
+      for (int64_t dt = 0; dt < g.tubelet; ++dt)
+        for (int64_t dh = 0; dh < g.patch_h; ++dh)
+          for (int64_t dw = 0; dw < g.patch_w; ++dw) {
+            const int64_t permuted = ((dt * g.patch_h + dh) * g.patch_w + dw) * g.channels + c;
+            const int32_t weight_k = weight_k_of_channels_last32(static_cast<int32_t>(permuted), g);
+            bad += weight_k != ((c * g.tubelet + dt) * g.patch_h + dh) * g.patch_w + dw;
+            seen[weight_k] += 1;
+          }
+    for (int count : seen) bad += count != 1;
+  }
+  // The read plan: every chunk of every token lies in one run of consecutive memory and starts aligned.
+  for (int it = 0; it < 400; ++it) {
+    const int64_t t = 1 + rand() % 2, ph = 1 + rand() % 4, pw = 1 + rand() % 16;
+    const PatchGeometry g = make_geometry(1 + rand() % 2, t * (1 + rand() % 2), 1 + rand() % 4, ph * (1 + rand() % 3),
+                                          pw * (1 + rand() % 3), 8, t, ph, pw, 0);
+    const int64_t B = g.batch, T = g.frames, C = g.channels, H = g.height, W = g.width, gap = 1 + rand() % 2;
+    const VideoStrides layouts[] = {
+        {T * C * H * W * gap, C * H * W * gap, H * W * gap, W * gap, gap},   // (B, T, C, H, W), W stride 1 or 2
+        {T * H * W * C * gap, H * W * C * gap, 1, W * C * gap, C * gap},     // channels-last, packed or not
+        {rand() % 64 * 8, rand() % 64 * 2, rand() % 16, rand() % 32 * 2, 1},  // arbitrary
+    };
+    for (const VideoStrides& s : layouts) {
+      const int64_t element_size = 1 + rand() % 2;
+      const uintptr_t address = 4096 + element_size * (rand() % 3 == 0 ? rand() % 8 : 0);
+      const VideoReadPlan plan = video_read_plan(address, element_size, g, s);
+      auto offset = [&](int64_t k) {
+        const int64_t weight_k = plan.channels_last_order ? weight_k_of_channels_last32(static_cast<int32_t>(k), g) : k;
+        return k_offset(weight_k, g, s);
+      };
+      for (int64_t m = 0; m < g.num_tokens; ++m) {
+        const int64_t origin = tubelet_origin_offset(m, g, s);
+        for (int64_t k0 = 0; k0 < g.patch_dim; k0 += plan.vec) {
+          bad += (address + (origin + offset(k0)) * element_size) % (plan.vec * element_size) != 0;
+          for (int q = 1; q < plan.vec; ++q) bad += k0 + q >= g.patch_dim || offset(k0 + q) != offset(k0) + q;
+        }
+      }
+    }
+    (void)B;
+  }
+  // The plans the docs promise for the benchmark geometry (bf16, aligned): 8-element chunks contiguous or
+  // channels-last at P = 16, 2-element ones at P = 14.
+  for (const int64_t p : {16, 14}) {
+    const PatchGeometry g = make_geometry(2, 16, 3, 224, 224, 768, 2, p, p, 1);
+    const VideoStrides contiguous = contiguous_strides(g);
+    const VideoStrides channels_last{16 * 224 * 224 * 3, 224 * 224 * 3, 1, 224 * 3, 3};
+    const int want = p == 16 ? 8 : 2;
+    const VideoReadPlan a = video_read_plan(4096, 2, g, contiguous), b = video_read_plan(4096, 2, g, channels_last);
+    bad += a.vec != want || a.channels_last_order || b.vec != want || !b.channels_last_order;
+  }
+  std::printf("mismatches %ld\n", bad);
+  return bad != 0;
+}
+"""
+
+
+def test_32bit_index_math_matches_int64(tmp_path):
+    """csrc/patch_embed.h: token_coords32 / k_offset32 / max_k_offset (CUDA kernels) == the int64 forms (CPU); the
+    channels-last k order is the weight permuted to (E, t, ph, pw, C); video_read_plan's chunks are contiguous and
+    aligned for every token (what 16-byte cp.async needs), and as wide as the docs say at P = 16 and 14."""
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    source, binary = tmp_path / "index_check.cpp", tmp_path / "index_check"
+    source.write_text(INDEX_CHECK)
+    subprocess.run([compiler, "-O1", "-std=c++17", f"-I{ROOT / 'csrc'}", str(source), "-o", str(binary)], check=True)
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "mismatches 0" in result.stdout, result.stdout + result.stderr
