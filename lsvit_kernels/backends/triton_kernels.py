@@ -327,8 +327,9 @@ def patch_embed_grad_weight_kernel(
 
     Per step: reads ``BLOCK_M BLOCK_N g + BLOCK_M BLOCK_K v`` bytes, ``2 BLOCK_M BLOCK_N BLOCK_K`` FLOPs; per
     program one ``BLOCK_N BLOCK_K 4``-byte store. Reference shape (B=32, T=16, 224, 2x16x16, E=768, bf16) with
-    sm_90's 64 x 128 x 128: 72 tiles x 4 splits of 49 steps, 32 KB and 2.1 MFLOP per step; from DRAM 77 MB of
-    grad + 154 MB of video read, 4 x 4.7 MB of partials written, 118 GFLOP: compute-bound, floor 150 us on H100.
+    sm_90's 64 x 128 x 128: 72 tiles x 7 splits (``triton_tuning.best_splits``) of 112 steps, 32 KB and 2.1 MFLOP
+    per step; from DRAM 77 MB of grad + 154 MB of video read, 7 x 4.7 MB of partials written, 118 GFLOP:
+    compute-bound, floor 150 us on H100.
     """
     NUM_SPATIAL: tl.constexpr = GRID_H * GRID_W
     PATCH_DIM: tl.constexpr = CHANNELS * PATCH_T * PATCH_H * PATCH_W
