@@ -154,6 +154,28 @@ def disassemble(cubin: bytes) -> list[Instruction]:
     return parse_sass(text)
 
 
+def functions(path: str) -> dict[tuple[str, str], list[Instruction]]:
+    """SASS of every kernel in a binary with several (a cubin, or a library's fatbinary such as the compiled
+    extension's ``.so``): ``{(arch, mangled name): instructions}``, e.g. ``("sm_90", "_ZN5lsvit...")``."""
+    text = subprocess.run([tool("cuobjdump"), "-sass", path], check=True, capture_output=True, text=True).stdout
+    return parse_sass_functions(text)
+
+
+def parse_sass_functions(text: str) -> dict[tuple[str, str], list[Instruction]]:
+    out: dict[tuple[str, str], list[Instruction]] = {}
+    arch, name, start = "", "", 0
+    marks = list(re.finditer(r"code for (sm_\w+)|Function : (\S+)", text)) + [None]
+    for i, mark in enumerate(marks[:-1]):
+        end = marks[i + 1].start() if marks[i + 1] is not None else len(text)
+        if mark.group(1):
+            arch = mark.group(1)
+            continue
+        name = mark.group(2)
+        start = mark.end()
+        out[(arch, name)] = parse_sass(text[start:end])
+    return out
+
+
 def parse_sass(text: str) -> list[Instruction]:
     out = []
     for match in _LINE.finditer(text):

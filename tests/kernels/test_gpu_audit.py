@@ -216,3 +216,15 @@ def test_video_load_bits_follow_the_strides():
     assert bits("3d-p16", "bf16") == 128 and bits("3d-p16", "u8") == 128
     assert bits("3d-p16", "bf16", "channels_last") == 128  # runs of 48 pixels, 16-aligned
     assert bits("2d-p14", "bf16") == 32 and bits("2d-p14", "u8") == 16  # rows start at 14 gx: 2-aligned
+
+
+def test_sass_of_a_binary_with_several_kernels():
+    """A library's fatbinary (the compiled extension) holds several kernels per architecture."""
+    text = (
+        "\tcode for sm_80\n\t\tFunction : kernel_a\n" + SASS + "\t\tFunction : kernel_b\n"
+        "        /*0000*/                   EXIT ;\n\tcode for sm_90\n\t\tFunction : kernel_a\n" + SASS
+    )
+    found = sass.parse_sass_functions(text)
+    assert set(found) == {("sm_80", "kernel_a"), ("sm_80", "kernel_b"), ("sm_90", "kernel_a")}
+    assert [i.base for i in found[("sm_80", "kernel_b")]] == ["EXIT"]
+    assert sass.main_loop(found[("sm_90", "kernel_a")]).mma == 1
