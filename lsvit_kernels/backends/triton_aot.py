@@ -152,7 +152,8 @@ def picked(kernel: str, arch: int, shape: str, dtype: str, video_dtype: str, kin
 def variants(full_tables: bool = True) -> list[Variant]:
     """Everything the tuning can pick at the benchmark shapes, for sm_90 and sm_80.
 
-    - headline 3D shape, contiguous video: every config of the 16-bit tables (bf16 video and uint8 video);
+    - headline 3D shape, contiguous video: every config of the tables (16-bit with bf16 and uint8 video, tf32
+      with float32 video; exact float32 has one config);
     - the config the heuristic picks at each benchmark shape for: fp16, tf32 and exact float32 (float32 and
       uint8 videos), channels-last videos (bf16 and uint8), 2D P=16 and P=14; the int64-offset path;
     - grad_rows (one config; it reads grad_tokens only).
@@ -174,6 +175,9 @@ def variants(full_tables: bool = True) -> list[Variant]:
                 table = tuning.candidate_configs(kernel, arch, "16bit")
                 for cfg in table if full_tables else table[:1]:
                     add(kernel, arch, "3d-p16", video_dtype, "bf16", "16bit", cfg=cfg)
+            table = tuning.candidate_configs(kernel, arch, "tf32")
+            for cfg in table if full_tables else table[:1]:
+                add(kernel, arch, "3d-p16", "fp32", "fp32", "tf32", cfg=cfg)
             add(kernel, arch, "3d-p16", "fp16", "fp16", "16bit")
             for kind in ("tf32", "ieee"):
                 add(kernel, arch, "3d-p16", "fp32", "fp32", kind)

@@ -61,13 +61,14 @@ def test_every_variant_passes_the_audit(audited):
 
 
 def test_coverage_every_table_config_and_every_axis(audited):
-    """Every 16-bit config of the tables at the headline shape, and each axis of the benchmark space."""
+    """Every config of the tables at the headline shape, and each axis of the benchmark space."""
     names = [r["variant"] for r in audited]
     for arch in (90, 80):
         for kernel in ("forward", "grad_weight", "grad_video"):
-            for cfg in triton_tuning.candidate_configs(kernel, arch, "16bit"):
-                tile = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
-                assert f"{kernel} sm_{arch} 3d-p16 bf16->bf16/16bit {tile}" in names
+            for kind, dtypes in (("16bit", "bf16->bf16"), ("tf32", "fp32->fp32"), ("ieee", "fp32->fp32")):
+                for cfg in triton_tuning.candidate_configs(kernel, arch, kind):
+                    tile = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+                    assert f"{kernel} sm_{arch} 3d-p16 {dtypes}/{kind} {tile}" in names
     seen = {(r["kernel"], r["arch"], r["shape"], r["video_dtype"], r["kind"], r["layout"], r["wide"]) for r in audited}
     for arch in (90, 80):
         for kernel in ("forward", "grad_weight"):
