@@ -1,8 +1,11 @@
 """First run on a GPU, one command: ``python -m benchmarks.gpu_validate`` (``make gpu-validate``).
 
 1. runs the GPU test subset (``pytest -m gpu tests``) and records every outcome (JUnit XML + log);
-2. runs the GPU benchmark suite (the default GPU grid + the issue-3 headline cases);
-3. writes one report, ``gpu_report/report.json`` + ``gpu_report/report.md``, with the headline first: bf16, B=32,
+2. times every Triton config of the tuning tables (and a few outside them) at the headline shape, bf16 and
+   uint8 video, next to the cost model's estimate and the roofline floor (``triton_sweep``): measured against
+   modeled time, the check of every estimate in docs/triton.md;
+3. runs the GPU benchmark suite (the default GPU grid + the issue-3 headline cases);
+4. writes one report, ``gpu_report/report.json`` + ``gpu_report/report.md``, with the headline first: bf16, B=32,
    T=16, 224 px, E=768, tubelet 2, forward and forward + backward, ours vs eager conv, F.linear,
    ``torch.compile``, the GEMM floor, the roofline of this run's measured ceilings and, when the Triton backend
    exposes one (``triton_tuning.roofline_floor_us``), its own bytes-and-FLOPs roofline.
@@ -70,6 +73,58 @@ def run_gpu_tests(out_dir: Path, extra: Sequence[str] = ()) -> dict:
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     result.update(counts=counts, failed=failed)
     return result
+
+
+def run_triton_sweep() -> dict:
+    """Every Triton config at the headline shape (B=32, T=16, 224, tubelet 2, E=768), bf16 and uint8 video:
+    measured time, modeled time and floor per config (``lsvit_kernels.backends.triton_sweep``)."""
+    try:
+        from lsvit_kernels import geometry
+        from lsvit_kernels.backends import triton_sweep
+    except ImportError as exc:
+        return {"error": f"triton sweep unavailable: {exc}"}
+    grid = geometry.patch_grid((32, 16, 3, 224, 224), (768, 3, 2, 16, 16), has_cls=True)
+    rows = []
+    for video_dtype in (None, torch.uint8):
+        try:
+            found = triton_sweep.sweep(grid, torch.bfloat16, video_dtype, explore=True)
+        except Exception as exc:  # noqa: BLE001  (report what failed, keep the rest of the run)
+            return {"error": f"{type(exc).__name__}: {exc}", "rows": rows}
+        for r in found:
+            c = r["config"]
+            rows.append(
+                {
+                    "kernel": r["kernel"],
+                    "video": "uint8" if video_dtype is not None else "bf16",
+                    "config": f"{c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages} g{c.group_m}",
+                    "us": r.get("us"),
+                    "estimate_us": r.get("estimate_us"),
+                    "floor_us": r.get("floor_us"),
+                    "picked": r.get("picked", False),
+                    "error": r.get("error"),
+                }
+            )
+    return {"rows": rows}
+
+
+def render_sweep(sweep: dict) -> list[str]:
+    lines = ["", "## Triton configs: measured vs modeled (bf16, B=32, T=16, 224 px, E=768, tubelet 2)", ""]
+    if sweep.get("error"):
+        lines.append(f"Sweep stopped: {sweep['error']}")
+    lines += [
+        "| kernel | video | config | measured us | modeled us | floor us | measured / modeled | picked |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sweep.get("rows", []):
+        if r["us"] is None:
+            lines.append(f"| {r['kernel']} | {r['video']} | {r['config']} | failed: {r['error']} | | | | |")
+            continue
+        ratio = r["us"] / r["estimate_us"] if r["estimate_us"] else None
+        lines.append(
+            f"| {r['kernel']} | {r['video']} | {r['config']} | {r['us']:.1f} | {_f(r['estimate_us'])} "
+            f"| {_f(r['floor_us'])} | {_f(ratio, 'x')} | {'yes' if r['picked'] else ''} |"
+        )
+    return lines
 
 
 def triton_roofline(case: Case, ceilings: dict) -> Optional[dict]:
@@ -184,6 +239,8 @@ def render(report: dict) -> str:
             )
             + " |"
         )
+    if report.get("sweep"):
+        lines += render_sweep(report["sweep"])
     if report.get("bench"):
         lines += ["", render_markdown(report["bench"]).replace("# lsvit benchmark", "## Benchmark suite", 1)]
     return "\n".join(lines) + "\n"
@@ -203,6 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("gpu_report"), help="report folder (default gpu_report/)")
     parser.add_argument("--device", default="cuda", help="CUDA device (default cuda); 'cpu' only rehearses the run")
     parser.add_argument("--skip-tests", action="store_true", help="do not run pytest -m gpu")
+    parser.add_argument("--skip-sweep", action="store_true", help="do not time every Triton config")
     parser.add_argument("--skip-bench", action="store_true", help="do not run the benchmark suite")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -217,6 +275,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.skip_tests:
         print("gpu_validate: running pytest -m gpu ...", file=sys.stderr)
         report["tests"] = run_gpu_tests(args.out)
+    if not args.skip_sweep and args.device.startswith("cuda"):
+        print("gpu_validate: timing every Triton config against the cost model ...", file=sys.stderr)
+        report["sweep"] = run_triton_sweep()
     if not args.skip_bench:
         print("gpu_validate: running the benchmark suite ...", file=sys.stderr)
         bench_args = suite.build_parser().parse_args(

@@ -34,24 +34,25 @@ def widen(x, WIDE: tl.constexpr):
 @triton.jit
 def tubelet_offset(
     token,  # (BLOCK,) int32 patch-token indices in [0, M)
-    grid_h,
-    grid_w,
-    steps,
     stride_b,
     stride_t,
     stride_h,
     stride_w,
+    GRID_H: tl.constexpr,
+    GRID_W: tl.constexpr,
+    STEPS: tl.constexpr,
     PATCH_T: tl.constexpr,
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
     WIDE: tl.constexpr,
 ):
-    """Element offset of each token's first (front, top-left) pixel in the strided video."""
-    gx = token % grid_w
-    gy = (token // grid_w) % grid_h
-    group = token // (grid_w * grid_h)  # b * T' + step
-    step = group % steps
-    b = group // steps
+    """Element offset of each token's first (front, top-left) pixel in the strided video. The grid is
+    compile-time, so the divisions are multiply-high sequences, not the ~20-instruction runtime division."""
+    gx = token % GRID_W
+    gy = (token // GRID_W) % GRID_H
+    group = token // (GRID_W * GRID_H)  # b * T' + step
+    step = group % STEPS
+    b = group // STEPS
     return (
         widen(b, WIDE) * stride_b
         + widen(step * PATCH_T, WIDE) * stride_t
@@ -67,12 +68,27 @@ def k_offset(
     stride_c,
     stride_h,
     stride_w,
+    CHANNELS: tl.constexpr,
     PATCH_T: tl.constexpr,
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
     WIDE: tl.constexpr,
 ):
-    """Element offset of ``k = (c, dt, dh, dw)`` inside a tubelet; divisions by constexprs become shifts."""
+    """Element offset of reduction index ``k`` inside a tubelet; divisions by constexprs become shifts.
+
+    ``CHANNELS_LAST == False``: ``k = (c, dt, dh, dw)``, the order of ``conv.weight.view(E, -1)``; a run of
+    ``PATCH_W`` consecutive k is one contiguous patch row when ``stride_w == 1``.
+    ``CHANNELS_LAST == True`` (the wrapper checks ``stride_w == CHANNELS * stride_c``): ``k = (dt, dh, dw, c)``,
+    so a run of ``PATCH_W * CHANNELS`` consecutive k is one contiguous row of interleaved pixels
+    (``stride_c == 1``, as decoders write frames), and the weight is permuted to match.
+    """
+    if CHANNELS_LAST:
+        pixel = k % (PATCH_W * CHANNELS)  # dw * C + c
+        row = k // (PATCH_W * CHANNELS)
+        dh = row % PATCH_H
+        dt = row // PATCH_H
+        return widen(pixel, WIDE) * stride_c + widen(dh, WIDE) * stride_h + widen(dt, WIDE) * stride_t
     dw = k % PATCH_W
     row = k // PATCH_W
     dh = row % PATCH_H
@@ -84,10 +100,10 @@ def k_offset(
 
 
 @triton.jit
-def token_row(token, num_spatial, CLS_SLOTS: tl.constexpr, WIDE: tl.constexpr):
+def token_row(token, NUM_SPATIAL: tl.constexpr, CLS_SLOTS: tl.constexpr, WIDE: tl.constexpr):
     """Row of each patch token in the ``(B T' (S + N), E)`` token buffer (CLS slots skipped)."""
-    group = token // num_spatial
-    return widen(group, WIDE) * (num_spatial + CLS_SLOTS) + CLS_SLOTS + token % num_spatial
+    group = token // NUM_SPATIAL
+    return widen(group, WIDE) * (NUM_SPATIAL + CLS_SLOTS) + CLS_SLOTS + token % NUM_SPATIAL
 
 
 @triton.jit
@@ -121,28 +137,29 @@ def rounded_to(x, dtype: tl.constexpr, INTERPRET_BF16: tl.constexpr):
 def patch_embed_fwd_kernel(
     # pointers
     video_ptr,  # logical (B, T, C, H, W), any strides; the weight's dtype or uint8
-    weight_ptr,  # (E, K) contiguous
+    weight_ptr,  # (E, K) contiguous, K in this launch's k order (k_offset)
     bias_ptr,  # (E,) or a dummy when not HAS_BIAS
     pos_ptr,  # (S + N, E) or (T' (S + N), E) contiguous, or a dummy
     cls_ptr,  # (E,) or a dummy when CLS_SLOTS == 0
     out_ptr,  # (B, T', S + N, E) contiguous; its element type is the output dtype
-    # sizes
+    # sizes that vary between calls of one model (batch, embedding width)
     num_tokens,  # M = B T' N patch tokens
     embed_dim,  # E
-    patch_dim,  # K = C t ph pw
-    grid_h,
-    grid_w,
-    steps,  # T'
     # video strides (elements), logical (B, T, C, H, W) order
     stride_b,
     stride_t,
     stride_c,
     stride_h,
     stride_w,
-    # meta-parameters
+    # geometry, compile-time: index divisions become multiply-high sequences and K's extent is known
+    CHANNELS: tl.constexpr,
+    GRID_H: tl.constexpr,
+    GRID_W: tl.constexpr,
+    STEPS: tl.constexpr,  # T'
     PATCH_T: tl.constexpr,
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,  # k order (dt, dh, dw, c) for stride_c == 1 videos (k_offset)
     CLS_SLOTS: tl.constexpr,  # S: 1 writes the CLS slot of each step, 0 none
     HAS_BIAS: tl.constexpr,
     HAS_POS: tl.constexpr,
@@ -150,6 +167,7 @@ def patch_embed_fwd_kernel(
     WIDE: tl.constexpr,  # some offset of this launch passes 2^31 - 1: int64 offsets
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for float32; ignored for 16-bit operands
     INTERPRET_BF16: tl.constexpr,  # interpreter + bf16: fp32 dot, hand-rounded stores (see rounded_to)
+    VIDEO_AS_B: tl.constexpr,  # compute (X W^T)^T = W X^T: the video tile is the dot's B operand
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -158,10 +176,15 @@ def patch_embed_fwd_kernel(
     """Tokens of one (BLOCK_M patch tokens) x (BLOCK_N embedding columns) tile, in one pass.
 
     The program gathers its tokens' tubelets straight from the strided video (no im2col buffer), walks K in
-    BLOCK_K steps ordered (c, dt, dh, dw) so each load row is a run of contiguous dw pixels, accumulates
-    ``X W^T`` in float32 with ``tl.dot`` (tensor cores), adds bias and pos_embed to the float32 accumulator and
-    stores once. Programs whose tile holds the first patch of a time step also write that step's CLS slot
-    (cls + its pos row), so the whole token buffer is written by this one launch.
+    BLOCK_K steps ordered so each load row is a run of contiguous pixels (k_offset), accumulates ``X W^T`` in
+    float32 with ``tl.dot`` (tensor cores), adds bias and pos_embed to the float32 accumulator and stores once.
+    Programs whose tile holds the first patch of a time step also write that step's CLS slot (cls + its pos
+    row), so the whole token buffer is written by this one launch.
+
+    ``VIDEO_AS_B`` (set for uint8 videos): the tile is computed transposed, ``W X^T``, so the converted video
+    tile is the B operand. sm_90's wgmma reads B from shared memory only, so the uint8 -> 16-bit conversion is
+    stored to shared memory before the MMA; as the A operand it would feed wgmma from registers, which ptxas
+    serializes (advisory C7515: every wgmma waits for the previous one).
 
     Per tile (v, w = bytes per video, weight element): reads ``BLOCK_M K v`` (video), ``K BLOCK_N w`` (weight),
     ``BLOCK_M BLOCK_N w`` (pos, when given), writes ``BLOCK_M BLOCK_N w``; ``2 BLOCK_M BLOCK_N K`` FLOPs. For
@@ -171,6 +194,8 @@ def patch_embed_fwd_kernel(
     505 FLOP/byte, above the H100 ridge (790 TFLOP/s / 3 TB/s = 263), so compute-bound: floor 150 us
     (``triton_tuning.roofline_floor_us``; docs/triton.md). Block sizes: ``triton_tuning.py``.
     """
+    NUM_SPATIAL: tl.constexpr = GRID_H * GRID_W
+    PATCH_DIM: tl.constexpr = CHANNELS * PATCH_T * PATCH_H * PATCH_W
     pid = tl.program_id(0)
     pid_m, pid_n = grouped_tile(pid, tl.cdiv(num_tokens, BLOCK_M), tl.cdiv(embed_dim, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -180,33 +205,50 @@ def patch_embed_fwd_kernel(
     token = tl.where(m_mask, offs_m, 0)
 
     origin = tubelet_offset(
-        token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE
+        token, stride_b, stride_t, stride_h, stride_w, GRID_H, GRID_W, STEPS, PATCH_T, PATCH_H, PATCH_W, WIDE
     )  # (BLOCK_M,)
     compute_dtype = tl.float32 if INTERPRET_BF16 else weight_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, patch_dim, BLOCK_K):
+    if VIDEO_AS_B:
+        acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, PATCH_DIM, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < patch_dim
-        inner = k_offset(offs_k, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE)
-        x = tl.load(video_ptr + (origin[:, None] + inner[None, :]), mask=m_mask[:, None] & k_mask[None, :], other=0)
-        w = tl.load(
-            weight_ptr + (offs_n[None, :] * patch_dim + offs_k[:, None]),
-            mask=k_mask[:, None] & n_mask[None, :],
-            other=0.0,
-        )  # (BLOCK_K, BLOCK_N) = W^T tile
-        acc = tl.dot(x.to(compute_dtype), w.to(compute_dtype), acc, input_precision=DOT_PRECISION)
+        k_mask = offs_k < PATCH_DIM
+        inner = k_offset(
+            offs_k, stride_t, stride_c, stride_h, stride_w, CHANNELS, PATCH_T, PATCH_H, PATCH_W, CHANNELS_LAST, WIDE
+        )
+        if VIDEO_AS_B:
+            x_t = tl.load(
+                video_ptr + (origin[None, :] + inner[:, None]), mask=k_mask[:, None] & m_mask[None, :], other=0
+            )  # (BLOCK_K, BLOCK_M) = X^T tile
+            w = tl.load(
+                weight_ptr + (offs_n[:, None] * PATCH_DIM + offs_k[None, :]),
+                mask=n_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            )  # (BLOCK_N, BLOCK_K) = W tile
+            acc_t = tl.dot(w.to(compute_dtype), x_t.to(compute_dtype), acc_t, input_precision=DOT_PRECISION)
+        else:
+            x = tl.load(video_ptr + (origin[:, None] + inner[None, :]), mask=m_mask[:, None] & k_mask[None, :], other=0)
+            w = tl.load(
+                weight_ptr + (offs_n[None, :] * PATCH_DIM + offs_k[:, None]),
+                mask=k_mask[:, None] & n_mask[None, :],
+                other=0.0,
+            )  # (BLOCK_K, BLOCK_N) = W^T tile
+            acc = tl.dot(x.to(compute_dtype), w.to(compute_dtype), acc, input_precision=DOT_PRECISION)
+    if VIDEO_AS_B:
+        acc = tl.trans(acc_t)
 
     # epilogue, while the accumulator is still float32
-    num_spatial = grid_h * grid_w
-    row = token_row(token, num_spatial, CLS_SLOTS, WIDE)  # (BLOCK_M,) rows of the token buffer
-    step = (token // num_spatial) % steps
+    row = token_row(token, NUM_SPATIAL, CLS_SLOTS, WIDE)  # (BLOCK_M,) rows of the token buffer
+    step = (token // NUM_SPATIAL) % STEPS
     tile_mask = m_mask[:, None] & n_mask[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_POS:
-        pos_row = CLS_SLOTS + token % num_spatial
+        pos_row = CLS_SLOTS + token % NUM_SPATIAL
         if POS_PER_TOKEN:
-            pos_row += step * (num_spatial + CLS_SLOTS)
+            pos_row += step * (NUM_SPATIAL + CLS_SLOTS)
         pos = tl.load(pos_ptr + (widen(pos_row, WIDE)[:, None] * embed_dim + offs_n[None, :]), mask=tile_mask)
         acc += pos.to(tl.float32)
     out_dtype = out_ptr.dtype.element_ty
@@ -218,14 +260,14 @@ def patch_embed_fwd_kernel(
 
     if CLS_SLOTS:
         # the tile's tokens that open a time step write the CLS slot just before them
-        opens_step = m_mask & (token % num_spatial == 0)
+        opens_step = m_mask & (token % NUM_SPATIAL == 0)
         cls_mask = opens_step[:, None] & n_mask[None, :]
         cls = tl.load(cls_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         cls_rows = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32) + cls[None, :]
         if HAS_POS:
             cls_pos_row = tl.zeros_like(step)
             if POS_PER_TOKEN:
-                cls_pos_row = step * (num_spatial + CLS_SLOTS)
+                cls_pos_row = step * (NUM_SPATIAL + CLS_SLOTS)
             cls_pos_offs = widen(cls_pos_row, WIDE)[:, None] * embed_dim + offs_n[None, :]
             cls_pos = tl.load(pos_ptr + cls_pos_offs, mask=cls_mask)
             cls_rows += cls_pos.to(tl.float32)
@@ -245,14 +287,10 @@ def patch_embed_grad_weight_kernel(
     # pointers
     grad_ptr,  # (B, T', S + N, E) contiguous grad of the tokens
     video_ptr,  # logical (B, T, C, H, W), any strides
-    partial_ptr,  # (SPLITS, E, K) float32: one partial grad_weight per split of the tokens
+    partial_ptr,  # (SPLITS, E, K) float32: one partial grad_weight per split of the tokens, K in k order
     # sizes
     num_tokens,  # M
     embed_dim,  # E
-    patch_dim,  # K
-    grid_h,
-    grid_w,
-    steps,
     tokens_per_split,  # a multiple of BLOCK_M
     # video strides
     stride_b,
@@ -260,10 +298,16 @@ def patch_embed_grad_weight_kernel(
     stride_c,
     stride_h,
     stride_w,
-    # meta-parameters
+    # geometry, compile-time (see the forward)
+    CHANNELS: tl.constexpr,
+    GRID_H: tl.constexpr,
+    GRID_W: tl.constexpr,
+    STEPS: tl.constexpr,
     PATCH_T: tl.constexpr,
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    # meta-parameters
     CLS_SLOTS: tl.constexpr,
     WIDE: tl.constexpr,  # some offset of this launch passes 2^31 - 1: int64 offsets
     DOT_PRECISION: tl.constexpr,
@@ -283,18 +327,22 @@ def patch_embed_grad_weight_kernel(
 
     Per step: reads ``BLOCK_M BLOCK_N g + BLOCK_M BLOCK_K v`` bytes, ``2 BLOCK_M BLOCK_N BLOCK_K`` FLOPs; per
     program one ``BLOCK_N BLOCK_K 4``-byte store. Reference shape (B=32, T=16, 224, 2x16x16, E=768, bf16) with
-    sm_90's 64 x 128 x 128: 72 tiles x 4 splits of 49 steps, 32 KB and 2.1 MFLOP per step; from DRAM 77 MB of
-    grad + 154 MB of video read, 4 x 4.7 MB of partials written, 118 GFLOP: compute-bound, floor 150 us on H100.
+    sm_90's 64 x 128 x 128: 72 tiles x 7 splits (``triton_tuning.best_splits``) of 112 steps, 32 KB and 2.1 MFLOP
+    per step; from DRAM 77 MB of grad + 154 MB of video read, 7 x 4.7 MB of partials written, 118 GFLOP:
+    compute-bound, floor 150 us on H100.
     """
+    NUM_SPATIAL: tl.constexpr = GRID_H * GRID_W
+    PATCH_DIM: tl.constexpr = CHANNELS * PATCH_T * PATCH_H * PATCH_W
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    pid_n, pid_k = grouped_tile(pid, tl.cdiv(embed_dim, BLOCK_N), tl.cdiv(patch_dim, BLOCK_K), GROUP_M)
+    pid_n, pid_k = grouped_tile(pid, tl.cdiv(embed_dim, BLOCK_N), tl.cdiv(PATCH_DIM, BLOCK_K), GROUP_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     n_mask = offs_n < embed_dim
-    k_mask = offs_k < patch_dim
-    inner = k_offset(offs_k, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE)
-    num_spatial = grid_h * grid_w
+    k_mask = offs_k < PATCH_DIM
+    inner = k_offset(
+        offs_k, stride_t, stride_c, stride_h, stride_w, CHANNELS, PATCH_T, PATCH_H, PATCH_W, CHANNELS_LAST, WIDE
+    )
     compute_dtype = tl.float32 if INTERPRET_BF16 else grad_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
@@ -303,44 +351,46 @@ def patch_embed_grad_weight_kernel(
     for m0 in range(start, stop, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_mask = offs_m < stop
-        token = tl.where(m_mask, offs_m, 0)
-        row = token_row(token, num_spatial, CLS_SLOTS, WIDE)
+        token = offs_m  # past ``stop`` only in masked lanes: their offsets are never dereferenced
+        row = token_row(token, NUM_SPATIAL, CLS_SLOTS, WIDE)
         g = tl.load(
             grad_ptr + (row[None, :] * embed_dim + offs_n[:, None]), mask=n_mask[:, None] & m_mask[None, :], other=0.0
         )  # (BLOCK_N, BLOCK_M) = G^T tile
         origin = tubelet_offset(
-            token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE
+            token, stride_b, stride_t, stride_h, stride_w, GRID_H, GRID_W, STEPS, PATCH_T, PATCH_H, PATCH_W, WIDE
         )
         x = tl.load(video_ptr + (origin[:, None] + inner[None, :]), mask=m_mask[:, None] & k_mask[None, :], other=0)
         acc = tl.dot(g.to(compute_dtype), x.to(compute_dtype), acc, input_precision=DOT_PRECISION)
 
-    out = partial_ptr + split.to(tl.int64) * embed_dim * patch_dim
-    tl.store(out + (offs_n[:, None] * patch_dim + offs_k[None, :]), acc, mask=n_mask[:, None] & k_mask[None, :])
+    out = partial_ptr + split.to(tl.int64) * embed_dim * PATCH_DIM
+    tl.store(out + (offs_n[:, None] * PATCH_DIM + offs_k[None, :]), acc, mask=n_mask[:, None] & k_mask[None, :])
 
 
 @triton.jit
 def patch_embed_grad_video_kernel(
     # pointers
     grad_ptr,  # (B, T', S + N, E) contiguous
-    weight_ptr,  # (E, K) contiguous
+    weight_ptr,  # (E, K) contiguous, K in k order
     grad_video_ptr,  # (B, T, C, H, W) with the strides below; its element type is the output dtype
     # sizes
     num_tokens,
     embed_dim,
-    patch_dim,
-    grid_h,
-    grid_w,
-    steps,
     # grad_video strides
     stride_b,
     stride_t,
     stride_c,
     stride_h,
     stride_w,
-    # meta-parameters
+    # geometry, compile-time (see the forward)
+    CHANNELS: tl.constexpr,
+    GRID_H: tl.constexpr,
+    GRID_W: tl.constexpr,
+    STEPS: tl.constexpr,
     PATCH_T: tl.constexpr,
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    # meta-parameters
     CLS_SLOTS: tl.constexpr,
     WIDE: tl.constexpr,  # some offset of this launch passes 2^31 - 1: int64 offsets
     DOT_PRECISION: tl.constexpr,
@@ -358,14 +408,15 @@ def patch_embed_grad_video_kernel(
     0.2 + 0.2 MB read, 32 KB written, 25 MFLOP per tile, 4704 tiles; from DRAM 79 MB read, 154 MB written,
     118 GFLOP: compute-bound, floor 150 us on H100.
     """
+    PATCH_DIM: tl.constexpr = CHANNELS * PATCH_T * PATCH_H * PATCH_W
     pid = tl.program_id(0)
-    pid_m, pid_n = grouped_tile(pid, tl.cdiv(num_tokens, BLOCK_M), tl.cdiv(patch_dim, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(num_tokens, BLOCK_M), tl.cdiv(PATCH_DIM, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < num_tokens
-    n_mask = offs_n < patch_dim
+    n_mask = offs_n < PATCH_DIM
     token = tl.where(m_mask, offs_m, 0)
-    row = token_row(token, grid_h * grid_w, CLS_SLOTS, WIDE)
+    row = token_row(token, GRID_H * GRID_W, CLS_SLOTS, WIDE)
     compute_dtype = tl.float32 if INTERPRET_BF16 else grad_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -376,13 +427,15 @@ def patch_embed_grad_video_kernel(
             grad_ptr + (row[:, None] * embed_dim + offs_e[None, :]), mask=m_mask[:, None] & e_mask[None, :], other=0.0
         )
         w_mask = e_mask[:, None] & n_mask[None, :]
-        w = tl.load(weight_ptr + (offs_e[:, None] * patch_dim + offs_n[None, :]), mask=w_mask, other=0.0)
+        w = tl.load(weight_ptr + (offs_e[:, None] * PATCH_DIM + offs_n[None, :]), mask=w_mask, other=0.0)
         acc = tl.dot(g.to(compute_dtype), w.to(compute_dtype), acc, input_precision=DOT_PRECISION)
 
     origin = tubelet_offset(
-        token, grid_h, grid_w, steps, stride_b, stride_t, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE
+        token, stride_b, stride_t, stride_h, stride_w, GRID_H, GRID_W, STEPS, PATCH_T, PATCH_H, PATCH_W, WIDE
     )
-    inner = k_offset(offs_n, stride_t, stride_c, stride_h, stride_w, PATCH_T, PATCH_H, PATCH_W, WIDE)
+    inner = k_offset(
+        offs_n, stride_t, stride_c, stride_h, stride_w, CHANNELS, PATCH_T, PATCH_H, PATCH_W, CHANNELS_LAST, WIDE
+    )
     tl.store(
         grad_video_ptr + (origin[:, None] + inner[None, :]),
         rounded_to(acc, grad_video_ptr.dtype.element_ty, INTERPRET_BF16),

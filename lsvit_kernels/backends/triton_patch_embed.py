@@ -15,6 +15,7 @@ import contextlib
 import functools
 import math
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -36,11 +37,6 @@ except Exception as exc:  # ImportError, or a broken install that fails while im
     _IMPORT_ERROR = f"triton is not importable ({type(exc).__name__}: {exc}); install it with `pip install triton`"
 
 _INT32_MAX = 2**31 - 1
-
-
-def _grid_args(grid: geometry.PatchGrid) -> tuple[int, ...]:
-    """The size arguments every kernel takes, in signature order: M, E, K, grid_h, grid_w, steps."""
-    return (grid.batch * grid.num_patches, grid.embed_dim, grid.patch_dim, grid.grid_h, grid.grid_w, grid.steps)
 
 
 def unavailable_reason(device_type: str) -> Optional[str]:
@@ -112,16 +108,68 @@ def _wide(video: Tensor, *others: Tensor) -> bool:
     return max(reach) > _INT32_MAX
 
 
-def _common_meta(grid: geometry.PatchGrid, dtype: torch.dtype, wide: bool) -> dict:
+def channels_last_order(grid: geometry.PatchGrid, strides: tuple[int, ...]) -> bool:
+    """True when the video's pixels interleave channels (``stride_c == 1``, ``stride_w == C``, as decoders and
+    ``torch.channels_last_3d`` write them): the kernels then walk K as ``(dt, dh, dw, c)`` so one patch row is
+    one contiguous run of ``pw C`` elements (vector loads); otherwise as ``(c, dt, dh, dw)``."""
+    _, _, stride_c, _, stride_w = strides
+    return grid.channels > 1 and stride_c == 1 and stride_w == grid.channels
+
+
+def k_ordered_weight(weight: Tensor, channels_last: bool) -> Tensor:
+    """The weight as a contiguous ``(E, K)`` matrix in the kernels' k order (``channels_last_order``)."""
+    e = weight.shape[0]
+    if not channels_last:
+        return weight.reshape(e, -1).contiguous()
+    full = weight if weight.dim() == 5 else weight.unsqueeze(2)  # (E, C, t, ph, pw)
+    return full.permute(0, 2, 3, 4, 1).reshape(e, -1).contiguous()  # (E, t ph pw C)
+
+
+def _geometry_meta(grid: geometry.PatchGrid, channels_last: bool) -> dict:
+    """The compile-time geometry of every kernel but grad_rows: one compiled variant per video geometry
+    (frames / tubelet, resolution / patch, channels); batch and embedding width stay run-time (docs/triton.md)."""
     return {
+        "CHANNELS": grid.channels,
+        "GRID_H": grid.grid_h,
+        "GRID_W": grid.grid_w,
+        "STEPS": grid.steps,
         "PATCH_T": grid.tubelet,
         "PATCH_H": grid.patch_h,
         "PATCH_W": grid.patch_w,
+        "CHANNELS_LAST": channels_last,
         "CLS_SLOTS": grid.cls_slots,
+    }
+
+
+def _common_meta(grid: geometry.PatchGrid, dtype: torch.dtype, wide: bool, channels_last: bool) -> dict:
+    return {
+        **_geometry_meta(grid, channels_last),
         "WIDE": wide,
         "DOT_PRECISION": _dot_precision(dtype),
         "INTERPRET_BF16": INTERPRET and dtype == torch.bfloat16,  # its bf16 dot and cast are wrong
     }
+
+
+@dataclass
+class Launch:
+    """One kernel launch, built without touching a GPU (tensors may live on the ``meta`` device): the
+    ahead-of-time audit compiles exactly what ``run`` would launch."""
+
+    kernel: str  # attribute of triton_kernels
+    programs: tuple[int, ...]
+    args: dict  # run-time arguments by name, signature order: tensors and ints
+    meta: dict  # tl.constexpr arguments
+    config: KernelConfig
+
+    def run(self) -> None:
+        getattr(kernels, self.kernel)[self.programs](**self.args, **self.meta, **self.config.launch())
+
+
+def _strides(names: tuple[str, ...], strides) -> dict:
+    return dict(zip(names, strides, strict=True))
+
+
+_VIDEO_STRIDES = ("stride_b", "stride_t", "stride_c", "stride_h", "stride_w")
 
 
 def _checked_grid(video: Tensor, weight: Tensor, has_cls: bool) -> geometry.PatchGrid:
@@ -143,6 +191,44 @@ def _checked_grid(video: Tensor, weight: Tensor, has_cls: bool) -> geometry.Patc
 # Forward
 
 
+def forward_launch(
+    video: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    pos_embed: Optional[Tensor],
+    cls_token: Optional[Tensor],
+    out: Tensor,
+    cfg: KernelConfig,
+) -> Launch:
+    """The forward's launch (no GPU needed: the audit builds it on ``meta`` tensors)."""
+    grid = geometry.patch_grid(video.shape, weight.shape, has_cls=cls_token is not None)
+    strides = tuple(video.stride())
+    channels_last = channels_last_order(grid, strides)
+    w = k_ordered_weight(weight, channels_last)
+    num_tokens = grid.batch * grid.num_patches
+    programs = math.ceil(num_tokens / cfg.block_m) * math.ceil(grid.embed_dim / cfg.block_n)
+    args = {
+        "video_ptr": video,
+        "weight_ptr": w,
+        "bias_ptr": w if bias is None else bias,  # never read when absent (the flags below)
+        "pos_ptr": w if pos_embed is None else pos_embed,
+        "cls_ptr": w if cls_token is None else cls_token,
+        "out_ptr": out,
+        "num_tokens": num_tokens,
+        "embed_dim": grid.embed_dim,
+        **_strides(_VIDEO_STRIDES, strides),
+    }
+    meta = {
+        **_common_meta(grid, weight.dtype, _wide(video, out), channels_last),
+        "HAS_BIAS": bias is not None,
+        "HAS_POS": pos_embed is not None,
+        "POS_PER_TOKEN": pos_embed is not None and grid.pos_is_per_token(pos_embed.shape[0]),
+        "VIDEO_AS_B": video.dtype != weight.dtype,  # uint8: converted tile stored to shared memory (kernel doc)
+        **cfg.meta(),
+    }
+    return Launch("patch_embed_fwd_kernel", (programs,), args, meta, cfg)
+
+
 def forward(
     video: Tensor,
     weight: Tensor,
@@ -157,37 +243,46 @@ def forward(
     ``out``: an optional contiguous ``(B, T', S + N, E)`` buffer in the weight's dtype to write into.
     """
     grid = _checked_grid(video, weight, cls_token is not None)
-    weight = weight.contiguous()
     if out is None:
         out = torch.empty(grid.output_shape, dtype=weight.dtype, device=weight.device)
     elif tuple(out.shape) != grid.output_shape or not out.is_contiguous() or out.dtype != weight.dtype:
         raise ValueError(f"out must be a contiguous {weight.dtype} tensor of shape {grid.output_shape}")
     cfg = config or _config("forward", grid, weight.dtype, video.dtype, video.device)
-    num_tokens = grid.batch * grid.num_patches
-    programs = math.ceil(num_tokens / cfg.block_m) * math.ceil(grid.embed_dim / cfg.block_n)
-    strides = video.stride()
     with _device_guard(video.device):
-        kernels.patch_embed_fwd_kernel[(programs,)](
-            video,
-            weight,
-            weight if bias is None else bias,  # never read when absent (the flags below)
-            weight if pos_embed is None else pos_embed,
-            weight if cls_token is None else cls_token,
-            out,
-            *_grid_args(grid),
-            *strides,
-            HAS_BIAS=bias is not None,
-            HAS_POS=pos_embed is not None,
-            POS_PER_TOKEN=pos_embed is not None and grid.pos_is_per_token(pos_embed.shape[0]),
-            **_common_meta(grid, weight.dtype, _wide(video, out)),
-            **cfg.meta(),
-            **cfg.launch(),
-        )
+        forward_launch(video, weight, bias, pos_embed, cls_token, out, cfg).run()
     return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Backward
+
+
+def grad_weight_launch(
+    grad_tokens: Tensor, video: Tensor, weight: Tensor, has_cls: bool, cfg: KernelConfig, splits: int
+) -> tuple[Launch, bool]:
+    """grad_weight's launch and whether its partials are in the channels-last k order. ``splits`` is a
+    request: the launch splits the tokens into at most that many runs of whole BLOCK_M steps."""
+    grid = geometry.patch_grid(video.shape, weight.shape, has_cls=has_cls)
+    strides = tuple(video.stride())
+    channels_last = channels_last_order(grid, strides)
+    num_tokens = grid.batch * grid.num_patches
+    e, k = grid.embed_dim, grid.patch_dim
+    tiles = math.ceil(e / cfg.block_n) * math.ceil(k / cfg.block_k)
+    steps = math.ceil(num_tokens / cfg.block_m)
+    tokens_per_split = math.ceil(steps / max(1, min(splits, steps))) * cfg.block_m
+    splits = max(1, math.ceil(num_tokens / tokens_per_split))
+    partial = torch.empty((splits, e, k), dtype=torch.float32, device=video.device)
+    args = {
+        "grad_ptr": grad_tokens,
+        "video_ptr": video,
+        "partial_ptr": partial,
+        "num_tokens": num_tokens,
+        "embed_dim": e,
+        "tokens_per_split": tokens_per_split,
+        **_strides(_VIDEO_STRIDES, strides),
+    }
+    meta = {**_common_meta(grid, weight.dtype, _wide(video, grad_tokens, partial), channels_last), **cfg.meta()}
+    return Launch("patch_embed_grad_weight_kernel", (tiles, splits), args, meta, cfg), channels_last
 
 
 def grad_weight(
@@ -201,30 +296,39 @@ def grad_weight(
     """``G^T X`` as an implicit GEMM over the video: ``(E, C, t, ph, pw)`` in the weight's dtype."""
     grid = _checked_grid(video, weight, has_cls)
     cfg = config or _config("grad_weight", grid, weight.dtype, video.dtype, video.device)
-    num_tokens = grid.batch * grid.num_patches
-    e, k = grid.embed_dim, grid.patch_dim
-    tiles = math.ceil(e / cfg.block_n) * math.ceil(k / cfg.block_k)
-    steps = math.ceil(num_tokens / cfg.block_m)
     if splits is None:
-        splits = tuning.splits_for(tiles, steps, _sm_count(video.device))
-    tokens_per_split = math.ceil(steps / max(1, min(splits, steps))) * cfg.block_m
-    splits = math.ceil(num_tokens / tokens_per_split)
-    partial = torch.empty((splits, e, k), dtype=torch.float32, device=weight.device)
-    strides = video.stride()
-    with _device_guard(video.device):
-        kernels.patch_embed_grad_weight_kernel[(tiles, splits)](
-            grad_tokens,
-            video,
-            partial,
-            *_grid_args(grid),
-            tokens_per_split,
-            *strides,
-            **_common_meta(grid, weight.dtype, _wide(video, grad_tokens, partial)),
-            **cfg.meta(),
-            **cfg.launch(),
+        capability = _device_facts(_index(video.device))[0] if video.device.type == "cuda" else (9, 0)
+        splits = tuning.splits_for_grid(
+            grid, cfg, _sm_count(video.device), weight.dtype, video.dtype, capability, _dot_precision(weight.dtype)
         )
-    total = partial[0] if splits == 1 else partial.sum(0)
-    return total.to(weight.dtype).view(weight.shape)
+    launch, channels_last = grad_weight_launch(grad_tokens, video, weight, has_cls, cfg, splits)
+    with _device_guard(video.device):
+        launch.run()
+    partial = launch.args["partial_ptr"]
+    total = partial[0] if partial.shape[0] == 1 else partial.sum(0)  # (E, K) float32 in k order
+    if channels_last:  # (E, t, ph, pw, C) -> (E, C, t, ph, pw)
+        g = grid
+        total = total.view(g.embed_dim, g.tubelet, g.patch_h, g.patch_w, g.channels).permute(0, 4, 1, 2, 3)
+    return total.to(weight.dtype).reshape(weight.shape)
+
+
+def grad_video_launch(grad_tokens: Tensor, weight: Tensor, out: Tensor, has_cls: bool, cfg: KernelConfig) -> Launch:
+    """grad_video's launch, writing into ``out`` (any strides; channels-last k order when it interleaves)."""
+    grid = geometry.patch_grid(out.shape, weight.shape, has_cls=has_cls)
+    strides = tuple(out.stride())
+    channels_last = channels_last_order(grid, strides)
+    num_tokens = grid.batch * grid.num_patches
+    programs = math.ceil(num_tokens / cfg.block_m) * math.ceil(grid.patch_dim / cfg.block_n)
+    args = {
+        "grad_ptr": grad_tokens,
+        "weight_ptr": k_ordered_weight(weight, channels_last),
+        "grad_video_ptr": out,
+        "num_tokens": num_tokens,
+        "embed_dim": grid.embed_dim,
+        **_strides(_VIDEO_STRIDES, strides),
+    }
+    meta = {**_common_meta(grid, weight.dtype, _wide(out, grad_tokens), channels_last), **cfg.meta()}
+    return Launch("patch_embed_grad_video_kernel", (programs,), args, meta, cfg)
 
 
 def grad_video(
@@ -245,21 +349,28 @@ def grad_video(
         out = torch.empty(video.shape, dtype=video.dtype, device=video.device)
     elif out.shape != video.shape or out.dtype != video.dtype:
         raise ValueError(f"out must be a {video.dtype} tensor of shape {tuple(video.shape)}")
-    num_tokens = grid.batch * grid.num_patches
-    programs = math.ceil(num_tokens / cfg.block_m) * math.ceil(grid.patch_dim / cfg.block_n)
-    strides = out.stride()
     with _device_guard(video.device):
-        kernels.patch_embed_grad_video_kernel[(programs,)](
-            grad_tokens,
-            weight.contiguous(),
-            out,
-            *_grid_args(grid),
-            *strides,
-            **_common_meta(grid, weight.dtype, _wide(out, grad_tokens)),
-            **cfg.meta(),
-            **cfg.launch(),
-        )
+        grad_video_launch(grad_tokens, weight, out, has_cls, cfg).run()
     return out
+
+
+def grad_rows_launch(grad_tokens: Tensor, groups: int, rows: int, cfg: KernelConfig, splits: int) -> Launch:
+    """The row sums' launch; ``splits`` is a request (at most that many runs of whole groups)."""
+    e = grad_tokens.shape[-1]
+    tiles_m, tiles_n = math.ceil(rows / cfg.block_m), math.ceil(e / cfg.block_n)
+    groups_per_split = math.ceil(groups / max(1, min(splits, groups)))
+    splits = max(1, math.ceil(groups / groups_per_split))
+    partial = torch.empty((splits, rows, e), dtype=torch.float32, device=grad_tokens.device)
+    args = {
+        "grad_ptr": grad_tokens,
+        "partial_ptr": partial,
+        "groups": groups,
+        "rows": rows,
+        "embed_dim": e,
+        "groups_per_split": groups_per_split,
+    }
+    meta = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n}
+    return Launch("patch_embed_grad_rows_kernel", (tiles_m, tiles_n, splits), args, meta, cfg)
 
 
 def grad_row_sums(
@@ -276,25 +387,14 @@ def grad_row_sums(
         if grad_tokens.device.type != "cuda"
         else tuning.candidate_configs("grad_rows", 90, "16bit")[0]
     )
-    tiles_m, tiles_n = math.ceil(rows / cfg.block_m), math.ceil(e / cfg.block_n)
     if splits is None:
-        splits = tuning.splits_for(tiles_m * tiles_n, groups, _sm_count(grad_tokens.device))
-    groups_per_split = math.ceil(groups / max(1, min(splits, groups)))
-    splits = math.ceil(groups / groups_per_split)
-    partial = torch.empty((splits, rows, e), dtype=torch.float32, device=grad_tokens.device)
+        tiles = math.ceil(rows / cfg.block_m) * math.ceil(e / cfg.block_n)
+        splits = tuning.splits_for(tiles, groups, _sm_count(grad_tokens.device))
+    launch = grad_rows_launch(grad_tokens, groups, rows, cfg, splits)
     with _device_guard(grad_tokens.device):
-        kernels.patch_embed_grad_rows_kernel[(tiles_m, tiles_n, splits)](
-            grad_tokens,
-            partial,
-            groups,
-            rows,
-            e,
-            groups_per_split,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            **cfg.launch(),
-        )
-    return partial[0] if splits == 1 else partial.sum(0)
+        launch.run()
+    partial = launch.args["partial_ptr"]
+    return partial[0] if partial.shape[0] == 1 else partial.sum(0)
 
 
 def backward(

@@ -4,8 +4,9 @@ The heuristic in ``triton_tuning.py`` was written without a GPU; this is the too
 
     python -m lsvit_kernels.backends.triton_sweep --batch 32 --frames 16 --size 224 --dtype bf16 [--explore]
 
-prints, per kernel and config, the median time (``triton.testing.do_bench``), the floor from
-``roofline_floor_us`` and which config the heuristic picks. ``--explore`` adds configs outside the tables
+prints, per kernel and config, the median time (``triton.testing.do_bench``), the cost model's estimate
+(``triton_tuning.estimate``), the floor from ``roofline_floor_us`` and which config the heuristic picks.
+``--explore`` adds configs outside the tables
 (bigger tiles that spill on paper, other stage counts) so a measured winner can be moved into a table (and then
 passes the ahead-of-time spill test or is rejected there).
 """
@@ -24,7 +25,13 @@ from .triton_tuning import KernelConfig
 
 C = KernelConfig
 EXPLORE = {
-    "forward": (C(128, 256, 64, 8, 8, 3), C(128, 256, 32, 8, 8, 4), C(256, 128, 64, 8, 8, 3), C(128, 128, 64, 4, 8, 3)),
+    # one CTA per SM with 4 stages (the two-CTA table entry without its register cap), taller tiles
+    "forward": (
+        C(128, 128, 64, 8, 8, 4, 1),
+        C(128, 256, 32, 8, 8, 4),
+        C(256, 128, 64, 8, 8, 3),
+        C(128, 128, 64, 4, 8, 3),
+    ),
     "grad_weight": (C(128, 128, 128, 8, 8, 3), C(64, 256, 128, 8, 8, 3)),
     "grad_video": (C(128, 256, 64, 8, 8, 3), C(128, 128, 64, 8, 4, 4)),
 }
@@ -38,7 +45,8 @@ def sweep(
     explore: bool = False,
     kernels: tuple[str, ...] = ("forward", "grad_weight", "grad_video"),
 ) -> list[dict]:
-    """One row per (kernel, config): ``{"kernel", "config", "us", "floor_us", "picked"}``. Needs a CUDA GPU."""
+    """One row per (kernel, config): ``{"kernel", "config", "us", "estimate_us", "floor_us", "picked"}``: measured
+    against modeled time. Needs a CUDA GPU."""
     from triton.testing import do_bench
 
     video_dtype = video_dtype or dtype
@@ -63,6 +71,7 @@ def sweep(
     }
     capability = torch.cuda.get_device_capability(device)
     kind = tuning.operand_kind(dtype, backend._dot_precision(dtype))
+    model_device = tuning.device_for(capability, torch.cuda.get_device_properties(device).multi_processor_count)
     rows = []
     for kernel in kernels:
         if kernel == "grad_video" and video_dtype == torch.uint8:
@@ -70,14 +79,29 @@ def sweep(
         picked = backend._config(kernel, g, dtype, video_dtype, device)
         configs = list(tuning.candidate_configs(kernel, tuning.arch_of(capability), kind))
         configs += [c for c in EXPLORE.get(kernel, ()) if explore and c not in configs]
-        floor = tuning.kernel_cost(kernel, g, dtype, video_dtype).floor_us()
+        floor = tuning.kernel_cost(kernel, g, dtype, video_dtype).floor_us(
+            model_device.tflops(kind), model_device.hbm_tbps
+        )
         for cfg in configs:
+            splits = (
+                tuning.best_splits(g, cfg, model_device, dtype, video_dtype, kind) if kernel == "grad_weight" else 1
+            )
+            modeled = tuning.estimate(kernel, g, cfg, dtype, video_dtype, model_device, kind, splits).us
             try:
                 ms = do_bench(lambda cfg=cfg, run=runs[kernel]: run(cfg), warmup=10, rep=50)
             except Exception as exc:  # a config over this GPU's shared memory fails to launch: report it
                 rows.append({"kernel": kernel, "config": cfg, "us": None, "error": str(exc)[:120]})
                 continue
-            rows.append({"kernel": kernel, "config": cfg, "us": ms * 1e3, "floor_us": floor, "picked": cfg == picked})
+            rows.append(
+                {
+                    "kernel": kernel,
+                    "config": cfg,
+                    "us": ms * 1e3,
+                    "estimate_us": modeled,
+                    "floor_us": floor,
+                    "picked": cfg == picked,
+                }
+            )
     return rows
 
 
@@ -109,7 +133,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             continue
         mark = "  <- heuristic" if r["picked"] else ""
         ratio = r["us"] / r["floor_us"]
-        print(f"{r['kernel']:12s} {tile:28s} {r['us']:9.1f} us  floor {r['floor_us']:7.1f} us  x{ratio:4.2f}{mark}")
+        print(
+            f"{r['kernel']:12s} {tile:28s} {r['us']:9.1f} us  model {r['estimate_us']:7.1f} us  "
+            f"floor {r['floor_us']:7.1f} us  x{ratio:4.2f}{mark}"
+        )
 
 
 if __name__ == "__main__":

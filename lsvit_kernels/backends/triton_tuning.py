@@ -14,6 +14,7 @@ choice keeps the set of compiled variants known (and tested for spills) ahead of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -41,43 +42,65 @@ class KernelConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    # CTAs of this config resident per SM on its architecture (at least; a uint8 video can need more registers
+    # than a 16-bit one), from its compiled registers and shared memory: the cost model's occupancy, checked
+    # against every compiled variant by the audit (benchmarks.gpu_audit).
+    ctas_per_sm: int = 1
+    # Register cap given to ptxas (``maxnreg``), so ``ctas_per_sm`` CTAs fit the 64 K registers of an SM:
+    # 128 for two 8-warp CTAs. None lets ptxas choose (up to 255).
+    max_registers: Optional[int] = None
 
     def meta(self) -> dict:
         return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k, "GROUP_M": self.group_m}
 
     def launch(self) -> dict:
-        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        options = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.max_registers is not None:
+            options["maxnreg"] = self.max_registers
+        return options
 
 
 C = KernelConfig
-# (kernel, arch, operand kind) -> configs, largest tile first. Operand kinds: "16bit" (fp16/bf16 tensor cores;
-# also uint8 video cast in registers), "tf32" (float32 on tensor cores), "ieee" (float32, exact FMA dot).
+# (kernel, arch, operand kind) -> configs. Operand kinds: "16bit" (fp16/bf16 tensor cores; also a uint8 video
+# converted on the way to shared memory), "tf32" (float32 on tensor cores), "ieee" (float32, exact FMA dot).
+# The heuristic (pick_config) takes the one with the lowest modeled time (estimate_us). The last field is the
+# CTAs per SM of the compiled kernel (docs/triton.md's audit table; checked by tests/kernels/test_gpu_audit.py).
 _TABLE: dict[tuple[str, int, str], tuple[KernelConfig, ...]] = {
-    # forward: 128 x 256 tiles spill (the gathered video tile's int64 addresses share the register file with the
-    # accumulator), so 128 x 128 with 8 warps is the largest; 64-row tiles when 128 would leave SMs idle.
-    ("forward", 90, "16bit"): (C(128, 128, 64, 8, 8, 4), C(64, 128, 64, 8, 4, 4)),
-    ("forward", 90, "tf32"): (C(128, 128, 32, 8, 8, 3), C(64, 128, 32, 8, 4, 3)),
-    ("forward", 80, "16bit"): (C(128, 128, 32, 8, 8, 4), C(64, 128, 32, 8, 4, 4)),
-    ("forward", 80, "tf32"): (C(128, 128, 32, 8, 8, 3), C(64, 128, 32, 8, 4, 3)),
+    # forward (token x E tile, reduce over K): 128 x 128 x 64 with 3 stages fits two CTAs per SM (<= 128
+    # registers, 2 x 96 KB); 128 x 256 reads 1.5x fewer operand bytes from L2 per FLOP but runs one CTA per SM.
+    ("forward", 90, "16bit"): (
+        C(128, 128, 64, 8, 8, 3, 2, 128),
+        C(128, 256, 64, 8, 8, 3, 1),
+        C(64, 128, 64, 8, 4, 4, 2),
+    ),
+    ("forward", 90, "tf32"): (C(128, 128, 32, 8, 8, 3, 1), C(64, 128, 32, 8, 4, 3, 2)),
+    ("forward", 80, "16bit"): (C(128, 128, 32, 8, 8, 4, 1), C(64, 128, 32, 8, 4, 4, 3)),
+    ("forward", 80, "tf32"): (C(128, 128, 32, 8, 8, 3, 1), C(64, 128, 32, 8, 4, 3, 1)),
     # grad_weight (E x K tile, reduce over tokens)
-    ("grad_weight", 90, "16bit"): (C(64, 128, 128, 8, 8, 3), C(64, 128, 64, 8, 4, 4)),
-    ("grad_weight", 90, "tf32"): (C(32, 128, 128, 8, 8, 3), C(32, 64, 128, 8, 4, 3)),
-    ("grad_weight", 80, "16bit"): (C(32, 128, 128, 8, 8, 3), C(32, 128, 64, 8, 4, 4)),
-    ("grad_weight", 80, "tf32"): (C(32, 128, 128, 8, 8, 3), C(32, 64, 64, 8, 4, 3)),  # 32x64x128 spills
+    # one config on sm_90: 64 x 128 x 64 with 4 warps spends 1.1 issue cycles per tensor cycle (audit); the token
+    # splits (best_splits) give the parallelism
+    ("grad_weight", 90, "16bit"): (C(64, 128, 128, 8, 8, 3, 2),),
+    ("grad_weight", 90, "tf32"): (C(32, 128, 128, 8, 8, 3, 2), C(32, 64, 128, 8, 4, 3, 2)),
+    ("grad_weight", 80, "16bit"): (C(32, 128, 128, 8, 8, 3, 1), C(32, 128, 64, 8, 4, 4, 2)),
+    ("grad_weight", 80, "tf32"): (C(32, 128, 128, 8, 8, 3, 1),),  # 32x64x64: 1.05 issue cycles per MMA cycle
     # grad_video (token x K tile, reduce over E)
-    ("grad_video", 90, "16bit"): (C(128, 128, 64, 8, 8, 4), C(64, 128, 64, 8, 4, 4)),
-    ("grad_video", 90, "tf32"): (C(128, 128, 32, 8, 8, 3), C(64, 128, 32, 8, 4, 3)),
-    ("grad_video", 80, "16bit"): (C(128, 128, 32, 8, 4, 4), C(64, 128, 32, 8, 4, 4)),
-    ("grad_video", 80, "tf32"): (C(128, 128, 32, 8, 8, 3), C(64, 128, 32, 8, 4, 3)),
+    ("grad_video", 90, "16bit"): (
+        C(128, 128, 64, 8, 8, 3, 2, 128),
+        C(128, 256, 64, 8, 8, 3, 1),
+        C(64, 128, 64, 8, 4, 4, 2),
+    ),
+    ("grad_video", 90, "tf32"): (C(128, 128, 32, 8, 8, 3, 2), C(64, 128, 32, 8, 4, 3, 2)),
+    ("grad_video", 80, "16bit"): (C(128, 128, 32, 8, 4, 4, 2), C(64, 128, 32, 8, 4, 4, 3)),
+    ("grad_video", 80, "tf32"): (C(128, 128, 32, 8, 8, 3, 1), C(64, 128, 32, 8, 4, 3, 1)),
 }
 # Exact float32 runs on FMA units: one small tile fits both architectures.
 for _kernel in ("forward", "grad_weight", "grad_video"):
     for _arch in (80, 90):
-        _TABLE[(_kernel, _arch, "ieee")] = (C(32, 64, 32, 8, 4, 2),)
+        _TABLE[(_kernel, _arch, "ieee")] = (C(32, 64, 32, 8, 4, 2, 2),)
 # Row sums: a bandwidth-bound reduction, no dot; one config everywhere.
 for _arch in (80, 90):
     for _kind in ("16bit", "tf32", "ieee"):
-        _TABLE[("grad_rows", _arch, _kind)] = (C(16, 256, 1, 1, 4, 1),)
+        _TABLE[("grad_rows", _arch, _kind)] = (C(16, 256, 1, 1, 4, 1, 8),)
 
 # Under TRITON_INTERPRET=1 (CPU): small tiles, so the tests' small shapes cross block edges and run fast.
 INTERPRETER_CONFIGS = {
@@ -143,8 +166,9 @@ def pick_config(
     smem_limit: int,
     precision: str = "ieee",
 ) -> KernelConfig:
-    """The heuristic (module docstring): the largest tile that fits and still fills two waves."""
-    configs = candidate_configs(kernel, arch_of(capability), operand_kind(dtype, precision))
+    """The heuristic (module docstring): of the configs that fit, the one with the lowest modeled time."""
+    kind = operand_kind(dtype, precision)
+    configs = candidate_configs(kernel, arch_of(capability), kind)
     operand_bytes = torch.empty(0, dtype=dtype).element_size()
     video_bytes = torch.empty(0, dtype=video_dtype).element_size()
     fitting = [c for c in configs if smem_bytes(kernel, c, operand_bytes, video_bytes) <= smem_limit]
@@ -153,19 +177,54 @@ def pick_config(
             f"no {kernel} config fits {smem_limit} bytes of shared memory on sm_{capability[0]}{capability[1]}; "
             f"use backend='cuda' or 'reference'"
         )
-    if kernel in ("grad_weight", "grad_rows"):
-        return fitting[0]  # their parallelism comes from splitting the reduction
-    for cfg in fitting:
-        if tiles(kernel, grid, cfg) >= 2 * sm_count:
-            return cfg
-    return fitting[-1]
+    if kernel == "grad_rows":
+        return fitting[0]
+    device = device_for(capability, sm_count)
+
+    def modeled(cfg: KernelConfig) -> float:
+        splits = best_splits(grid, cfg, device, dtype, video_dtype, kind) if kernel == "grad_weight" else 1
+        return estimate(kernel, grid, cfg, dtype, video_dtype, device, kind, splits).us
+
+    return min(fitting, key=modeled)  # ties: the earlier (table order)
 
 
 def splits_for(programs: int, reduction_steps: int, sm_count: int) -> int:
-    """How many slices to cut a reduction of ``reduction_steps`` steps into so ``programs x splits`` reaches
+    """The row sums' split: slices of a reduction of ``reduction_steps`` steps so ``programs x splits`` reaches
     two waves, keeping at least 8 steps per slice (the partial sums cost a store each)."""
     want = math.ceil(2 * sm_count / max(programs, 1))
     return max(1, min(want, reduction_steps // 8 or 1))
+
+
+def best_splits(
+    grid: geometry.PatchGrid,
+    cfg: KernelConfig,
+    device: Device,
+    dtype: torch.dtype,
+    video_dtype: Optional[torch.dtype] = None,
+    kind: str = "16bit",
+) -> int:
+    """grad_weight's token splits with the lowest modeled time: more splits fill the resident slots (the
+    program count a multiple of ``SMs x CTAs per SM`` wastes no wave) but each writes and re-reads a float32
+    ``(E, K)`` partial. At least 8 token steps per split."""
+    steps = math.ceil(grid.batch * grid.num_patches / cfg.block_m)
+    limit = max(1, min(64, steps // 8))
+    return min(
+        range(1, limit + 1),
+        key=lambda s: estimate("grad_weight", grid, cfg, dtype, video_dtype, device, kind, s).us,
+    )
+
+
+def splits_for_grid(
+    grid: geometry.PatchGrid,
+    cfg: KernelConfig,
+    sm_count: int,
+    dtype: torch.dtype,
+    video_dtype: Optional[torch.dtype] = None,
+    capability: tuple[int, int] = (9, 0),
+    precision: str = "ieee",
+) -> int:
+    """``best_splits`` on a device with ``sm_count`` SMs of ``capability``'s architecture."""
+    return best_splits(grid, cfg, device_for(capability, sm_count), dtype, video_dtype, operand_kind(dtype, precision))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,3 +298,120 @@ def roofline_floor_us(
     if kernel == "backward":
         return sum(roofline_floor_us(grid, dtype, k, video_dtype, tflops, tbps) for k in KERNELS[1:])
     return kernel_cost(kernel, grid, dtype, video_dtype).floor_us(tflops, tbps)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cost model (docs/triton.md): the roofline above plus what a tile-by-tile kernel adds to it. Estimates, not
+# measurements: ``benchmarks.gpu_validate`` puts them next to measured times on the first GPU.
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the model needs of a GPU. Throughputs are reachable rates, below the data-sheet peaks."""
+
+    name: str
+    sms: int
+    clock_ghz: float
+    tflops_16bit: float  # dense fp16/bf16 tensor cores; tf32 is half of it
+    tflops_fp32: float  # FMA units (exact float32 dots)
+    hbm_tbps: float
+    l2_tbps: float  # L2 -> SM operand bandwidth (estimate: not published; the sweep measures it)
+
+    def tflops(self, kind: str) -> float:
+        return {"16bit": self.tflops_16bit, "tf32": self.tflops_16bit / 2, "ieee": self.tflops_fp32}[kind]
+
+
+H100 = Device("H100 SXM", sms=132, clock_ghz=1.755, tflops_16bit=H100_BF16_TFLOPS, tflops_fp32=60.0, hbm_tbps=3.0,
+              l2_tbps=12.0)  # fmt: skip
+A100 = Device("A100 SXM", sms=108, clock_ghz=1.41, tflops_16bit=280.0, tflops_fp32=19.0, hbm_tbps=1.8, l2_tbps=5.0)
+
+# Per-tile fixed cost: the instructions a program issues outside its main loop (index math and pipeline
+# prologue before it, the bias/pos/CLS epilogue and the stores after it: ~700 + ~1,000 per warp in the sm_90
+# forward's SASS, docs/triton.md), issued by 4 schedulers per SM, plus the latency of the first loads (the
+# pipeline fill, ~1,000 cycles from DRAM). A second resident CTA runs its main loop meanwhile, so with c CTAs per
+# SM 1/c of it is exposed.
+TILE_OUTSIDE_LOOP_INSTRUCTIONS = 1700
+PIPELINE_FILL_CYCLES = 1000
+LAUNCH_US = 3.0  # an extra launch (the partial-sum reduction of a split grad_weight)
+
+
+def device_for(capability: tuple[int, int], sm_count: int) -> Device:
+    """The model's device for a compute capability (H100-like for 9.x and newer, A100-like for 8.x)."""
+    base = H100 if arch_of(capability) == 90 else A100
+    return dataclasses.replace(base, sms=sm_count)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Modeled time of one launch and its parts, in microseconds (see ``estimate``)."""
+
+    us: float
+    mma_us: float  # tensor-core (or FMA) time with wave quantization: waves x CTAs x tile time
+    fixed_us: float  # exposed per-tile fixed cost
+    l2_us: float  # operand tiles read by every program from L2
+    dram_us: float  # each operand once from HBM (kernel_cost) + split partials
+    floor_us: float  # the roofline floor (kernel_cost)
+    programs: int
+    waves: int
+
+
+def _tile_work(kernel: str, grid: geometry.PatchGrid, cfg: KernelConfig, w: int, v: int, splits: int):
+    """(programs, FLOPs per program, L2 bytes per program) of one launch."""
+    m, e, k = grid.batch * grid.num_patches, grid.embed_dim, grid.patch_dim
+    if kernel == "forward":
+        flops = 2 * cfg.block_m * cfg.block_n * k
+        return (
+            tiles(kernel, grid, cfg),
+            flops,
+            cfg.block_m * k * v + k * cfg.block_n * w + 2 * cfg.block_m * cfg.block_n * w,
+        )
+    if kernel == "grad_video":
+        flops = 2 * cfg.block_m * cfg.block_n * e
+        return tiles(kernel, grid, cfg), flops, (cfg.block_m + cfg.block_n) * e * w + cfg.block_m * cfg.block_n * v
+    if kernel == "grad_weight":
+        steps = math.ceil(math.ceil(m / cfg.block_m) / splits)
+        flops = 2 * cfg.block_m * cfg.block_n * cfg.block_k * steps
+        per_step = cfg.block_m * cfg.block_n * w + cfg.block_m * cfg.block_k * v
+        return tiles(kernel, grid, cfg) * splits, flops, per_step * steps + cfg.block_n * cfg.block_k * 4
+    raise ValueError(f"no tile model for {kernel!r}")
+
+
+def estimate(
+    kernel: str,
+    grid: geometry.PatchGrid,
+    cfg: KernelConfig,
+    dtype: torch.dtype,
+    video_dtype: Optional[torch.dtype] = None,
+    device: Device = H100,
+    kind: str = "16bit",
+    splits: int = 1,
+) -> Estimate:
+    """Modeled time of one launch of ``kernel`` with ``cfg``:
+
+    ``max(waves x CTAs x tile MMA time + waves x fixed / CTAs, L2 operand traffic, DRAM traffic)`` where
+    waves = programs / (SMs x CTAs per SM) rounded up (a partial last wave costs a whole one), a tile's MMA time
+    is its FLOPs at one SM's rate, and the fixed cost is ``TILE_OUTSIDE_LOOP_INSTRUCTIONS`` issued by 4
+    schedulers plus ``PIPELINE_FILL_CYCLES``. grad_weight adds the partials' reduction (a second launch).
+    """
+    w, v = _size(dtype), _size(video_dtype or dtype)
+    cost = kernel_cost(kernel, grid, dtype, video_dtype)
+    floor = cost.floor_us(device.tflops(kind), device.hbm_tbps)
+    if kernel == "grad_rows":
+        return Estimate(floor, 0.0, 0.0, 0.0, floor, floor, 0, 0)
+    programs, tile_flops, tile_l2 = _tile_work(kernel, grid, cfg, w, v, splits)
+    ctas = max(1, cfg.ctas_per_sm)
+    waves = math.ceil(programs / (device.sms * ctas))
+    sm_tflops = device.tflops(kind) / device.sms
+    mma_us = waves * ctas * tile_flops / (sm_tflops * 1e6)
+    fixed_cycles = TILE_OUTSIDE_LOOP_INSTRUCTIONS * cfg.num_warps / 4 + PIPELINE_FILL_CYCLES
+    fixed_us = waves * fixed_cycles / (device.clock_ghz * 1e3) / ctas
+    l2_us = programs * tile_l2 / (device.l2_tbps * 1e6)
+    dram_bytes = cost.bytes_total
+    extra_us = 0.0
+    if kernel == "grad_weight" and splits > 1:
+        partials = splits * grid.embed_dim * grid.patch_dim * 4
+        dram_bytes += partials  # written by the kernel
+        extra_us = LAUNCH_US + (partials + grid.embed_dim * grid.patch_dim * (4 + w)) / (device.hbm_tbps * 1e6)
+    dram_us = dram_bytes / (device.hbm_tbps * 1e6)
+    us = max(mma_us + fixed_us, l2_us, dram_us) + extra_us
+    return Estimate(us, mma_us, fixed_us, l2_us, dram_us, floor, programs, waves)

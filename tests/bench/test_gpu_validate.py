@@ -54,3 +54,25 @@ def test_headline_rows_and_markdown(tmp_path):
         assert row["status"]["compile"] == "skipped"
     markdown = gpu_validate.render({"headline": rows, "bench": results})
     assert "## Headline (issue 3)" in markdown and rows[0]["case"] in markdown and "## Benchmark suite" in markdown
+
+
+def test_sweep_section_renders_measured_against_modeled():
+    """The report's Triton section: one row per config, measured / modeled ratio, failures kept visible."""
+    sweep = {
+        "rows": [
+            {"kernel": "forward", "video": "bf16", "config": "128x128x64 w8 s3 g8", "us": 200.0, "estimate_us": 160.0,
+             "floor_us": 150.0, "picked": True, "error": None},
+            {"kernel": "forward", "video": "bf16", "config": "128x256x64 w8 s3 g8", "us": None, "estimate_us": None,
+             "floor_us": None, "picked": False, "error": "out of resources"},
+        ]
+    }  # fmt: skip
+    text = "\n".join(gpu_validate.render_sweep(sweep))
+    assert "measured vs modeled" in text and "| 200.0 | 160.000 | 150.000 | 1.250x | yes |" in text
+    assert "failed: out of resources" in text
+    assert "## Triton configs" in gpu_validate.render({"sweep": sweep})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_sweep_without_a_gpu_reports_instead_of_crashing():
+    result = gpu_validate.run_triton_sweep()
+    assert result.get("error") and not result.get("rows")

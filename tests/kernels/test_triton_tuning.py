@@ -16,12 +16,50 @@ def _grid(batch, frames=16, size=224):
     return lk.patch_grid((batch, frames, 3, size, size), (768, 3, 2, 16, 16), has_cls=True)
 
 
-def test_big_shapes_get_the_largest_tile_small_ones_a_smaller_tile():
+def test_picks_have_the_lowest_modeled_time():
+    """The heuristic is the cost model's argmin over the configs that fit."""
+    for grid in (_grid(32), _grid(4), _grid(1, 2, 64)):
+        for kernel in ("forward", "grad_video"):
+            cfg = tuning.pick_config(kernel, grid, torch.bfloat16, torch.bfloat16, *H100)
+            times = {
+                c: tuning.estimate(kernel, grid, c, torch.bfloat16, None, tuning.H100).us
+                for c in tuning.candidate_configs(kernel, 90, "16bit")
+            }
+            assert times[cfg] == min(times.values())
+    # headline shape: 128 x 128 tiles at two CTAs per SM
     big = tuning.pick_config("forward", _grid(32), torch.bfloat16, torch.bfloat16, *H100)
-    assert big == tuning.candidate_configs("forward", 90, "16bit")[0]
-    # 1 clip of 2 frames at 64x64: 16 tokens -> one 128-row tile per E tile: too few programs for 132 SMs
+    assert (big.block_m, big.block_n, big.ctas_per_sm) == (128, 128, 2)
+    # 1 clip of 2 frames at 64x64: 16 tokens -> a 64-row tile wastes less of each program
     small = tuning.pick_config("forward", _grid(1, 2, 64), torch.bfloat16, torch.bfloat16, *H100)
-    assert small == tuning.candidate_configs("forward", 90, "16bit")[-1]
+    assert small.block_m == 64
+
+
+def test_cost_model_terms():
+    """Each term moves the estimate the way it should: waves quantize, CTAs hide the fixed cost, L2 traffic
+    grows as tiles shrink, and the estimate never beats the roofline floor."""
+    grid = _grid(32)
+    c128, c256, c64 = tuning.candidate_configs("forward", 90, "16bit")
+    e128, e256, e64 = (tuning.estimate("forward", grid, c, torch.bfloat16) for c in (c128, c256, c64))
+    assert e64.l2_us > e128.l2_us > e256.l2_us  # bigger tiles reuse operands more
+    assert e128.fixed_us < e256.fixed_us  # two resident CTAs hide half of each tile's fixed cost
+    for c, e in ((c128, e128), (c256, e256), (c64, e64)):
+        assert e.us >= e.floor_us and e.waves == -(-e.programs // (132 * c.ctas_per_sm))
+    one_wave = tuning.estimate("forward", _grid(1, 2, 224), c128, torch.bfloat16)
+    assert one_wave.waves == 1 and one_wave.us >= one_wave.floor_us
+
+
+def test_grad_weight_splits_fill_the_resident_slots():
+    """72 tiles of 128 x 128 on 132 SMs x 2 CTAs: the model picks a split count whose program count fills whole
+    waves (a lone tail wave costs a full tile time) without drowning in float32 partials."""
+    grid = _grid(32)
+    cfg = tuning.candidate_configs("grad_weight", 90, "16bit")[0]
+    splits = tuning.best_splits(grid, cfg, tuning.H100, torch.bfloat16)
+    programs = 72 * splits
+    slots = 132 * cfg.ctas_per_sm
+    assert programs % slots == 0 or programs / (-(-programs // slots) * slots) >= 0.9
+    four = tuning.estimate("grad_weight", grid, cfg, torch.bfloat16, splits=4)  # 288 programs on 264 slots
+    best = tuning.estimate("grad_weight", grid, cfg, torch.bfloat16, splits=splits)
+    assert best.us < four.us
 
 
 def test_every_pick_fits_the_device_shared_memory():
