@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from lsvit import checkpoint as ckpt
 from lsvit.data import ClipTransform, SkipLog, VideoClipDataset, collate_clips, discover, split_source
+from lsvit.errors import add_debug_argument, run_guarded
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, env_settings
 
 log = logging.getLogger("lsvit.infer")
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     add_infer_arguments(parser)
+    add_debug_argument(parser)
     return parser
 
 
@@ -302,8 +304,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console-script entry point (returns None so the exit status is 0)."""
-    run(argv)
+    """Console-script entry point: errors print one line (``--debug``: the traceback)."""
+    run_guarded(infer, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

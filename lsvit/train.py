@@ -46,6 +46,7 @@ from lsvit.data import (
     read_metadata,
     split_source,
 )
+from lsvit.errors import add_debug_argument, run_guarded
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, build_config, model_overrides
 
 log = logging.getLogger("lsvit.train")
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     add_train_arguments(parser)
+    add_debug_argument(parser)
     return parser
 
 
@@ -367,8 +369,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         if args.accum_steps < 1 or args.batch_size < 1 or args.epochs < 0:
             raise ValueError("--accum_steps and --batch_size must be >= 1 and --epochs >= 0")
-        self.resume_from = self._resume_path()
-        resumed = ckpt.load_checkpoint(self.resume_from) if self.resume_from else None
+        self.resume_from, resumed = self._open_resume()
 
         seed_everything(args.seed)  # identical initial weights on every rank
         self.config = self._config(resumed)
@@ -397,13 +398,29 @@ class Trainer:
             self._restore(resumed)
 
     # ---- setup ------------------------------------------------------------------------------------------
-    def _resume_path(self) -> Optional[Path]:
+    def _open_resume(self) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+        """The checkpoint to continue from; ``auto`` falls back to previous.pt / best.pt when last.pt is damaged."""
         if not self.args.resume:
-            return None
-        if self.args.resume == "auto":
-            path = self.output_dir / "last.pt"
-            return path if path.is_file() else None
-        return Path(self.args.resume)
+            return None, None
+        if self.args.resume != "auto":
+            path = Path(self.args.resume)
+            try:
+                return path, ckpt.load_checkpoint(path, required=ckpt.RESUME_KEYS)
+            except ckpt.CheckpointError as error:
+                hint = ckpt.alternatives_hint(path) if path.parent.is_dir() else ""
+                raise ckpt.CheckpointError(f"--resume: {error}{'; ' + hint if hint else ''}") from None
+        path, checkpoint, problems = ckpt.find_resumable(self.output_dir)
+        if path is None and problems:
+            raise ckpt.CheckpointError(
+                f"--resume auto: no valid checkpoint in {self.output_dir} ({' | '.join(problems)}); move the "
+                f"damaged files away or use another --output_dir"
+            )
+        if self.info.main:
+            for problem in problems:
+                log.warning("--resume auto: %s; skipped", problem)
+            if problems and path is not None:
+                log.warning("--resume auto: continuing from %s (step %d) instead", path, checkpoint["step"])
+        return path, checkpoint
 
     def _config(self, resumed: Optional[dict[str, Any]]):
         from lsvit.config import ModelConfig
@@ -514,8 +531,8 @@ class Trainer:
             dist.gather_object(rng_states[0], gathered, dst=0)
             rng_states = gathered
         if self.info.main:
-            payload = self._payload(rng_states)
-            path = ckpt.save_atomic(payload, self.output_dir / "last.pt")
+            payload = ckpt.with_checksum(self._payload(rng_states))
+            path = ckpt.save_atomic(payload, self.output_dir / "last.pt", keep_previous=True)
             if best:
                 ckpt.save_atomic(payload, self.output_dir / "best.pt")
             # One line per checkpoint: tests and people watching a run can see where it is.
@@ -756,14 +773,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
+def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = ["lsvit", "train", *argv]
+    return args
+
+
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Parse ``argv`` and run; returns the results (for tests and notebooks)."""
-    return train(build_parser().parse_args(argv))
+    return train(parse(argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console-script entry point (returns None so the exit status is 0)."""
-    run(argv)
+    """Console-script entry point: errors print one line (``--debug``: the traceback)."""
+    run_guarded(train, parse(argv))
 
 
 if __name__ == "__main__":
