@@ -65,7 +65,21 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="score <data_root>/<split>.txt or <data_root>/<split>/ (e.g. val, test) instead of data_root itself",
     )
-    add_dashed(parser, "num_frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
+    add_dashed(
+        parser,
+        "num_frames",
+        type=int,
+        default=None,
+        help="frames per clip (default: the checkpoint's); another count resamples the temporal embedding",
+    )
+    add_dashed(
+        parser,
+        "image_size",
+        type=int,
+        default=None,
+        help="crop size in pixels (default: the checkpoint's); another size (a multiple of the patch size) "
+        "resamples the positional grid",
+    )
     add_dashed(parser, "batch_size", type=int, default=8, help="clips per forward pass")
     add_dashed(parser, "num_workers", type=int, default=2, help="DataLoader worker processes")
     add_dashed(parser, "topk", type=int, default=5, help="classes listed per video in the predictions files")
@@ -73,6 +87,13 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     add_dashed(parser, "device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_dashed(parser, "amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (auto: on GPU)")
     add_dashed(parser, "no_progress", action="store_true", help="no tqdm progress bar")
+    add_dashed(
+        parser,
+        "weights",
+        choices=("model", "ema"),
+        default="model",
+        help="which weights of the checkpoint: the trained ones, or their EMA (runs with --model_ema)",
+    )
     checks = parser.add_argument_group(
         "architecture checks (optional; the checkpoint decides, these only have to agree with it)"
     )
@@ -127,15 +148,34 @@ def load_model(checkpoint: dict[str, Any], args: argparse.Namespace, device: tor
         config = config.model_copy(update={"kernel_backend": args.kernel_backend})
     trained_frames = checkpoint["data"]["num_frames"]
     num_frames = args.num_frames or trained_frames
-    try:
-        model = LSViTForAction(config, num_frames=num_frames)
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, ValueError) as error:
+    image_size = args.image_size or checkpoint["data"]["image_size"]
+    check_inference_shape(config, trained_frames, num_frames, image_size, args.checkpoint)
+    model = LSViTForAction(config, num_frames=trained_frames)  # the trained tables; resampled per clip shape
+    model.load_state_dict(checkpoint["model_ema" if args.weights == "ema" else "model"])
+    if num_frames != trained_frames or image_size != config.image_size:
+        log.info(
+            "positional tables resampled: %d -> %d frames, %dx%d -> %dx%d patch grid",
+            trained_frames, num_frames, config.grid_size, config.grid_size, image_size // config.patch_size,
+            image_size // config.patch_size,
+        )  # fmt: skip
+    return model.to(device).eval(), config, num_frames, image_size
+
+
+def check_inference_shape(config, trained_frames: int, num_frames: int, image_size: int, name) -> None:
+    """Clip shapes the model can resample its tables for; otherwise stop and name the values that work."""
+    stride = config.temporal_stride
+    if num_frames < 1 or num_frames % stride:
+        below, above = max(stride, num_frames // stride * stride), (num_frames // stride + 1) * stride
         raise SystemExit(
-            f"error: cannot run {args.checkpoint} (trained with num_frames={trained_frames}, "
-            f"{describe_patching(config)}) on num_frames={num_frames}: {error}"
-        ) from None
-    return model.to(device).eval(), config, num_frames
+            f"error: --num_frames {num_frames}: {name} uses {stride}-frame tubelets, so clips need a multiple of "
+            f"{stride} frames (e.g. {below} or {above}; trained with {trained_frames})"
+        )
+    p = config.patch_size
+    if image_size < p or image_size % p:
+        raise SystemExit(
+            f"error: --image_size {image_size} is not a multiple of the patch size {p}; use "
+            f"{max(p, image_size // p * p)} or {(image_size // p + 1) * p} (trained with {config.image_size})"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -197,7 +237,9 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = ckpt.load_checkpoint(args.checkpoint, map_location="cpu")
-    model, config, num_frames = load_model(checkpoint, args, device)
+    if args.weights == "ema" and "model_ema" not in checkpoint:
+        raise SystemExit(f"error: --weights ema: {args.checkpoint} has no EMA weights (trained without --model_ema)")
+    model, config, num_frames, image_size = load_model(checkpoint, args, device)
     classes = list(checkpoint["classes"])
     data_info = checkpoint["data"]
     log.info(
@@ -216,10 +258,10 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
         if unknown:
             raise SystemExit(f"error: class folders {unknown} are not among the checkpoint's classes {classes}")
         records = [type(r)(r.path, classes.index(found_classes[r.label])) for r in records]
+    resize = round(data_info["resize_size"] * image_size / data_info["image_size"])  # same crop ratio as training
     transform = ClipTransform(
-        data_info["image_size"], data_info["resize_size"], train=False, mean=tuple(data_info["mean"]),
-        std=tuple(data_info["std"]),
-    )  # fmt: skip
+        image_size, resize, train=False, mean=tuple(data_info["mean"]), std=tuple(data_info["std"])
+    )
     dataset = VideoClipDataset(records, classes, num_frames, transform)
     loader = DataLoader(
         dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_clips, shuffle=False
@@ -266,6 +308,7 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": str(args.checkpoint),
         "architecture": describe_patching(config),
         "num_frames": num_frames,
+        "image_size": image_size,
         "videos": len(dataset),
         "scored": len(rows),
         "labeled": labeled,

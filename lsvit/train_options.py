@@ -1,0 +1,100 @@
+"""``lsvit train`` flags: data, model (every ModelConfig field), optimization, fine-tuning and regularization, run."""
+
+from __future__ import annotations
+
+import argparse
+
+from lsvit.options import add_dashed, add_model_arguments
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    add_dashed(
+        data,
+        "data_root",
+        required=True,
+        help="dataset folder: <root>/train.txt + <root>/val.txt annotation lists, or <root>/train/<class>/ and "
+        "<root>/val/<class>/ folders, or class folders directly under <root> (then no validation split)",
+    )
+    add_dashed(data, "train_list", default=None, help="training annotation list or class-folder root (overrides)")
+    add_dashed(data, "val_list", default=None, help="validation annotation list or class-folder root (overrides)")
+    add_dashed(data, "resize_size", type=int, default=None, help="shorter side before cropping (default 256/224 x)")
+    add_dashed(
+        data,
+        "horizontal_flip",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="random horizontal flip for training; auto = off when <root>/dataset.json says direction_sensitive "
+        "(left/right classes), else on",
+    )
+    add_dashed(data, "num_workers", type=int, default=2, help="DataLoader worker processes per rank")
+
+    model = parser.add_argument_group("model (ModelConfig; flags override APPCONFIG__* env, which overrides code)")
+    add_model_arguments(model)
+
+    add_optimization_arguments(parser)
+    add_run_arguments(parser)
+
+
+def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
+    optim = parser.add_argument_group("optimization")
+    add_dashed(optim, "epochs", type=int, default=30, help="training epochs")
+    add_dashed(optim, "batch_size", type=int, default=8, help="clips per optimizer micro-step PER PROCESS")
+    add_dashed(optim, "accum_steps", type=int, default=1, help="micro-batches accumulated per optimizer step")
+    add_dashed(optim, "lr", type=float, default=5e-4, help="peak AdamW learning rate")
+    add_dashed(optim, "min_lr", type=float, default=1e-6, help="learning rate at the end of the cosine decay")
+    add_dashed(
+        optim,
+        "weight_decay",
+        type=float,
+        default=0.05,
+        help="AdamW weight decay (not on biases, norms and the model's no_weight_decay() tables)",
+    )
+    add_dashed(
+        optim,
+        "layer_decay",
+        type=float,
+        default=1.0,
+        help="layer-wise lr decay: block i trains at lr * layer_decay^(depth + 1 - i), the head at lr (1 = off; "
+        "0.75 is BEiT/VideoMAE's ViT-B fine-tuning value)",
+    )
+    add_dashed(optim, "warmup_epochs", type=float, default=1.0, help="linear warmup length in epochs")
+    add_dashed(optim, "clip_grad", type=float, default=1.0, help="max gradient norm (0 = no clipping)")
+    add_dashed(optim, "label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+    add_dashed(
+        optim,
+        "amp",
+        choices=("auto", "bf16", "fp16", "off"),
+        default="auto",
+        help="mixed precision autocast: auto = bf16 on GPU, off on CPU",
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    run = parser.add_argument_group("run")
+    add_dashed(run, "output_dir", default="runs/lsvit", help="checkpoints, CSV log and plot go here")
+    add_dashed(run, "seed", type=int, default=0, help="seed for init, data order, augmentation and dropout")
+    add_dashed(
+        run,
+        "resume",
+        default=None,
+        help="checkpoint to continue from, or 'auto': the newest of <output_dir>/last.pt, previous.pt, best.pt "
+        "that verifies (none: a new run). Changed optimization and data flags are applied and printed; flags "
+        "that cannot change mid-run stop with a message",
+    )
+    add_dashed(run, "save_every_steps", type=int, default=0, help="also save last.pt every N optimizer steps (0=off)")
+    add_dashed(run, "device", default=None, help="cpu, cuda, cuda:1 ... (default: this rank's GPU, else cpu)")
+    add_dashed(
+        run,
+        "deterministic",
+        action="store_true",
+        help="torch.use_deterministic_algorithms + no cuDNN benchmark (CPU runs are deterministic anyway)",
+    )
+    add_dashed(
+        run,
+        "threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per process (0 = torch's default; 1 is fastest for small models on a busy CPU)",
+    )
+    add_dashed(run, "no_progress", action="store_true", help="no tqdm progress bars")
