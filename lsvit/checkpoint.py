@@ -157,7 +157,8 @@ def save_atomic(payload: dict[str, Any], path: str | Path, keep_previous: bool =
 # ------------------------------------------------------------------------------------------------- reading
 
 
-def _read(path: Path, map_location) -> Any:
+def read_file(path: Path, map_location) -> Any:
+    """``torch.load(weights_only=True)`` of any file; every failure is a one-line ``CheckpointError``."""
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; pass a file in it such as {path / 'last.pt'}")
     if not path.exists():
@@ -216,7 +217,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read, check keys and checksum. ``required``: ``INFERENCE_KEYS`` (default) or ``RESUME_KEYS``."""
     path = Path(path)
-    checkpoint = _read(path, map_location)
+    checkpoint = read_file(path, map_location)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(checkpoint).__name__}, not an lsvit training checkpoint (a dict)"

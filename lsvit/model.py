@@ -219,8 +219,8 @@ class LSViTForAction(nn.Module):
         return {"pos_embed", "cls_token", "temporal_pos_embed"}
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Layer ids for layer-wise lr decay (timm's convention): the stem is layer 0, block i is layer i + 1,
-        the final norm and the head the last layer."""
+        """Layer ids for layer-wise lr decay (timm's convention): the stem (patch embedding, SMIF, positional
+        tables) is layer 0, block i is layer i + 1 (the final norm joins the last block), the head the last layer."""
         return {
             "stem": r"^cls_token|^pos_embed|^temporal_pos_embed|^patch_embed|^smif",
             "blocks": r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],

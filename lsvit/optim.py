@@ -13,7 +13,8 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
     """AdamW groups: no weight decay on 1-D tensors (biases, norms) and ``model.no_weight_decay()``.
 
     ``layer_decay < 1`` scales each group's lr by ``layer_decay ** (depth + 1 - layer)`` (BEiT / timm): the head
-    and final norm train at the full lr, the patch embedding and positional tables at the smallest. timm's
+    trains at the full lr, block i (0-based) at ``layer_decay ** (depth - i)`` (timm puts the final norm with the
+    last block), the patch embedding, SMIF and positional tables at the smallest. timm's
     ``param_groups_weight_decay`` / ``param_groups_layer_decay`` build the groups; layers come from the model's
     ``group_matcher``. Every group carries ``lr_scale`` (1.0 without layer decay).
     """

@@ -27,13 +27,21 @@ RUN_ONLY = {
 }  # fmt: skip
 
 
+PRIMITIVES = (int, float, str, bool, type(None))
+
+
 def train_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's training flags (primitives, model fields excluded: the checkpoint's config holds those)."""
-    return {
-        key: value
-        for key, value in vars(args).items()
-        if isinstance(value, (int, float, str, bool)) and key not in ModelConfig.model_fields
-    }
+    """The run's training flags (primitives and lists of them, e.g. ``--rrc_scale 0.08 1``); model fields left
+    out: the checkpoint's config holds those."""
+    found: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key in ModelConfig.model_fields or key == "command_line":
+            continue
+        if isinstance(value, PRIMITIVES):
+            found[key] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(item, PRIMITIVES) for item in value):
+            found[key] = list(value)
+    return found
 
 
 def changed_flags(saved: dict[str, Any], args: argparse.Namespace) -> dict[str, tuple[Any, Any]]:

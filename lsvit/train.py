@@ -34,6 +34,7 @@ from lsvit import checkpoint as ckpt
 from lsvit.data import SkipLog, collate_clips
 from lsvit.distributed import all_reduce_sum, any_rank, setup_distributed
 from lsvit.errors import add_debug_argument, run_guarded
+from lsvit.finetune import build_ema, build_mixup, enable_grad_checkpointing, load_backbone, soft_cross_entropy
 from lsvit.interrupt import Interrupted, StopRequest, ignore_in_worker
 from lsvit.optim import amp_dtype, build_scheduler, param_groups, schedule_lengths, topk_correct
 from lsvit.options import HelpFormatter
@@ -90,8 +91,13 @@ class Trainer:
         if self.info.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if args.pretrained and resumed is None:
+            load_backbone(self.model, args, self.info.main)
+        if args.grad_checkpointing:
+            enable_grad_checkpointing(self.model)
+        self.mixup = build_mixup(args, len(self.data.classes))
         self.optimizer = torch.optim.AdamW(param_groups(self.model, args.weight_decay, args.layer_decay), lr=args.lr)
-        self.ema = None
+        self.ema = build_ema(self.model, args)
         self.amp = amp_dtype(args.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.state = RunState()
@@ -202,10 +208,16 @@ class Trainer:
             group_size = group_end - batch_index // args.accum_steps * args.accum_steps
             last_in_group = batch_index + 1 == group_end
             sync = contextlib.nullcontext() if (last_in_group or not self.info.enabled) else self.ddp_model.no_sync()
+            targets = None
+            if self.mixup is not None and not empty:
+                video, targets = self.mixup(video, labels)
             with sync:
                 with self.autocast():
                     logits = self.ddp_model(video)
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
+                    if targets is not None:
+                        loss = soft_cross_entropy(logits.float(), targets)
+                    else:
+                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
                 scale = 0.0 if empty else 1.0 / group_size
                 self.scaler.scale(loss * scale).backward()
             if not empty:

@@ -33,6 +33,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(model)
 
     add_optimization_arguments(parser)
+    add_finetune_arguments(parser)
     add_run_arguments(parser)
 
 
@@ -67,6 +68,61 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "bf16", "fp16", "off"),
         default="auto",
         help="mixed precision autocast: auto = bf16 on GPU, off on CPU",
+    )
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    tune = parser.add_argument_group(
+        "fine-tuning, augmentation, regularization (all off by default; docs/training.md gives the field's recipes)"
+    )
+    add_dashed(
+        tune,
+        "pretrained",
+        default=None,
+        metavar="FILE",
+        help="start from local backbone weights: timm or Hugging Face ViT, VideoMAE, ViViT (.pth/.pt/.bin/"
+        ".safetensors); the head, SMIF and LMI start new. Ignored on --resume",
+    )
+    add_dashed(
+        tune,
+        "inflate",
+        choices=("central", "average"),
+        default="central",
+        help="how a 2D patch kernel becomes a 3D tubelet kernel: in the central frame, or averaged over frames",
+    )
+    add_dashed(
+        tune,
+        "rrc_scale",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="random-resized crop area range, the same box for every frame (0.08 1.0 is the common recipe); "
+        "default: resize the shorter side and crop",
+    )
+    add_dashed(
+        tune, "rrc_ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), metavar=("MIN", "MAX"), help="its aspect range"
+    )
+    add_dashed(
+        tune,
+        "randaugment",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("N", "M"),
+        help="RandAugment: N operations of magnitude M (0-30), the same for every frame (VideoMAE: 4 7; timm ViT: 2 9)",
+    )
+    add_dashed(tune, "mixup", type=float, default=0.0, help="mixup beta alpha (0 = off; 0.8 is the common value)")
+    add_dashed(tune, "cutmix", type=float, default=0.0, help="cutmix beta alpha (0 = off; 1.0 is the common value)")
+    add_dashed(tune, "mixup_prob", type=float, default=1.0, help="probability of mixing a batch")
+    add_dashed(tune, "mixup_switch_prob", type=float, default=0.5, help="cutmix instead of mixup when both are on")
+    add_dashed(tune, "model_ema", action="store_true", help="keep an EMA of the weights, validate and save it too")
+    add_dashed(tune, "model_ema_decay", type=float, default=0.9999, help="EMA decay (timm's warmup applies)")
+    add_dashed(
+        tune,
+        "grad_checkpointing",
+        action="store_true",
+        help="recompute block activations in the backward pass: less memory for long clips, ~30%% more time",
     )
 
 

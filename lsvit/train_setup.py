@@ -111,6 +111,17 @@ def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[d
     horizontal_flip = flip_enabled(args.horizontal_flip, metadata)
     resize = args.resize_size or default_resize_size(config.image_size)
     train_transform = ClipTransform(config.image_size, resize, train=True, horizontal_flip=horizontal_flip)
+    if args.rrc_scale is not None or args.randaugment is not None:
+        from lsvit.augment import VideoAugment
+
+        train_transform = VideoAugment(
+            config.image_size,
+            resize,
+            horizontal_flip,
+            rrc_scale=tuple(args.rrc_scale) if args.rrc_scale else None,
+            rrc_ratio=tuple(args.rrc_ratio),
+            randaugment=tuple(args.randaugment) if args.randaugment else None,
+        )
     eval_transform = ClipTransform(config.image_size, resize, train=False)
     train_set = VideoClipDataset.from_source(
         train_source, config.num_frames, train_transform, root=args.data_root, seed=args.seed
