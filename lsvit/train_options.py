@@ -120,6 +120,14 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     add_dashed(tune, "model_ema_decay", type=float, default=0.9999, help="EMA decay (timm's warmup applies)")
     add_dashed(
         tune,
+        "val_num_clips",
+        type=int,
+        default=1,
+        help="validation on N temporal clips per video, softmax averaged (as lsvit infer --num_clips)",
+    )
+    add_dashed(tune, "val_num_crops", type=int, choices=(1, 3), default=1, help="validation spatial crops (1 or 3)")
+    add_dashed(
+        tune,
         "grad_checkpointing",
         action="store_true",
         help="recompute block activations in the backward pass: less memory for long clips, ~30%% more time",

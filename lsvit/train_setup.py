@@ -134,6 +134,11 @@ def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[d
         val_set = VideoClipDataset.from_source(
             val_source, config.num_frames, eval_transform, root=args.data_root, classes=classes
         )
+        if args.val_num_clips > 1 or args.val_num_crops > 1:
+            from lsvit.views import MultiViewDataset
+
+            val_set = MultiViewDataset(val_set.records, classes, config.num_frames, eval_transform,
+                                       args.val_num_clips, args.val_num_crops)  # fmt: skip
     record = {
         "num_frames": config.num_frames,
         "image_size": config.image_size,

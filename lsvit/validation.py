@@ -13,6 +13,7 @@ from lsvit.distributed import all_reduce_sum, any_rank
 from lsvit.interrupt import Interrupted
 from lsvit.optim import topk_correct
 from lsvit.samplers import EvalShard
+from lsvit.views import view_probabilities
 
 
 @torch.no_grad()
@@ -31,8 +32,11 @@ def evaluate(trainer, model: nn.Module) -> dict[str, Any]:
         if batch["video"] is None:
             continue
         video, labels = batch["video"].to(trainer.device), batch["label"].to(trainer.device)
-        with trainer.autocast():
-            logits = model(video).float()  # no DDP wrapper: ranks see different batch counts here
+        with trainer.autocast():  # no DDP wrapper: ranks see different batch counts here
+            if video.dim() == 6:  # (B, views, T, C, H, W): softmax averaged over views; its log scores the loss
+                logits = view_probabilities(model, video, video.shape[0], trainer.device).clamp_min(1e-12).log()
+            else:
+                logits = model(video).float()
         smoothing = trainer.args.label_smoothing
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing))
         nll_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
@@ -48,4 +52,5 @@ def evaluate(trainer, model: nn.Module) -> dict[str, Any]:
         "val_top1": top1 / max(1, count),
         "val_top5": top5 / max(1, count),
         "val_skipped": int(skipped),
+        "val_views": getattr(trainer.data.val_set, "views", 1),
     }
