@@ -38,6 +38,7 @@ from lsvit.finetune import build_ema, build_mixup, enable_grad_checkpointing, lo
 from lsvit.interrupt import Interrupted, StopRequest, ignore_in_worker
 from lsvit.optim import amp_dtype, build_scheduler, param_groups, schedule_lengths, topk_correct
 from lsvit.options import HelpFormatter
+from lsvit.recipes import apply_recipe, describe_recipe
 from lsvit.run_log import TensorBoardLog, epoch_line, loss_label, plot_history, start_run_log, write_csv
 from lsvit.train_options import add_train_arguments
 from lsvit.train_setup import build_data, open_resume, resolve_config, seed_everything
@@ -79,6 +80,8 @@ class Trainer:
         if args.accum_steps < 1 or args.batch_size < 1 or args.epochs < 0:
             raise ValueError("--accum_steps and --batch_size must be >= 1 and --epochs >= 0")
         self.resume_from, resumed = open_resume(args, self.output_dir, self.info)
+        if args.recipe and self.info.main:
+            describe_recipe(args, self.info.world)
 
         seed_everything(args.seed)  # identical initial weights on every rank
         self.config = resolve_config(args, resumed, self.resume_from)
@@ -320,7 +323,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    apply_recipe(parser, argv)
+    args = parser.parse_args(argv)
     args.command_line = ["lsvit", "train", *argv]
     return args
 

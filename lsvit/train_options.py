@@ -32,6 +32,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model (ModelConfig; flags override APPCONFIG__* env, which overrides code)")
     add_model_arguments(model)
 
+    from lsvit.recipes import add_recipe_argument
+
+    add_recipe_argument(parser)
     add_optimization_arguments(parser)
     add_finetune_arguments(parser)
     add_run_arguments(parser)
