@@ -151,7 +151,7 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     val = "no validation split"
     if row["val_loss"] is not None:
         val = f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f} top-5 {row['val_top5']:.3f}"
-        if row.get("val_views"):
+        if row.get("val_views", 1) > 1:
             val += f" ({row['val_views']} views)"
         if row.get("val_ema_top1") is not None:
             val += f" (EMA top-1 {row['val_ema_top1']:.3f})"

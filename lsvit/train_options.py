@@ -165,3 +165,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads per process (0 = torch's default; 1 is fastest for small models on a busy CPU)",
     )
     add_dashed(run, "no_progress", action="store_true", help="no tqdm progress bars")
+    add_dashed(
+        run,
+        "tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files into --output_dir, next to log.csv (tensorboard --logdir DIR)",
+    )
