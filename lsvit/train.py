@@ -30,7 +30,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lsvit import checkpoint as ckpt
 from lsvit.data import SkipLog, collate_clips
 from lsvit.distributed import all_reduce_sum, any_rank, setup_distributed
 from lsvit.errors import add_debug_argument, run_guarded
@@ -40,9 +39,9 @@ from lsvit.optim import amp_dtype, build_scheduler, param_groups, schedule_lengt
 from lsvit.options import HelpFormatter
 from lsvit.recipes import apply_recipe, describe_recipe
 from lsvit.run_log import TensorBoardLog, epoch_line, loss_label, plot_history, start_run_log, write_csv
-from lsvit.train_options import add_train_arguments
+from lsvit.train_options import add_train_arguments, check_train_arguments
 from lsvit.train_setup import build_data, open_resume, resolve_config, seed_everything
-from lsvit.train_state import EpochMeter, RunState, build_payload, restore, schedule_note
+from lsvit.train_state import EpochMeter, RunState, restore, save_checkpoint, schedule_note
 from lsvit.validation import evaluate
 
 log = logging.getLogger("lsvit.train")
@@ -77,8 +76,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        if args.accum_steps < 1 or args.batch_size < 1 or args.epochs < 0:
-            raise ValueError("--accum_steps and --batch_size must be >= 1 and --epochs >= 0")
+        check_train_arguments(args)
         self.resume_from, resumed = open_resume(args, self.output_dir, self.info)
         if args.recipe and self.info.main:
             describe_recipe(args, self.info.world)
@@ -90,14 +88,14 @@ class Trainer:
         from lsvit.model import LSViTForAction  # the model module pulls in the kernels; import when needed
 
         self.model = LSViTForAction(self.config).to(self.device)
-        self.ddp_model: nn.Module = self.model
-        if self.info.enabled:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         if args.pretrained and resumed is None:
             load_backbone(self.model, args, self.info.main)
         if args.grad_checkpointing:
             enable_grad_checkpointing(self.model)
+        self.ddp_model: nn.Module = self.model
+        if self.info.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.mixup = build_mixup(args, len(self.data.classes))
         self.optimizer = torch.optim.AdamW(param_groups(self.model, args.weight_decay, args.layer_decay), lr=args.lr)
         self.ema = build_ema(self.model, args)
@@ -136,26 +134,7 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def save(self, best: bool = False) -> Optional[Path]:
-        rng_states = [ckpt.capture_rng_state()]
-        if self.info.enabled:  # every rank's generators, so each rank resumes its own dropout stream
-            gathered: list[Any] = [None] * self.info.world if self.info.main else None
-            dist.gather_object(rng_states[0], gathered, dst=0)
-            rng_states = gathered
-        path = None
-        if self.info.main:
-            payload = ckpt.with_checksum(build_payload(self, rng_states))
-            path = ckpt.save_atomic(payload, self.output_dir / "last.pt", keep_previous=True)
-            if best:
-                ckpt.save_atomic(payload, self.output_dir / "best.pt")
-            # One line per checkpoint: tests and people watching a run can see where it is.
-            print(
-                f"checkpoint {path} epoch={self.state.epoch} step={self.state.step} "
-                f"batches_done={self.state.batches_done}{' (best)' if best else ''}",
-                flush=True,
-            )
-        if self.info.enabled:
-            dist.barrier()
-        return path
+        return save_checkpoint(self, best)
 
     def _check_stop(self) -> None:
         """After a finished step: on SIGINT / SIGTERM (any rank) save last.pt here and stop."""

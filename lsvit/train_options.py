@@ -133,7 +133,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         tune,
         "grad_checkpointing",
         action="store_true",
-        help="recompute block activations in the backward pass: less memory for long clips, ~30%% more time",
+        help="recompute block activations in the backward pass: less memory for long clips, about 20%% more "
+        "time per step",
     )
 
 
@@ -171,3 +172,32 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write TensorBoard event files into --output_dir, next to log.csv (tensorboard --logdir DIR)",
     )
+
+
+def check_train_arguments(args: argparse.Namespace) -> None:
+    """Values no flag type can reject, checked before any work; each error names the flag and a value that works."""
+    problems = []
+    if args.accum_steps < 1 or args.batch_size < 1 or args.epochs < 0:
+        problems.append("--accum_steps and --batch_size must be >= 1 and --epochs >= 0")
+    if not 0 < args.layer_decay <= 1:
+        problems.append(f"--layer_decay {args.layer_decay} must be in (0, 1] (1 = off; 0.75 is common)")
+    if args.rrc_scale is not None and not 0 < args.rrc_scale[0] <= args.rrc_scale[1] <= 1:
+        low, high = args.rrc_scale
+        problems.append(f"--rrc_scale {low} {high} must be 0 < MIN <= MAX <= 1 (e.g. 0.08 1)")
+    if not 0 < args.rrc_ratio[0] <= args.rrc_ratio[1]:
+        problems.append(f"--rrc_ratio {args.rrc_ratio[0]} {args.rrc_ratio[1]} must be 0 < MIN <= MAX (e.g. 0.75 1.333)")
+    if args.randaugment is not None and not (args.randaugment[0] >= 0 and 0 <= args.randaugment[1] <= 30):
+        problems.append(f"--randaugment {args.randaugment[0]} {args.randaugment[1]}: N >= 0 operations, magnitude M in "
+                        f"0..30 (e.g. 4 7)")  # fmt: skip
+    if args.mixup < 0 or args.cutmix < 0:
+        problems.append("--mixup and --cutmix are beta-distribution alphas: >= 0 (0 = off)")
+    if not (0 <= args.mixup_prob <= 1 and 0 <= args.mixup_switch_prob <= 1):
+        problems.append("--mixup_prob and --mixup_switch_prob are probabilities in [0, 1]")
+    if not 0 < args.model_ema_decay < 1:
+        problems.append(f"--model_ema_decay {args.model_ema_decay} must be in (0, 1) (e.g. 0.9999)")
+    if args.val_num_clips < 1:
+        problems.append(f"--val_num_clips {args.val_num_clips} must be >= 1")
+    if not 0 <= args.label_smoothing < 1:
+        problems.append(f"--label_smoothing {args.label_smoothing} must be in [0, 1) (e.g. 0.1)")
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 
 from lsvit import checkpoint as ckpt
 from lsvit.resume import SCHEDULE, changed_flags, check_changes, describe_changes, train_args
@@ -67,6 +69,30 @@ def build_payload(trainer, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
     if trainer.ema is not None:
         payload["model_ema"] = trainer.ema.module.state_dict()
     return payload
+
+
+def save_checkpoint(trainer, best: bool = False) -> Optional[Path]:
+    """last.pt (the previous one kept as previous.pt) and, when ``best``, best.pt; every rank's RNG state in it."""
+    rng_states = [ckpt.capture_rng_state()]
+    if trainer.info.enabled:  # every rank's generators, so each rank resumes its own dropout stream
+        gathered: list[Any] = [None] * trainer.info.world if trainer.info.main else None
+        dist.gather_object(rng_states[0], gathered, dst=0)
+        rng_states = gathered
+    path = None
+    if trainer.info.main:
+        payload = ckpt.with_checksum(build_payload(trainer, rng_states))
+        path = ckpt.save_atomic(payload, trainer.output_dir / "last.pt", keep_previous=True)
+        if best:
+            ckpt.save_atomic(payload, trainer.output_dir / "best.pt")
+        # One line per checkpoint: tests and people watching a run can see where it is.
+        print(
+            f"checkpoint {path} epoch={trainer.state.epoch} step={trainer.state.step} "
+            f"batches_done={trainer.state.batches_done}{' (best)' if best else ''}",
+            flush=True,
+        )
+    if trainer.info.enabled:
+        dist.barrier()
+    return path
 
 
 def restore(trainer, checkpoint: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

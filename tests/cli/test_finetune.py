@@ -162,3 +162,21 @@ def test_ema_is_validated_checkpointed_resumed_and_usable_by_infer(synth_root, s
                          "--weights", "ema", "--output_dir", str(tmp_path / "infer"), "--num_workers", "0",
                          "--no_progress"])  # fmt: skip
     assert metrics["top1"] == pytest.approx(summary["history"][0]["val_ema_top1"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--layer_decay", "1.5"], "--layer_decay 1.5 must be in (0, 1]"),
+        (["--rrc_scale", "0.9", "0.1"], "--rrc_scale 0.9 0.1 must be 0 < MIN <= MAX <= 1"),
+        (["--randaugment", "2", "40"], "magnitude M in 0..30"),
+        (["--model_ema_decay", "1.0"], "--model_ema_decay 1.0 must be in (0, 1)"),
+    ],
+)
+def test_bad_fine_tuning_values_are_one_line(synth_root, capsys, flags, message):
+    from lsvit import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--data_root", str(synth_root), *flags])
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
