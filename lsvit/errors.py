@@ -35,7 +35,12 @@ def run_guarded(handler: Callable[[argparse.Namespace], Any], args: argparse.Nam
     """Call ``handler(args)``; an exception becomes ``error: <one line>`` and exit status 2 unless ``--debug``."""
     try:
         return handler(args)
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print("interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except SystemExit:
         raise
     except Exception as error:
         if getattr(args, "debug", False):
