@@ -111,7 +111,8 @@ def test_signal_saves_last_and_prints_the_resume_command(synth_root, small_list,
     assert code == 128 + signum, stderr
     assert f"{signal.Signals(signum).name} received" in stderr
     stopped = load_checkpoint(out / "last.pt")
-    assert stopped["epoch"] == 1 and stopped["sampler"]["batches_done"] >= 3  # the step after the signal finished
+    # saved at the step boundary where the signal was seen: the step it interrupted (or the one just saved) finished
+    assert stopped["epoch"] == 1 and 2 <= stopped["sampler"]["batches_done"] < 8
     resume_line = stderr.strip().splitlines()[-1].strip()
     assert resume_line.startswith("lsvit train ") and resume_line.endswith(f"--resume {out / 'last.pt'}")
 
