@@ -64,7 +64,8 @@ def _feed(digest, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         flat = value.detach().cpu().contiguous().reshape(-1)
         digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        if flat.numel():
+            digest.update(flat.view(torch.uint8).numpy())  # the buffer itself: no copy
     elif isinstance(value, dict):
         digest.update(f"D{len(value)}".encode())
         for key, item in value.items():
