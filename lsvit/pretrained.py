@@ -39,6 +39,7 @@ from .pos_embed import resample_grid, resample_steps
 
 Inflation = Literal["central", "average"]
 PATCH_KEY = "patch_embed.proj.weight"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "checkpoint.pth")
 _HEAD_PREFIXES = ("head.", "fc_norm.", "head_drop.")  # timm classifier parts: the model gets a new head
 
 
@@ -78,8 +79,13 @@ def _short(keys: list[str], limit: int = 6) -> str:
 
 # ---- reading --------------------------------------------------------------------------------------------------
 def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, Tensor]:
-    """A local checkpoint file -> flat state dict of tensors (never downloads)."""
+    """A local checkpoint file (or a Hugging Face model folder) -> flat state dict of tensors (never downloads)."""
     path = os.fspath(path)
+    if os.path.isdir(path):  # save_pretrained() folders hold the weights under a fixed name
+        found = [name for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
+        if not found:
+            raise FileNotFoundError(f"folder {path!r} holds none of {list(WEIGHT_FILES)}: pass the weights file")
+        path = os.path.join(path, found[0])
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path!r} (pretrained weights are read from local files only)")
     if path.endswith(".safetensors"):

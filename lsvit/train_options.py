@@ -83,7 +83,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         "pretrained",
         default=None,
         metavar="FILE",
-        help="start from local backbone weights: timm or Hugging Face ViT, VideoMAE, ViViT (.pth/.pt/.bin/"
+        help="start from local backbone weights (a file, or a Hugging Face model folder): timm or Hugging Face "
+        "ViT, VideoMAE, ViViT (.pth/.pt/.bin/"
         ".safetensors); the head, SMIF and LMI start new. Ignored on --resume",
     )
     add_dashed(

@@ -312,3 +312,18 @@ def test_vivit_layout_splits_the_space_time_table(tiny):
     torch.testing.assert_close(state["blocks.0.attn.qkv.weight"], timm["blocks.0.attn.qkv.weight"])
     assert any("split into 9 spatial + 4 temporal rows" in note for note in report.notes)
     assert "temporal_pos_embed" not in report.missing
+
+
+def test_safetensors_file_and_model_folder(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    model = LSViTForAction(tiny())
+    timm = timm_checkpoint(model, extra_block=False)
+    folder = tmp_path / "vit-hf"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in hf_checkpoint(timm).items()}, str(folder / "model.safetensors"))
+    report = load_pretrained(model, folder)  # a save_pretrained() folder: its model.safetensors
+    assert report.layout == "huggingface"
+    torch.testing.assert_close(model.state_dict()["blocks.1.mlp.fc1.weight"], timm["blocks.1.mlp.fc1.weight"])
+    with pytest.raises(FileNotFoundError, match="holds none of"):
+        load_pretrained(model, tmp_path)
