@@ -172,12 +172,14 @@ def load_model(checkpoint: dict[str, Any], args: argparse.Namespace, device: tor
     check_inference_shape(config, trained_frames, num_frames, image_size, args.checkpoint)
     model = LSViTForAction(config, num_frames=trained_frames)  # the trained tables; resampled per clip shape
     model.load_state_dict(checkpoint["model_ema" if args.weights == "ema" else "model"])
-    if num_frames != trained_frames or image_size != config.image_size:
-        log.info(
-            "positional tables resampled: %d -> %d frames, %dx%d -> %dx%d patch grid",
-            trained_frames, num_frames, config.grid_size, config.grid_size, image_size // config.patch_size,
-            image_size // config.patch_size,
-        )  # fmt: skip
+    resampled = []
+    if num_frames != trained_frames:
+        resampled.append(f"{trained_frames} -> {num_frames} frames")
+    if image_size != config.image_size:
+        grid = image_size // config.patch_size
+        resampled.append(f"{config.grid_size}x{config.grid_size} -> {grid}x{grid} patch grid")
+    if resampled:
+        log.info("positional tables resampled: %s", ", ".join(resampled))
     return model.to(device).eval(), config, num_frames, image_size
 
 

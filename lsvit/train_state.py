@@ -157,7 +157,7 @@ def schedule_note(trainer, changes: dict[str, tuple[Any, Any]], total: int, warm
             trainer.state.step,
             total,
             warmup,
-            trainer.optimizer.param_groups[0]["lr"],
+            max(group["lr"] for group in trainer.optimizer.param_groups),  # the head's, with layer decay
             trainer.args.lr,
             trainer.args.min_lr,
         )
