@@ -17,6 +17,7 @@ from typing import Optional
 
 def build_parser() -> argparse.ArgumentParser:
     from lsvit import compare, infer, synth, train
+    from lsvit.errors import add_debug_argument
     from lsvit.options import HelpFormatter
 
     parser = argparse.ArgumentParser(
@@ -41,16 +42,31 @@ def build_parser() -> argparse.ArgumentParser:
             compare.compare,
         ),
     ]
+    parser.command_parsers = {}
     for group, name, help_text, module, add_arguments, handler in entries:
         sub = group.add_parser(name, help=help_text, description=module.__doc__, formatter_class=formatter)
         add_arguments(sub)
+        add_debug_argument(sub)
         sub.set_defaults(handler=handler)
+        parser.command_parsers[name] = sub
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
-    args.handler(args)
+    """Run a sub-command; errors print one line (``--debug``: the traceback)."""
+    import sys
+
+    from lsvit.errors import run_guarded
+    from lsvit.recipes import apply_recipe
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["train"]:
+        run_guarded(lambda _: apply_recipe(parser.command_parsers["train"], argv), argparse.Namespace(
+            debug="--debug" in argv))  # fmt: skip
+    args = parser.parse_args(argv)
+    args.command_line = ["lsvit", *argv]
+    run_guarded(args.handler, args)
 
 
 if __name__ == "__main__":

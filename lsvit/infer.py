@@ -5,19 +5,21 @@ The checkpoint's own ModelConfig decides the architecture (2D or 3D patch embedd
 patch size (flag or environment) that contradicts the checkpoint stops the run with a message saying what the
 checkpoint was trained with. Checkpoints are read with ``torch.load(weights_only=True)``.
 
-Writes to ``--output_dir``: ``predictions.csv`` and ``predictions.json`` (top-k classes with probabilities per
-video), ``metrics.json`` (top-1/top-5 and per-class accuracy when labels are known, skipped videos), and
-``confusion_matrix.png``. Videos that cannot be read or are too short are reported and left out of the scores.
+``--num_clips N --num_crops 3`` scores every video on N temporal clips x 3 spatial crops and averages the softmax
+(lsvit/views.py). ``--num_frames`` / ``--image_size`` other than the checkpoint's resample its positional tables.
+
+Writes to ``--output_dir``: ``predictions.csv`` and ``predictions.json`` (per video: its id, top-k classes with
+probabilities), ``metrics.json`` (top-1/top-5 and per-class accuracy when labels are known, the views per video,
+skipped videos), and ``confusion_matrix.png``. Videos that cannot be read or are too short are reported and left
+out of the scores.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +30,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lsvit import checkpoint as ckpt
-from lsvit.data import ClipTransform, SkipLog, VideoClipDataset, collate_clips, discover, split_source
+from lsvit.data import ClipTransform, SkipLog, collate_clips, discover, split_source
+from lsvit.errors import add_debug_argument, run_guarded
+from lsvit.infer_report import per_class_accuracy, plot_confusion, print_summary, write_predictions
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, env_settings
+from lsvit.views import MultiViewDataset, video_id, view_probabilities
 
 log = logging.getLogger("lsvit.infer")
 
@@ -45,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     add_infer_arguments(parser)
+    add_debug_argument(parser)
     return parser
 
 
@@ -63,14 +69,51 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="score <data_root>/<split>.txt or <data_root>/<split>/ (e.g. val, test) instead of data_root itself",
     )
-    add_dashed(parser, "num_frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
-    add_dashed(parser, "batch_size", type=int, default=8, help="clips per forward pass")
+    add_dashed(
+        parser,
+        "num_frames",
+        type=int,
+        default=None,
+        help="frames per clip (default: the checkpoint's); another count resamples the temporal embedding",
+    )
+    add_dashed(
+        parser,
+        "image_size",
+        type=int,
+        default=None,
+        help="crop size in pixels (default: the checkpoint's); another size (a multiple of the patch size) "
+        "resamples the positional grid",
+    )
+    add_dashed(parser, "batch_size", type=int, default=8, help="clips (views) per forward pass")
+    add_dashed(
+        parser,
+        "num_clips",
+        type=int,
+        default=1,
+        help="temporal clips per video, spread uniformly; softmax averaged over clips x crops (e.g. 4 or 5)",
+    )
+    add_dashed(
+        parser,
+        "num_crops",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="spatial crops per clip: 1 = centre crop, 3 = three crops along the longer side (shorter side resized "
+        "to the crop size)",
+    )
     add_dashed(parser, "num_workers", type=int, default=2, help="DataLoader worker processes")
     add_dashed(parser, "topk", type=int, default=5, help="classes listed per video in the predictions files")
     add_dashed(parser, "output_dir", default=None, help="where outputs go (default: <checkpoint folder>/infer)")
     add_dashed(parser, "device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_dashed(parser, "amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (auto: on GPU)")
     add_dashed(parser, "no_progress", action="store_true", help="no tqdm progress bar")
+    add_dashed(
+        parser,
+        "weights",
+        choices=("model", "ema"),
+        default="model",
+        help="which weights of the checkpoint: the trained ones, or their EMA (runs with --model_ema)",
+    )
     checks = parser.add_argument_group(
         "architecture checks (optional; the checkpoint decides, these only have to agree with it)"
     )
@@ -125,77 +168,48 @@ def load_model(checkpoint: dict[str, Any], args: argparse.Namespace, device: tor
         config = config.model_copy(update={"kernel_backend": args.kernel_backend})
     trained_frames = checkpoint["data"]["num_frames"]
     num_frames = args.num_frames or trained_frames
-    try:
-        model = LSViTForAction(config, num_frames=num_frames)
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, ValueError) as error:
+    image_size = args.image_size or checkpoint["data"]["image_size"]
+    check_inference_shape(config, trained_frames, num_frames, image_size, args.checkpoint)
+    model = LSViTForAction(config, num_frames=trained_frames)  # the trained tables; resampled per clip shape
+    model.load_state_dict(checkpoint["model_ema" if args.weights == "ema" else "model"])
+    resampled = []
+    if num_frames != trained_frames:
+        resampled.append(f"{trained_frames} -> {num_frames} frames")
+    if image_size != config.image_size:
+        grid = image_size // config.patch_size
+        resampled.append(f"{config.grid_size}x{config.grid_size} -> {grid}x{grid} patch grid")
+    if resampled:
+        log.info("positional tables resampled: %s", ", ".join(resampled))
+    return model.to(device).eval(), config, num_frames, image_size
+
+
+def check_inference_shape(config, trained_frames: int, num_frames: int, image_size: int, name) -> None:
+    """Clip shapes the model can resample its tables for; otherwise stop and name the values that work."""
+    stride = config.temporal_stride
+    if num_frames < 1 or num_frames % stride:
+        below, above = max(stride, num_frames // stride * stride), (num_frames // stride + 1) * stride
         raise SystemExit(
-            f"error: cannot run {args.checkpoint} (trained with num_frames={trained_frames}, "
-            f"{describe_patching(config)}) on num_frames={num_frames}: {error}"
-        ) from None
-    return model.to(device).eval(), config, num_frames
+            f"error: --num_frames {num_frames}: {name} uses {stride}-frame tubelets, so clips need a multiple of "
+            f"{stride} frames (e.g. {below} or {above}; trained with {trained_frames})"
+        )
+    p = config.patch_size
+    if image_size < p or image_size % p:
+        raise SystemExit(
+            f"error: --image_size {image_size} is not a multiple of the patch size {p}; use "
+            f"{max(p, image_size // p * p)} or {(image_size // p + 1) * p} (trained with {config.image_size})"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-
-
-def per_class_accuracy(confusion: torch.Tensor, classes: Sequence[str]) -> dict[str, Optional[float]]:
-    totals = confusion.sum(dim=1)
-    return {name: (float(confusion[i, i] / totals[i]) if totals[i] > 0 else None) for i, name in enumerate(classes)}
-
-
-def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = max(4.0, 0.5 * len(classes) + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
-    image = axis.imshow(confusion.numpy(), cmap="Blues")
-    figure.colorbar(image, ax=axis, fraction=0.046)
-    axis.set(
-        xticks=range(len(classes)),
-        yticks=range(len(classes)),
-        xlabel="predicted",
-        ylabel="true",
-        title=title,
-    )
-    axis.set_xticklabels(classes, rotation=45, ha="right")
-    axis.set_yticklabels(classes)
-    peak = max(1, int(confusion.max()))
-    if len(classes) <= 30:
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                count = int(confusion[i, j])
-                if count:
-                    color = "white" if count > peak / 2 else "black"
-                    axis.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def write_predictions(rows: list[dict[str, Any]], topk: int, path: Path) -> None:
-    fields = ["path", "label", "label_name", "pred", "pred_name", "correct"]
-    for rank in range(1, topk + 1):
-        fields += [f"top{rank}_class", f"top{rank}_prob"]
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            flat = {k: row[k] for k in fields[:6]}
-            for rank, entry in enumerate(row["topk"], start=1):
-                flat[f"top{rank}_class"] = entry["class"]
-                flat[f"top{rank}_prob"] = f"{entry['prob']:.6f}"
-            writer.writerow(flat)
 
 
 def infer(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = ckpt.load_checkpoint(args.checkpoint, map_location="cpu")
-    model, config, num_frames = load_model(checkpoint, args, device)
+    if args.weights == "ema" and "model_ema" not in checkpoint:
+        raise SystemExit(f"error: --weights ema: {args.checkpoint} has no EMA weights (trained without --model_ema)")
+    model, config, num_frames, image_size = load_model(checkpoint, args, device)
     classes = list(checkpoint["classes"])
     data_info = checkpoint["data"]
     log.info(
@@ -214,14 +228,18 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
         if unknown:
             raise SystemExit(f"error: class folders {unknown} are not among the checkpoint's classes {classes}")
         records = [type(r)(r.path, classes.index(found_classes[r.label])) for r in records]
+    resize = round(data_info["resize_size"] * image_size / data_info["image_size"])  # same crop ratio as training
     transform = ClipTransform(
-        data_info["image_size"], data_info["resize_size"], train=False, mean=tuple(data_info["mean"]),
-        std=tuple(data_info["std"]),
-    )  # fmt: skip
-    dataset = VideoClipDataset(records, classes, num_frames, transform)
-    loader = DataLoader(
-        dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_clips, shuffle=False
+        image_size, resize, train=False, mean=tuple(data_info["mean"]), std=tuple(data_info["std"])
     )
+    dataset = MultiViewDataset(records, classes, num_frames, transform, args.num_clips, args.num_crops)
+    videos_per_batch = max(1, args.batch_size // dataset.views)
+    loader = DataLoader(
+        dataset, batch_size=videos_per_batch, num_workers=args.num_workers, collate_fn=collate_clips, shuffle=False
+    )
+    if dataset.views > 1:
+        log.info("multi-view testing: %d clips x %d crops = %d views per video", args.num_clips, args.num_crops,
+                 dataset.views)  # fmt: skip
     use_amp = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     topk = min(args.topk, len(classes))
@@ -234,12 +252,13 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
             skips.add(batch["skipped"])
             if batch["video"] is None:
                 continue
-            probs = model(batch["video"].to(device)).float().softmax(dim=1).cpu()
+            probs = view_probabilities(model, batch["video"], args.batch_size, device).cpu()
             best = probs.topk(max(topk, min(5, len(classes))), dim=1)
             labels = batch["label"].tolist()
             for path, label, values, indices in zip(batch["path"], labels, best.values, best.indices, strict=True):
                 pred = int(indices[0])
                 row = {
+                    "video_id": video_id(path, args.data_root if Path(args.data_root).is_dir() else None),
                     "path": path,
                     "label": label if label >= 0 else None,
                     "label_name": classes[label] if label >= 0 else None,
@@ -264,6 +283,8 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": str(args.checkpoint),
         "architecture": describe_patching(config),
         "num_frames": num_frames,
+        "image_size": image_size,
+        "views": {"clips": args.num_clips, "crops": args.num_crops, "per_video": dataset.views},
         "videos": len(dataset),
         "scored": len(rows),
         "labeled": labeled,
@@ -282,28 +303,14 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
     return metrics
 
 
-def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
-    print(f"scored {metrics['scored']} of {metrics['videos']} videos ({metrics['architecture']})")
-    if metrics["labeled"]:
-        print(f"top-1 accuracy {metrics['top1']:.4f}   top-5 accuracy {metrics['top5']:.4f}")
-        width = max(len(name) for name in metrics["per_class"])
-        for name, accuracy in metrics["per_class"].items():
-            print(f"  {name:<{width}}  {'-' if accuracy is None else f'{accuracy:.3f}'}")
-    if metrics["skipped"]:
-        print(f"skipped {len(metrics['skipped'])} videos:")
-        for entry in metrics["skipped"]:
-            print(f"  {entry['path']}: {entry['reason']}")
-    print(f"outputs in {output_dir}{os.sep}")
-
-
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Parse ``argv`` and run; returns the results (for tests and notebooks)."""
     return infer(build_parser().parse_args(argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console-script entry point (returns None so the exit status is 0)."""
-    run(argv)
+    """Console-script entry point: errors print one line (``--debug``: the traceback)."""
+    run_guarded(infer, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -218,6 +218,14 @@ class LSViTForAction(nn.Module):
         """Parameter names conventionally excluded from weight decay."""
         return {"pos_embed", "cls_token", "temporal_pos_embed"}
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer ids for layer-wise lr decay (timm's convention): the stem (patch embedding, SMIF, positional
+        tables) is layer 0, block i is layer i + 1 (the final norm joins the last block), the head the last layer."""
+        return {
+            "stem": r"^cls_token|^pos_embed|^temporal_pos_embed|^patch_embed|^smif",
+            "blocks": r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        }
+
     def position_embedding(self, height: int, width: int, steps: Optional[int] = None) -> Tensor:
         """Positional rows for ``steps`` time steps of ``height x width`` frames.
 

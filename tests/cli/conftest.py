@@ -43,6 +43,35 @@ def synth_root(tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def small_list(synth_root, tmp_path_factory) -> Path:
+    """A 32-video training list (8 per class) so each run takes seconds."""
+    lines = (synth_root / "train.txt").read_text().splitlines()
+    chosen = [line for index, line in enumerate(lines) if index % 48 < 8]
+    path = tmp_path_factory.mktemp("lists") / "train_small.txt"
+    path.write_text("\n".join(chosen) + "\n")
+    return path
+
+
+# Small and quick: 4-frame 3D clips of the 32-video list.
+QUICK_FLAGS = [
+    *TINY_MODEL, "--num_frames", "4", "--use_3d_patch_embed", "--tubelet_size", "2",
+    "--num_workers", "0", "--threads", "1", "--no_progress", "--lr", "1e-3", "--warmup_epochs", "0.5",
+]  # fmt: skip
+
+
+def quick_train(synth_root: Path, small_list: Path, out: Path, *extra: str) -> dict:
+    """Train in this process on the 32-video list (QUICK_FLAGS, then ``extra``); restores torch's thread count."""
+    threads = torch.get_num_threads()
+    try:
+        return train.run(
+            ["--data_root", str(synth_root), "--train_list", str(small_list), "--output_dir", str(out),
+             *QUICK_FLAGS, *extra]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_module(module: str, *args: str, timeout: float = 120, env: dict | None = None, launcher=None):
     """Run ``python -m module args`` (or ``launcher + args``) from the repo root; return the CompletedProcess."""
     command = (launcher or [sys.executable, "-m", module]) + list(args)

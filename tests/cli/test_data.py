@@ -170,7 +170,7 @@ def test_metadata_file_written(synth_root):
 
 
 def test_training_honors_direction_sensitive_metadata(synth_root):
-    from lsvit.train import flip_enabled
+    from lsvit.train_setup import flip_enabled
 
     metadata = read_metadata(synth_root)
     assert flip_enabled("auto", metadata) is False  # left/right classes: never mirror

@@ -84,3 +84,27 @@ def test_agreeing_settings_are_accepted(trained_3d, synth_root, tmp_path, monkey
     )  # fmt: skip
     assert metrics["scored"] == 12 * len(CI_CLASSES) and not metrics["skipped"]
     assert len(json.loads((tmp_path / "predictions.json").read_text())["predictions"][0]["topk"]) == 2
+
+
+def test_other_clip_length_and_size_resample_the_tables(trained_3d, synth_root, tmp_path, caplog):
+    out, summary = trained_3d
+    metrics = infer.run(
+        ["--checkpoint", str(out / "best.pt"), "--data_root", str(synth_root), "--split", "val", "--num_frames", "16",
+         "--image_size", "48", "--output_dir", str(tmp_path), "--num_workers", "0", "--no_progress"]
+    )  # fmt: skip
+    assert (metrics["num_frames"], metrics["image_size"]) == (16, 48)
+    assert metrics["scored"] == 12 * len(CI_CLASSES) and metrics["top1"] > 1 / len(CI_CLASSES)
+    assert "positional tables resampled: 8 -> 16 frames, 4x4 -> 6x6 patch grid" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num_frames", "7"], "--num_frames 7: "),
+        (["--image_size", "36"], "--image_size 36 is not a multiple of the patch size 8; use 32 or 40"),
+    ],
+)
+def test_impossible_clip_shapes_are_refused(trained_3d, synth_root, flags, message):
+    out, _ = trained_3d
+    with pytest.raises(SystemExit, match=message):
+        infer.run(["--checkpoint", str(out / "best.pt"), "--data_root", str(synth_root), "--split", "val", *flags])

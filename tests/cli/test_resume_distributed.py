@@ -23,16 +23,6 @@ RUN_FLAGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def small_list(synth_root, tmp_path_factory) -> Path:
-    """A 32-video training list (8 per class) so each run takes seconds."""
-    lines = (synth_root / "train.txt").read_text().splitlines()
-    chosen = [line for index, line in enumerate(lines) if index % 48 < 8]
-    path = tmp_path_factory.mktemp("lists") / "train_small.txt"
-    path.write_text("\n".join(chosen) + "\n")
-    return path
-
-
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 

@@ -233,3 +233,97 @@ def test_loaded_model_with_closed_gates_is_the_image_vit(tiny, tubelet, method):
         clip = frames.repeat_interleave(tubelet, dim=1) if use_3d else frames
         expected = reference_vit_cls(timm, frames, patch=8, heads=model.config.num_heads)
         torch.testing.assert_close(model.forward_features(clip), expected, atol=1e-5, rtol=1e-5)
+
+
+def videomae_checkpoint(timm: dict, tubelet: int, pretraining: bool) -> dict:
+    """The original VideoMAE layout from timm-named weights: tubelet kernel, q_bias / v_bias (no key bias), no CLS
+    token or positional table (fixed sinusoids), fc_norm instead of norm; pre-training files add a decoder."""
+    out = {}
+    for key, value in timm.items():
+        if key in ("cls_token", "pos_embed") or key.startswith("head."):
+            continue
+        if key == "patch_embed.proj.weight":
+            value = torch.randn(value.shape[0], value.shape[1], tubelet, *value.shape[2:])
+        if key.endswith("attn.qkv.bias"):
+            q, _, v = value.chunk(3)
+            out[key.replace("qkv.bias", "q_bias")], out[key.replace("qkv.bias", "v_bias")] = q, v
+            continue
+        out[key.replace("norm.", "fc_norm.") if key.startswith("norm.") else key] = value
+    if pretraining:
+        out = {f"encoder.{k}": v for k, v in out.items()}
+        out["decoder.blocks.0.mlp.fc1.weight"] = torch.randn(8, 8)
+        out["mask_token"] = torch.randn(1, 1, 8)
+    return out
+
+
+@pytest.mark.parametrize("pretraining", [False, True])
+@pytest.mark.parametrize("use_3d, tubelet", [(True, 2), (True, 4), (False, 2)])
+def test_videomae_layout(tiny, use_3d, tubelet, pretraining):
+    model = LSViTForAction(tiny(use_3d_patch_embed=use_3d, tubelet_size=2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    timm = timm_checkpoint(LSViTForAction(tiny()), extra_block=False)
+    videomae = videomae_checkpoint(timm, tubelet, pretraining)
+    assert detect_layout(videomae) == "videomae"
+    report = load_pretrained(model, {"module": videomae}["module"], inflation="average")
+    state = model.state_dict()
+    prefix = "encoder." if pretraining else ""
+    kernel = videomae[f"{prefix}patch_embed.proj.weight"]
+    if use_3d and tubelet == 2:
+        torch.testing.assert_close(state["patch_embed.proj.weight"], kernel, rtol=0, atol=0)
+        assert report.inflated == []
+    elif use_3d:  # tubelet 4 -> 2: summed over time, then spread over the model's 2 frames
+        torch.testing.assert_close(state["patch_embed.proj.weight"], (kernel.sum(2) / 2).unsqueeze(2).expand_as(
+            state["patch_embed.proj.weight"]))  # fmt: skip
+    else:
+        torch.testing.assert_close(state["patch_embed.proj.weight"], kernel.sum(2))
+        assert "summed over time -> 2D" in report.inflated[0]
+    e = model.config.embed_dim
+    bias = state["blocks.1.attn.qkv.bias"]
+    torch.testing.assert_close(bias[:e], videomae[f"{prefix}blocks.1.attn.q_bias"])
+    assert bias[e : 2 * e].abs().max() == 0
+    torch.testing.assert_close(bias[2 * e :], videomae[f"{prefix}blocks.1.attn.v_bias"])
+    torch.testing.assert_close(state["norm.weight"], timm["norm.weight"])  # fc_norm loaded as the final norm
+    for key in ("cls_token", "pos_embed"):  # VideoMAE stores neither: they stay new
+        torch.testing.assert_close(state[key], before[key], rtol=0, atol=0)
+        assert key in report.missing
+    assert ("decoder.blocks.0.mlp.fc1.weight" in report.unexpected) == pretraining
+
+
+def test_vivit_layout_splits_the_space_time_table(tiny):
+    """ViViT (Hugging Face): joint (1 + T' N) positions become spatial + temporal tables; q/k/v with biases."""
+    model = LSViTForAction(tiny(use_3d_patch_embed=True, tubelet_size=2, num_frames=8))  # 4 steps, 3x3 grid
+    timm = timm_checkpoint(LSViTForAction(tiny()), grid=3, extra_block=False)
+    e = model.config.embed_dim
+    spatial, temporal = torch.randn(9, e), torch.randn(4, e)
+    temporal -= temporal.mean(dim=0)  # the split's convention: the temporal table has zero mean
+    cls_row = torch.randn(1, e)
+    joint = torch.cat([cls_row, (temporal[:, None] + spatial[None]).reshape(36, e)])[None]
+    hf = {k.replace("vit.", "vivit."): v for k, v in hf_checkpoint(timm, "vit.").items()}
+    hf["vivit.embeddings.position_embeddings"] = joint
+    hf["vivit.embeddings.patch_embeddings.projection.weight"] = torch.randn(e, 3, 2, 8, 8)
+    assert detect_layout(hf) == "vivit-huggingface"
+    report = load_pretrained(model, hf)
+    state = model.state_dict()
+    torch.testing.assert_close(state["pos_embed"][0], torch.cat([cls_row, spatial]))
+    torch.testing.assert_close(state["temporal_pos_embed"], temporal)
+    torch.testing.assert_close(
+        state["patch_embed.proj.weight"], hf["vivit.embeddings.patch_embeddings.projection.weight"]
+    )
+    torch.testing.assert_close(state["blocks.0.attn.qkv.weight"], timm["blocks.0.attn.qkv.weight"])
+    assert any("split into 9 spatial + 4 temporal rows" in note for note in report.notes)
+    assert "temporal_pos_embed" not in report.missing
+
+
+def test_safetensors_file_and_model_folder(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    model = LSViTForAction(tiny())
+    timm = timm_checkpoint(model, extra_block=False)
+    folder = tmp_path / "vit-hf"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in hf_checkpoint(timm).items()}, str(folder / "model.safetensors"))
+    report = load_pretrained(model, folder)  # a save_pretrained() folder: its model.safetensors
+    assert report.layout == "huggingface"
+    torch.testing.assert_close(model.state_dict()["blocks.1.mlp.fc1.weight"], timm["blocks.1.mlp.fc1.weight"])
+    with pytest.raises(FileNotFoundError, match="holds none of"):
+        load_pretrained(model, tmp_path)

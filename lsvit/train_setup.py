@@ -1,0 +1,160 @@
+"""Building a training run: the checkpoint to resume, the model config, the datasets and their sampler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from lsvit import checkpoint as ckpt
+from lsvit.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClipTransform,
+    VideoClipDataset,
+    default_resize_size,
+    read_metadata,
+    split_source,
+)
+from lsvit.distributed import Dist
+from lsvit.options import build_config, model_overrides
+from lsvit.samplers import ResumableSampler
+
+log = logging.getLogger("lsvit.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def open_resume(args: argparse.Namespace, output_dir: Path, info: Dist) -> tuple[Optional[Path], Optional[dict]]:
+    """The checkpoint to continue from; ``auto`` falls back to previous.pt / best.pt when last.pt is damaged."""
+    if not args.resume:
+        return None, None
+    if args.resume != "auto":
+        path = Path(args.resume)
+        try:
+            return path, ckpt.load_checkpoint(path, required=ckpt.RESUME_KEYS)
+        except ckpt.CheckpointError as error:
+            hint = ckpt.alternatives_hint(path) if path.parent.is_dir() else ""
+            raise ckpt.CheckpointError(f"--resume: {error}{'; ' + hint if hint else ''}") from None
+    path, checkpoint, problems = ckpt.find_resumable(output_dir)
+    if path is None and problems:
+        raise ckpt.CheckpointError(
+            f"--resume auto: no valid checkpoint in {output_dir} ({' | '.join(problems)}); move the damaged files "
+            f"away or use another --output_dir"
+        )
+    if info.main:
+        for problem in problems:
+            log.warning("--resume auto: %s; skipped", problem)
+        if problems and path is not None:
+            log.warning("--resume auto: continuing from %s (step %d) instead", path, checkpoint["step"])
+    return path, checkpoint
+
+
+def resolve_config(args: argparse.Namespace, resumed: Optional[dict[str, Any]], resume_from: Optional[Path]):
+    """The model config: from flags / environment for a new run, the checkpoint's own when resuming."""
+    from lsvit.config import ModelConfig
+
+    overrides = model_overrides(args)
+    if resumed is None:
+        return build_config(overrides)
+    config = ModelConfig.from_checkpoint_dict(resumed["model_config"])
+    conflicts = {k: v for k, v in overrides.items() if getattr(config, k) != v and k != "num_classes"}
+    if conflicts:
+        raise ValueError(
+            f"--resume {resume_from}: the checkpoint was trained with "
+            f"{ {k: getattr(config, k) for k in conflicts} }, which conflicts with {conflicts}; drop those flags "
+            f"(a resumed run keeps the checkpoint's architecture) or start a new run"
+        )
+    return config
+
+
+def resolve_splits(args: argparse.Namespace) -> tuple[Path, Optional[Path]]:
+    root = Path(args.data_root)
+    if not root.exists():
+        raise FileNotFoundError(f"--data_root {root} does not exist (make one with: lsvit data synth --out {root})")
+    train_source = Path(args.train_list) if args.train_list else split_source(root, "train") or root
+    val_source = Path(args.val_list) if args.val_list else split_source(root, "val")
+    return train_source, val_source
+
+
+def flip_enabled(setting: str, metadata: dict[str, Any]) -> bool:
+    if setting == "auto":
+        return not metadata.get("direction_sensitive", False)
+    return setting == "on"
+
+
+@dataclass
+class TrainData:
+    train_set: VideoClipDataset
+    val_set: Optional[VideoClipDataset]
+    classes: list[str]
+    sampler: ResumableSampler
+    record: dict[str, Any]  # the checkpoint's "data" entry: how clips are made
+    horizontal_flip: bool
+
+
+def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[dict[str, Any]]) -> TrainData:
+    if config.num_frames is None:
+        raise ValueError("num_frames is not set: pass --num_frames (e.g. --num_frames 16)")
+    train_source, val_source = resolve_splits(args)
+    metadata = read_metadata(Path(args.data_root))
+    horizontal_flip = flip_enabled(args.horizontal_flip, metadata)
+    resize = args.resize_size or default_resize_size(config.image_size)
+    train_transform = ClipTransform(config.image_size, resize, train=True, horizontal_flip=horizontal_flip)
+    if args.rrc_scale is not None or args.randaugment is not None:
+        from lsvit.augment import VideoAugment
+
+        train_transform = VideoAugment(
+            config.image_size,
+            resize,
+            horizontal_flip,
+            rrc_scale=tuple(args.rrc_scale) if args.rrc_scale else None,
+            rrc_ratio=tuple(args.rrc_ratio),
+            randaugment=tuple(args.randaugment) if args.randaugment else None,
+        )
+    eval_transform = ClipTransform(config.image_size, resize, train=False)
+    train_set = VideoClipDataset.from_source(
+        train_source, config.num_frames, train_transform, root=args.data_root, seed=args.seed
+    )
+    classes = train_set.classes
+    if resumed is not None and list(resumed["classes"]) != list(classes):
+        raise ValueError(f"--resume: the checkpoint's classes {resumed['classes']} differ from the dataset's {classes}")
+    val_set = None
+    if val_source is not None:
+        val_set = VideoClipDataset.from_source(
+            val_source, config.num_frames, eval_transform, root=args.data_root, classes=classes
+        )
+        if args.val_num_clips > 1 or args.val_num_crops > 1:
+            from lsvit.views import MultiViewDataset
+
+            val_set = MultiViewDataset(val_set.records, classes, config.num_frames, eval_transform,
+                                       args.val_num_clips, args.val_num_crops)  # fmt: skip
+    record = {
+        "num_frames": config.num_frames,
+        "image_size": config.image_size,
+        "resize_size": resize,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "horizontal_flip": horizontal_flip,
+    }
+    sampler = ResumableSampler(train_set, info.world, info.rank, args.seed)
+    if info.main:
+        log.info(
+            "data: %d training videos from %s, %s validation videos; %d classes; horizontal flip %s",
+            len(train_set),
+            train_source,
+            len(val_set) if val_set is not None else "no",
+            len(classes),
+            "on" if horizontal_flip else "off",
+        )
+    return TrainData(train_set, val_set, list(classes), sampler, record, horizontal_flip)
