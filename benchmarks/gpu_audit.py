@@ -1,4 +1,4 @@
-"""Static audit of the Triton kernels' compiled GPU code, no GPU needed: ``python -m benchmarks.gpu_audit``.
+"""Static audit of the GPU kernels' compiled code, no GPU needed: ``python -m benchmarks.gpu_audit``.
 
 Every variant the tuning can pick at the benchmark shapes (``triton_aot.variants``) is compiled for sm_90a and
 sm_80 exactly as the launch wrapper would launch it, assembled with the wheel's ``ptxas -v`` and read back with
@@ -17,7 +17,10 @@ sm_80 exactly as the launch wrapper would launch it, assembled with the wheel's 
   model assumes).
 
 Then the cost model's estimate per benchmark shape (``triton_tuning.estimate``, an estimate, not a measurement)
-next to the roofline floor. ``--json`` prints one JSON object per variant instead (the test reads those).
+next to the roofline floor. Last, the compiled library's CUDA kernels (``benchmarks/cuda_audit.py``), one row per
+kernel and architecture with the same columns where they apply; a library built without them gets one line
+saying so. ``--json`` prints one JSON object per variant and kernel instead (the tests read those), ``--part``
+audits one half.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sys
 import time
 from typing import Optional
 
-from . import sass
+from . import cuda_audit, sass
 
 # Issue bounds: the main loop's issue cycles per tensor-core cycle (1.0 = issue-bound). The base bound leaves 10%
 # of the issue slots free; the other classes pay for work the data forces into the loop, and take the largest
@@ -250,9 +253,9 @@ def estimates() -> list[dict]:
 def render(rows: list[dict], model: list[dict]) -> str:
     head = (
         "| variant | regs | smem KB | CTAs/SM | loop instr | MMA | instr/MMA | issue ratio | loads bits (legal) "
-        "| local in loop | epilogue spill B | advisories | verdict |"
+        "| local in loop | calls in loop | epilogue spill B | advisories | verdict |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = ["Triton kernels, compiled here for sm_90a and sm_80 (ptxas -v, cuobjdump):", "", head, "|" + "---|" * 14]
     for r in rows:
         loads = sorted(set(r.get("loop_ldg_bits", []) + r.get("loop_ldgsts_bits", [])))
         legal = min(r["other_load_bits"], r["video_load_bits"] or 128)
@@ -260,8 +263,8 @@ def render(rows: list[dict], model: list[dict]) -> str:
         lines.append(
             f"| {r['variant']} | {r['registers']} | {r['shared_bytes'] // 1024} | {r['ctas_per_sm']} "
             f"| {r['loop_instructions']} | {r['loop_mma']} | {r['per_mma']} | {r['issue_ratio']} "
-            f"| {','.join(map(str, loads)) or '-'} ({legal}) | {r.get('loop_local', 0)} | {r['spill_bytes']} "
-            f"| {len(r['advisories'])} | {'ok' if not problems else '; '.join(problems)} |"
+            f"| {','.join(map(str, loads)) or '-'} ({legal}) | {r.get('loop_local', 0)} | {r.get('loop_calls', 0)} "
+            f"| {r['spill_bytes']} | {len(r['advisories'])} | {'ok' if not problems else '; '.join(problems)} |"
         )
     lines += [
         "",
@@ -282,19 +285,34 @@ def render(rows: list[dict], model: list[dict]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_audit", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="one JSON object per variant instead of the table")
-    parser.add_argument("--shard", default="0/1", help="I/N: audit every N-th variant starting at I")
-    parser.add_argument("--filter", default="", help="only variants whose name contains this text")
+    parser.add_argument("--json", action="store_true", help="one JSON object per variant / kernel instead of tables")
+    parser.add_argument("--part", choices=("all", "triton", "cuda"), default="all", help="audit only these kernels")
+    parser.add_argument("--shard", default="0/1", help="I/N: audit every N-th Triton variant starting at I")
+    parser.add_argument("--filter", default="", help="only variants and kernels whose name contains this text")
     parser.add_argument("--headline-only", action="store_true", help="only the first config of each 16-bit table")
     args = parser.parse_args(argv)
+    failed, audited = False, False
+    if args.part in ("all", "triton"):
+        rows = triton_part(args)
+        if rows is not None:
+            audited, failed = True, any(check(r) for r in rows)
+    if args.part in ("all", "cuda"):
+        rows = cuda_part(args)
+        if rows is not None:
+            audited, failed = True, failed or any(cuda_audit.check(r) for r in rows)
+    return 2 if not audited else int(failed)
+
+
+def triton_part(args) -> Optional[list[dict]]:
+    """Audit and print the Triton variants; None (and one line why) when they cannot be compiled here."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("gpu_audit: unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
-        return 2
+        print("Triton kernels: not audited: unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+        return None
     try:
         from lsvit_kernels.backends import triton_aot
     except ImportError as exc:
-        print(f"gpu_audit: needs triton ({exc}); install it with `pip install triton`", file=sys.stderr)
-        return 2
+        print(f"Triton kernels: not audited: needs triton ({exc}); install it with `pip install triton`")
+        return None
     index, count = (int(x) for x in args.shard.split("/"))
     chosen = [v for v in triton_aot.variants(full_tables=not args.headline_only) if args.filter in v.name]
     rows = []
@@ -304,8 +322,27 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.json:
             print(json.dumps(row), flush=True)
     if not args.json:
-        sys.stdout.write(render(rows, estimates()))
-    return 0 if all(not check(r) for r in rows) else 1
+        sys.stdout.write(render(rows, estimates()) + "\n")
+    return rows
+
+
+def cuda_part(args) -> Optional[list[dict]]:
+    """Audit and print the compiled library's CUDA kernels; None (and one line why) when it has none."""
+    path, why = cuda_audit.library()
+    if path is None:
+        print(why)
+        return None
+    try:
+        rows = [r for r in cuda_audit.audit(path) if args.filter in r["kernel"]]
+    except FileNotFoundError as exc:  # no cuobjdump
+        print(f"CUDA kernels: not audited: {exc}")
+        return None
+    if args.json:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+    else:
+        sys.stdout.write(cuda_audit.render(rows, path))
+    return rows
 
 
 if __name__ == "__main__":

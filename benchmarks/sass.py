@@ -7,11 +7,14 @@ Tools: ``ptxas``, ``cuobjdump`` from the Triton wheel (``<site-packages>/triton/
   (``(C7515) Potential Performance Loss: ...``);
 - ``disassemble`` / ``main_loop``: the SASS instructions, the loops (backward branches), and the loop that
   holds the most MMA instructions, with its instruction mix (``LoopStats``: instructions per MMA, local-memory
-  traffic, cp.async widths, slow-path calls);
+  traffic, load widths, slow-path calls);
+- ``read_library``: every kernel of every architecture in a binary with several (a fatbinary, or a library such
+  as the compiled extension's ``.so``), with its resources from ``cuobjdump --dump-resource-usage``;
 - ``ctas_per_sm``: resident CTAs per SM from registers, shared memory and threads (the occupancy rules of the
   CUDA programming guide for sm_80 and sm_90).
 
-Used by ``benchmarks.gpu_audit`` for the Triton kernels; the same calls read a ``.cu`` kernel's cubin.
+Used by ``benchmarks.gpu_audit`` for the Triton kernels and ``benchmarks.cuda_audit`` for the library's CUDA
+kernels.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ class Instruction:
     predicate: str  # "@P0", "@!PT", or ""
     opcode: str  # with modifiers: "HGMMA.64x128x16.F32.BF16", "LDGSTS.E.BYPASS.128"
     operands: str
-    target: Optional[int] = None  # branch target address (BRA)
+    target: Optional[int] = None  # branch or call target address (BRA, CALL)
 
     @property
     def base(self) -> str:
@@ -137,42 +140,36 @@ class Instruction:
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.x]*)\s*([^;]*);")
 
 
-def disassemble(cubin: bytes) -> list[Instruction]:
-    """SASS instructions of the (single) kernel in ``cubin``, from ``cuobjdump -sass``; cached by content."""
-    key = hashlib.sha256(cubin).hexdigest()[:32]
-    cached = _cache_dir() / f"{key}.sass"
+def cuobjdump(flag: str, binary: bytes) -> str:
+    """``cuobjdump <flag>`` of a cubin, fatbinary or library given as bytes; cached on disk by content."""
+    key = hashlib.sha256(binary).hexdigest()[:32]
+    cached = _cache_dir() / (f"{key}.sass" if flag == "-sass" else f"{key}{flag.replace('-', '_')}.txt")
     if cached.exists():
-        text = cached.read_text()
-    else:
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(cubin)
-            f.flush()
-            text = subprocess.run(
-                [tool("cuobjdump"), "-sass", f.name], check=True, capture_output=True, text=True
-            ).stdout
-        cached.write_text(text)
-    return parse_sass(text)
+        return cached.read_text()
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(binary)
+        f.flush()
+        text = subprocess.run([tool("cuobjdump"), flag, f.name], check=True, capture_output=True, text=True).stdout
+    cached.write_text(text)
+    return text
 
 
-def functions(path: str) -> dict[tuple[str, str], list[Instruction]]:
-    """SASS of every kernel in a binary with several (a cubin, or a library's fatbinary such as the compiled
-    extension's ``.so``): ``{(arch, mangled name): instructions}``, e.g. ``("sm_90", "_ZN5lsvit...")``."""
-    text = subprocess.run([tool("cuobjdump"), "-sass", path], check=True, capture_output=True, text=True).stdout
-    return parse_sass_functions(text)
+def disassemble(cubin: bytes) -> list[Instruction]:
+    """SASS instructions of the (single) kernel in ``cubin``, from ``cuobjdump -sass``."""
+    return parse_sass(cuobjdump("-sass", cubin))
 
 
 def parse_sass_functions(text: str) -> dict[tuple[str, str], list[Instruction]]:
+    """``{(arch, mangled name): instructions}`` of a ``cuobjdump -sass`` listing with several kernels."""
     out: dict[tuple[str, str], list[Instruction]] = {}
-    arch, name, start = "", "", 0
-    marks = list(re.finditer(r"code for (sm_\w+)|Function : (\S+)", text)) + [None]
-    for i, mark in enumerate(marks[:-1]):
-        end = marks[i + 1].start() if marks[i + 1] is not None else len(text)
+    arch = ""
+    marks = list(re.finditer(r"code for (sm_\w+)|Function : (\S+)", text))
+    for i, mark in enumerate(marks):
         if mark.group(1):
             arch = mark.group(1)
             continue
-        name = mark.group(2)
-        start = mark.end()
-        out[(arch, name)] = parse_sass(text[start:end])
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        out[(arch, mark.group(2))] = parse_sass(text[mark.end() : end])
     return out
 
 
@@ -188,12 +185,93 @@ def parse_sass(text: str) -> list[Instruction]:
     return out
 
 
+def parse_resource_usage(text: str) -> dict[tuple[str, str], dict[str, int]]:
+    """``{(arch, mangled name): {"REG": .., "SHARED": .., "STACK": .., "LOCAL": ..}}`` from
+    ``cuobjdump --dump-resource-usage``; arch is "" for a lone cubin (its dump names none)."""
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    arch, name = "", ""
+    for line in text.splitlines():
+        if found := re.search(r"arch = (sm_\w+)", line):
+            arch = found.group(1)
+        elif found := re.search(r"Function (\S+):", line):
+            name = found.group(1)
+        elif "REG:" in line:
+            out[(arch, name)] = {key: int(value) for key, value in re.findall(r"(\w+):(\d+)", line)}
+    return out
+
+
+def demangle(names: list[str]) -> dict[str, str]:
+    """C++ names as ``c++filt`` prints them; the mangled names where it is missing."""
+    filt = shutil.which("c++filt")
+    if filt is None or not names:
+        return {n: n for n in names}
+    out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+    return dict(zip(names, out.splitlines(), strict=True))
+
+
+# Shared memory the driver reserves per resident CTA (sm_80 and newer). sm_90 cubins already list it in the
+# kernel's static shared size (SHARED:1024 for a kernel that declares none); sm_80 cubins do not.
+RESERVED_SHARED_PER_CTA = 1024
+
+
+@dataclass
+class KernelCode:
+    """One kernel of one architecture in a binary, as ``cuobjdump`` reads it."""
+
+    arch: str  # "sm_80", "sm_90", "sm_90a"
+    mangled: str
+    name: str  # demangled
+    instructions: list[Instruction]
+    registers: int = 0
+    shared_bytes: int = 0  # static shared memory as the cubin lists it
+    stack_bytes: int = 0
+    local_bytes: int = 0
+
+    @property
+    def sm(self) -> int:
+        """The architecture as a number: 80, 90."""
+        return int(re.match(r"sm_(\d+)", self.arch).group(1))
+
+    def launch_shared(self, dynamic_bytes: int = 0) -> int:
+        """Shared memory one CTA takes with ``dynamic_bytes`` at launch, without the driver's reservation
+        (``ctas_per_sm`` adds it)."""
+        static = self.shared_bytes
+        if self.sm >= 90:
+            static = max(0, static - RESERVED_SHARED_PER_CTA)
+        return static + dynamic_bytes
+
+
+def read_library(path: str | Path) -> list[KernelCode]:
+    """Every kernel of every architecture in ``path`` (a cubin, fatbinary, or a library such as the compiled
+    extension's ``.so``), with its SASS and resources."""
+    binary = Path(path).read_bytes()
+    code = parse_sass_functions(cuobjdump("-sass", binary))
+    resources = parse_resource_usage(cuobjdump("--dump-resource-usage", binary))
+    names = demangle([mangled for _, mangled in code])
+    kernels = []
+    for (arch, mangled), instructions in code.items():
+        r = resources.get((arch, mangled)) or resources.get(("", mangled), {})
+        kernels.append(
+            KernelCode(
+                arch,
+                mangled,
+                names[mangled],
+                instructions,
+                registers=r.get("REG", 0),
+                shared_bytes=r.get("SHARED", 0),
+                stack_bytes=r.get("STACK", 0),
+                local_bytes=r.get("LOCAL", 0),
+            )
+        )
+    return kernels
+
+
 def loops(instructions: list[Instruction]) -> list[tuple[int, int]]:
     """(first, last) instruction index of every loop: a branch back to an earlier address."""
     index = {ins.address: i for i, ins in enumerate(instructions)}
     found = []
     for i, ins in enumerate(instructions):
-        if ins.target is not None and ins.target <= ins.address and ins.target in index:
+        if ins.base == "BRA" and ins.target is not None and ins.target <= ins.address and ins.target in index:
             if ins.target == ins.address:  # the trailing `BRA self` that pads every kernel
                 continue
             found.append((index[ins.target], i))
@@ -211,14 +289,16 @@ class LoopStats:
     local: int  # STL / LDL: local-memory (spill) traffic
     calls: int  # CALLs to code outside the loop: slow-path subroutines (64-bit division, ...)
     opcodes: Counter = field(default_factory=Counter)  # full opcode -> count
+    body: list[Instruction] = field(default_factory=list)  # the loop's instructions in order, NOPs excluded
 
     @property
     def per_mma(self) -> float:
         return self.instructions / self.mma if self.mma else float("inf")
 
-    def count(self, prefix: str) -> int:
-        """Instructions whose full opcode starts with ``prefix`` (``"LDGSTS"``, ``"LDG.E.128"``)."""
-        return sum(n for op, n in self.opcodes.items() if op.startswith(prefix))
+    def count(self, opcode: str) -> int:
+        """Instructions with this opcode and any modifiers: ``"LDG"`` counts ``LDG.E.64`` but not ``LDGSTS``;
+        ``"LDGSTS.E.BYPASS.128"`` counts only those."""
+        return sum(n for op, n in self.opcodes.items() if op == opcode or op.startswith(opcode + "."))
 
     def widths(self, base: str) -> dict[int, int]:
         """Bits per access -> count for a memory opcode (``LDGSTS``, ``LDG``, ``STG``); 32 when unsuffixed."""
@@ -233,37 +313,41 @@ class LoopStats:
         return dict(out)
 
 
-def _loop_exit(call: Instruction, body: list[Instruction]) -> bool:
-    """ptxas leaves some loops with ``@P CALL.REL.NOINC <just past the back-branch>``: a structured exit, not a
-    subroutine call. A call into the loop or to right after it is that; anything else is a real call."""
-    end = body[-1].address + 16
-    return call.target is not None and (body[0].address <= call.target <= end)
-
-
-def loop_stats(instructions: list[Instruction], first: int, last: int) -> LoopStats:
+def loop_stats(instructions: list[Instruction], first: int, last: int, mma_opcodes=MMA_OPCODES) -> LoopStats:
+    """The loop from instruction ``first`` to its back-branch at ``last``; MMAs are ``mma_opcodes``."""
+    start, end = instructions[first].address, instructions[last].address + 16
     body = [ins for ins in instructions[first : last + 1] if ins.base != "NOP"]
-    opcodes = Counter(ins.opcode for ins in body)
-    mma = [ins for ins in body if ins.base in MMA_OPCODES]
-    if not mma:
-        mma = [ins for ins in body if ins.base == "FFMA"]
+    mma = [ins for ins in body if ins.base in mma_opcodes]
+    # ptxas leaves some loops with `@P CALL.REL.NOINC <just past the back-branch>`: a structured exit, not a
+    # subroutine call. A call into the loop or to right after it is that; anything else is a real call.
+    calls = [ins for ins in body if ins.base == "CALL" and not (ins.target is not None and start <= ins.target <= end)]
     return LoopStats(
         instructions=len(body),
         mma=len(mma),
         mma_opcode=mma[0].opcode if mma else "",
         local=sum(1 for ins in body if ins.base in ("STL", "LDL")),
-        calls=sum(1 for ins in body if ins.base == "CALL" and not _loop_exit(ins, body)),
-        opcodes=opcodes,
+        calls=len(calls),
+        opcodes=Counter(ins.opcode for ins in body),
+        body=body,
     )
 
 
+def all_loops(instructions: list[Instruction]) -> list[LoopStats]:
+    """Every loop of the kernel; its MMAs are tensor-core instructions, or FFMA when the kernel has none."""
+    tensor = any(ins.base in MMA_OPCODES for ins in instructions)
+    mma_opcodes = MMA_OPCODES if tensor else ("FFMA",)
+    return [loop_stats(instructions, a, b, mma_opcodes) for a, b in loops(instructions)]
+
+
 def main_loop(instructions: list[Instruction]) -> Optional[LoopStats]:
-    """The loop with the most MMA instructions (the innermost of equals); for a kernel without MMAs, the loop
-    with the most instructions. None when the kernel has no loop."""
-    candidates = [(loop_stats(instructions, a, b), b - a) for a, b in loops(instructions)]
+    """The loop with the most MMA instructions (the shortest of equals); for a kernel without MMAs in any loop,
+    the loop with the most instructions. None when the kernel has no loop."""
+    candidates = all_loops(instructions)
     if not candidates:
         return None
-    stats, _ = max(candidates, key=lambda c: (c[0].mma, -c[1]))
-    return stats
+    if any(loop.mma for loop in candidates):
+        return max(candidates, key=lambda loop: (loop.mma, -loop.instructions))
+    return max(candidates, key=lambda loop: loop.instructions)
 
 
 def outside_loop(instructions: list[Instruction], opcode_base: str) -> int:
@@ -284,7 +368,7 @@ class SmLimits:
     max_warps: int = 64
     max_ctas: int = 32
     shared_bytes: int = 233472  # usable shared memory per SM (sm_90: 228 KB)
-    reserved_shared_per_cta: int = 1024  # the driver reserves 1 KB per resident CTA
+    reserved_shared_per_cta: int = RESERVED_SHARED_PER_CTA
     register_unit: int = 256  # registers are allocated per warp in units of 256
 
 

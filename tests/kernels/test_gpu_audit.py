@@ -1,10 +1,11 @@
 """The static audit of the Triton kernels' compiled code (benchmarks/gpu_audit.py), no GPU needed.
 
 Every variant the tuning can pick at the benchmark shapes is compiled for sm_90a and sm_80 in two subprocesses
-(``python -m benchmarks.gpu_audit --json --shard i/2``: this session interprets Triton, and interpreted kernels
-cannot be compiled) and read back with ptxas / cuobjdump. Triton's cache and the audit's ptxas/SASS cache
-(``~/.cache/lsvit/sass``) make reruns take seconds; a cold run compiles about 80 variants (~1.5 min on 2 cores).
-The SASS-parsing helpers are tested on fixed text, so their rules are checked without compiling anything.
+(``python -m benchmarks.gpu_audit --json --part triton --shard i/2``: this session interprets Triton, and
+interpreted kernels cannot be compiled) and read back with ptxas / cuobjdump. Triton's cache and the audit's
+ptxas/SASS cache (``~/.cache/lsvit/sass``) make reruns take seconds; a cold run compiles about 80 variants (~1.5 min
+on 2 cores). The SASS-parsing helpers are tested on fixed text, so their rules are checked without compiling
+anything. The same command's rows for the compiled library's CUDA kernels are tested in test_native_build.py.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def audited() -> list[dict]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.gpu_audit", "--json", "--shard", f"{i}/{SHARDS}"],
+            [sys.executable, "-m", "benchmarks.gpu_audit", "--json", "--part", "triton", "--shard", f"{i}/{SHARDS}"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -229,3 +230,20 @@ def test_sass_of_a_binary_with_several_kernels():
     assert set(found) == {("sm_80", "kernel_a"), ("sm_80", "kernel_b"), ("sm_90", "kernel_a")}
     assert [i.base for i in found[("sm_80", "kernel_b")]] == ["EXIT"]
     assert sass.main_loop(found[("sm_90", "kernel_a")]).mma == 1
+
+
+def test_command_without_cuda_kernels_says_so_and_prints_the_triton_part():
+    """One Triton variant (compiled by the audit above, so cached) with the library's CUDA part hidden."""
+    code = (
+        "from lsvit_kernels.backends import native; native._has_cuda_kernels = lambda: False; "
+        "from benchmarks import gpu_audit; raise SystemExit(gpu_audit.main(['--filter', 'grad_rows sm_90']))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert sum("CUDA kernels" in line for line in lines) == 1, proc.stdout
+    assert "CUDA kernels: not audited" in lines[-1] and "built without its CUDA part" in lines[-1]
+    assert any(line.startswith("| grad_rows sm_90 ") and line.endswith("| ok |") for line in lines), proc.stdout
+    assert any("estimate / floor" in line for line in lines)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import cuda_audit, sass
 from lsvit_kernels.backends import native
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,18 +25,6 @@ KERNELS = (
     "scatter_patches_kernel",
 )
 ARCHES = ("sm_80", "sm_90")
-# Per 32-deep K step a warp (64 x 32 outputs) issues 32 HMMA.16816 and 12 LDSM.x4 (2 x (4 A + 2 B)), one barrier.
-MMA_PER_STEP, LDSM_PER_STEP = 32, 12
-# Main-loop instructions per HMMA, at most (measured on sm_80 / sm_90, docs/native.md), by (video, vector width):
-# 16-bit video copied with cp.async in 16 / 4 bytes or staged element by element; uint8 staged and converted.
-LOOP_BOUND = {
-    ("16-bit", 8): 3.6,
-    ("16-bit", 2): 6.5,
-    ("16-bit", 1): 8.5,
-    ("uint8", 8): 5.0,
-    ("uint8", 2): 7.5,
-    ("uint8", 1): 10.5,
-}
 
 needs_ext = pytest.mark.skipif(not native._has_ext(), reason=f"the compiled library is not built: {native._load_error}")
 
@@ -64,79 +52,75 @@ def test_cuda_kernels_are_registered():
 
 
 @pytest.fixture(scope="module")
-def sass():
-    """Every kernel of the built library, per architecture (csrc/cuda_sass.py)."""
-    if not (native._has_ext() and _cuda_built()):
-        pytest.skip("the compiled library has no CUDA part")
-    sys.path.insert(0, str(ROOT / "csrc"))
+def kernels() -> list[sass.KernelCode]:
+    """Every kernel of the built library, per architecture (benchmarks/sass.py)."""
+    path, why = cuda_audit.library()
+    if path is None:
+        pytest.skip(why)
     try:
-        import cuda_sass
-    finally:
-        sys.path.remove(str(ROOT / "csrc"))
-    if cuda_sass.tool("cuobjdump") is None:
-        pytest.skip("cuobjdump not found (CUDA_HOME/bin or the triton wheel)")
-    return cuda_sass, cuda_sass.read(native._ext.__file__)
+        return sass.read_library(path)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
-def _mma_kernels(sass, arch):
-    cuda_sass, kernels = sass
+def _mma_kernels(kernels, arch):
+    """(weight dtype, "16-bit" or "uint8" video, elements per video copy, kernel) of every mma instantiation."""
     found = []
     for kernel in kernels:
-        m = re.search(r"patch_embed_mma_kernel<(\w+), ([\w ]+), (\d+)>", cuda_sass.short_name(kernel))
-        if m and kernel.arch == arch:
-            found.append((m.group(1), "uint8" if m.group(2) == "unsigned char" else "16-bit", int(m.group(3)), kernel))
+        family, dtype, video, vec = cuda_audit.instantiation(kernel)
+        if family == "mma" and kernel.arch == arch:
+            found.append((dtype, cuda_audit.video_class(video), vec, kernel))
     return found
 
 
-def test_cuda_kernels_do_not_spill(sass):
-    cuda_sass, kernels = sass
+def test_cuda_kernels_do_not_spill(kernels):
     names = " ".join(k.name for k in kernels)
     for kernel in KERNELS:
         assert kernel in names, f"{kernel} missing from the fatbinary"
     assert {k.arch for k in kernels} >= set(ARCHES)
     for k in kernels:
-        assert k.stack == 0 and k.local == 0, f"{k.arch} {cuda_sass.short_name(k)} spills: {k.stack=} {k.local=}"
+        label = f"{k.arch} {cuda_audit.short_name(k)}"
+        assert k.stack_bytes == 0 and k.local_bytes == 0, f"{label} spills: {k.stack_bytes=} {k.local_bytes=}"
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_mma_kernel_main_loop(sass, arch):
+def test_mma_kernel_main_loop(kernels, arch):
     """Every instantiation: cp.async (16-byte for the weight and the aligned 16-bit video), ldmatrix, mma.sync,
     one barrier, no local memory or calls, and the instruction count per HMMA under its bound."""
-    cuda_sass, _ = sass
-    kernels = _mma_kernels(sass, arch)
+    found = _mma_kernels(kernels, arch)
     # {fp16, bf16} x {16-bit, uint8 video} x {8, 2, 1} elements per copy
-    assert len(kernels) == 12, [cuda_sass.short_name(k) for *_, k in kernels]
-    for _, video, vec, kernel in kernels:
-        loop = kernel.main_loop("HMMA")
-        label = f"{arch} {cuda_sass.short_name(kernel)}"
-        assert loop is not None, label
-        wide = sum("LDGSTS" in line and ".128" in line for line in loop.lines)
-        assert loop.count("HMMA") == MMA_PER_STEP and loop.count("LDSM") == LDSM_PER_STEP, (label, loop.ops)
-        assert loop.count("BAR") == 1, (label, loop.ops)
-        assert loop.count("STL") == loop.count("LDL") == 0 and loop.subroutine_calls == 0, (label, loop.ops)
+    assert len(found) == 12, [cuda_audit.short_name(k) for *_, k in found]
+    for _, video, vec, kernel in found:
+        loop = sass.main_loop(kernel.instructions)
+        label = f"{arch} {cuda_audit.short_name(kernel)}"
+        assert loop is not None and loop.mma_opcode.startswith("HMMA"), label
+        wide = loop.widths("LDGSTS").get(128, 0)
+        assert loop.count("HMMA") == cuda_audit.MMA_PER_STEP, (label, loop.opcodes)
+        assert loop.count("LDSM") == cuda_audit.LDSM_PER_STEP, (label, loop.opcodes)
+        assert loop.count("BAR") == 1, (label, loop.opcodes)
+        assert loop.local == 0 and loop.calls == 0, (label, loop.opcodes)
         async_video = video == "16-bit" and vec >= 2
         # 2 weight rows per thread, 16 bytes each; video: 2 rows x (8 / vec) chunks, 16 bytes when vec = 8
-        assert wide == (4 if async_video and vec == 8 else 2), (label, loop.ops)
-        assert loop.count("LDGSTS") == 2 + (2 * 8 // vec if async_video else 0), (label, loop.ops)
+        assert wide == (4 if async_video and vec == 8 else 2), (label, loop.opcodes)
+        assert loop.count("LDGSTS") == 2 + (2 * 8 // vec if async_video else 0), (label, loop.opcodes)
         if not async_video:  # staged through registers: loads before the MMAs, shared stores after them
-            assert loop.count("LDG") >= 2 * 8 // vec and loop.count("STS") >= 2, (label, loop.ops)
+            assert loop.count("LDG") >= 2 * 8 // vec and loop.count("STS") >= 2, (label, loop.opcodes)
             if video == "uint8" and vec >= 2:  # bytes converted with PRMT + FADD / HADD2, not quarter-rate I2F
-                assert loop.count("I2F") == 0 and loop.count("PRMT") > 0, (label, loop.ops)
-            stores = [i for i, line in enumerate(loop.lines) if line.split()[0].startswith("STS")]
-            mmas = [i for i, line in enumerate(loop.lines) if "HMMA" in line]
+                assert loop.count("I2F") == 0 and loop.count("PRMT") > 0, (label, loop.opcodes)
+            stores = [i for i, ins in enumerate(loop.body) if ins.base == "STS"]
+            mmas = [i for i, ins in enumerate(loop.body) if ins.base == "HMMA"]
             assert min(stores) > min(mmas), label
-        per_mma = loop.instructions / loop.count("HMMA")
-        assert per_mma <= LOOP_BOUND[(video, vec)], (label, per_mma)
+        assert loop.per_mma <= cuda_audit.LOOP_BOUND[(video, vec)], (label, loop.per_mma)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_mma_kernel_blocks_per_sm(sass, arch):
+def test_mma_kernel_blocks_per_sm(kernels, arch):
     """Two blocks of 8 warps per SM from registers and 60 KiB of shared memory; one for the byte-wise uint8 fallback."""
-    cuda_sass, _ = sass
-    threads, dynamic_shared = cuda_sass.LAUNCH["patch_embed_mma_kernel"]
+    threads, dynamic_shared = cuda_audit.LAUNCH["patch_embed_mma_kernel"]
     assert (threads, dynamic_shared) == (256, 61440)  # the design in docs/native.md
-    for _, video, vec, kernel in _mma_kernels(sass, arch):
-        ctas = kernel.ctas_per_sm(threads, dynamic_shared)
+    for _, video, vec, kernel in _mma_kernels(kernels, arch):
+        shared = kernel.launch_shared(dynamic_shared)
+        ctas = sass.ctas_per_sm(kernel.registers, shared, threads // 32, kernel.sm)["ctas"]
         if (video, vec) == ("uint8", 1):  # launch-bounded to one block: its registers may land anywhere up to 255
             assert ctas >= 1, (kernel.name, kernel.registers)
         else:
@@ -144,30 +128,92 @@ def test_mma_kernel_blocks_per_sm(sass, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_fma_kernel_main_loop(sass, arch):
+def test_fma_kernel_main_loop(kernels, arch):
     """fp32: per 16-deep step 16 x 16 FFMA per thread, at most 3 instructions per FFMA (2.41 on sm_80, 2.75 on
     sm_90), no calls or local memory; 5-6 blocks of 256 threads per SM."""
-    cuda_sass, kernels = sass
     found = [k for k in kernels if k.arch == arch and "patch_embed_fma_kernel" in k.name]
     assert len(found) == 2  # fp32 and uint8 video
+    threads, dynamic_shared = cuda_audit.LAUNCH["patch_embed_fma_kernel"]
     for kernel in found:
-        loop = kernel.main_loop("FFMA")
-        assert loop is not None and loop.count("FFMA") == 256, cuda_sass.short_name(kernel)
-        assert loop.subroutine_calls == 0 and loop.count("STL") == loop.count("LDL") == 0, loop.ops
-        assert loop.instructions / loop.count("FFMA") <= 3.0, (cuda_sass.short_name(kernel), loop.instructions)
-        assert kernel.ctas_per_sm(*cuda_sass.LAUNCH["patch_embed_fma_kernel"]) >= 4, kernel.registers
+        loop = sass.main_loop(kernel.instructions)
+        label = cuda_audit.short_name(kernel)
+        assert loop is not None and loop.count("FFMA") == loop.mma == cuda_audit.FMA_PER_STEP, label
+        assert loop.calls == 0 and loop.local == 0, loop.opcodes
+        assert loop.per_mma <= cuda_audit.FMA_BOUND, (label, loop.instructions)
+        shared = kernel.launch_shared(dynamic_shared)
+        assert sass.ctas_per_sm(kernel.registers, shared, threads // 32, kernel.sm)["ctas"] >= 4, kernel.registers
 
 
 @pytest.mark.parametrize("arch", ARCHES)
-def test_index_kernels_have_no_slow_paths(sass, arch):
+def test_index_kernels_have_no_slow_paths(kernels, arch):
     """No 64-bit division (a CALL into a slow path) or local memory in any loop of any kernel."""
-    cuda_sass, kernels = sass
     for kernel in kernels:
         if kernel.arch != arch:
             continue
-        for loop in kernel.loops():
-            assert loop.subroutine_calls == 0, (cuda_sass.short_name(kernel), loop.lines)
-            assert loop.count("STL") == loop.count("LDL") == 0, cuda_sass.short_name(kernel)
+        for loop in sass.all_loops(kernel.instructions):
+            assert loop.calls == 0, (cuda_audit.short_name(kernel), [i.opcode for i in loop.body])
+            assert loop.local == 0, cuda_audit.short_name(kernel)
+
+
+def test_every_cuda_kernel_passes_the_audit(kernels):
+    """The rows `python -m benchmarks.gpu_audit` prints for the library: one per kernel and architecture, each
+    passing its rules, the instruction mix the issue names shown (LDGSTS.128, LDSM, no calls in loops)."""
+    rows = [cuda_audit.audit_kernel(k) for k in kernels]
+    assert len(rows) == len(kernels) and {r["arch"] for r in rows} >= set(ARCHES)
+    failing = {f"{r['arch']} {r['kernel']}": cuda_audit.check(r) for r in rows if cuda_audit.check(r)}
+    assert not failing, failing
+    row = next(r for r in rows if r["arch"] == "sm_90" and r["kernel"] == "patch_embed_mma_kernel<bf16, bf16, 8>")
+    assert row["ctas_per_sm"] == 2 and row["loads"]["LDGSTS"] == {128: 4} and row["ldsm"] == 12
+    table = cuda_audit.render(rows, "lib.so")
+    assert table.count("\n| sm_") == len(rows) and "| LDGSTS 128x4, LDG 32x1 | 128 | 0 | 0 | - | ok |" in table
+
+
+def test_cuda_audit_rules_flag_each_problem():
+    good = {
+        "family": "mma",
+        "dtype": "bf16",
+        "video_dtype": "bf16",
+        "vec": 8,
+        "stack_bytes": 0,
+        "local_bytes": 0,
+        "loops_local": 0,
+        "loops_calls": 0,
+        "ctas_per_sm": 2,
+        "ctas_documented": 2,
+        "loop_mma": 32,
+        "mma_opcode": "HMMA.16816.F32.BF16",
+        "per_mma": 3.3,
+        "bound": 3.6,
+        "ldsm": 12,
+        "barriers": 1,
+        "loads": {"LDGSTS": {128: 4}, "LDG": {32: 1}},
+        "i2f": 0,
+    }
+    assert cuda_audit.check(good) == []
+    for change in (
+        {"local_bytes": 8},
+        {"loops_local": 1},
+        {"loops_calls": 5},
+        {"ctas_per_sm": 1},
+        {"loop_mma": 16},
+        {"per_mma": 3.7},
+        {"ldsm": 0},
+        {"barriers": 3},
+        {"loads": {"LDGSTS": {128: 2, 32: 8}}},
+    ):
+        assert cuda_audit.check({**good, **change}), change
+    assert cuda_audit.check({**good, "video_dtype": "u8", "loads": {"LDGSTS": {128: 2}}}) == []
+    assert cuda_audit.check({**good, "video_dtype": "u8", "loads": {"LDGSTS": {128: 2}}, "i2f": 16})
+
+
+def test_gpu_audit_says_in_one_line_when_the_library_has_no_cuda_kernels(monkeypatch, capsys):
+    from benchmarks import gpu_audit
+
+    monkeypatch.setattr(native, "_has_cuda_kernels", lambda: False)
+    monkeypatch.setattr(native, "_has_ext", lambda: True)
+    assert gpu_audit.main(["--part", "cuda"]) == 2  # nothing audited
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "built without its CUDA part" in out
 
 
 def _spec(monkeypatch, **env):
