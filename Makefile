@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch>=2.5
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup bench test lint gpu-validate clean
+.PHONY: setup bench test lint gpu-validate gpu-audit clean
 
 setup: $(VENV)/.ready
 
@@ -29,7 +29,8 @@ test: setup
 
 gpu-validate: setup
 	$(BIN)/python -m benchmarks.gpu_validate
-gpu-audit: setup ; $(BIN)/python -m benchmarks.gpu_audit
+gpu-audit: setup
+	$(BIN)/python -m benchmarks.gpu_audit
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
