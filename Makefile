@@ -29,6 +29,7 @@ test: setup
 
 gpu-validate: setup
 	$(BIN)/python -m benchmarks.gpu_validate
+
 gpu-audit: setup
 	$(BIN)/python -m benchmarks.gpu_audit
 
