@@ -103,17 +103,13 @@ _AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA", "xpu": "Autocast
 def _autocast_kernel(device_type: str):
     def kernel(*args):
         dtype = torch.get_autocast_dtype(device_type)
-        cast = [
-            a.to(dtype)
-            if isinstance(a, Tensor)
-            and a.is_floating_point()
-            and a.dtype != torch.float64
-            and a.device.type == device_type
-            else a
-            for a in args
-        ]
+
+        def cast(a):  # what autocast casts for a conv: floating tensors of this device, float64 excepted
+            eligible = isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64
+            return a.to(dtype) if eligible and a.device.type == device_type else a
+
         with torch.autocast(device_type, enabled=False):
-            return _patch_embed(*cast)
+            return _patch_embed(*(cast(a) for a in args))
 
     return kernel
 

@@ -3,10 +3,11 @@ for the fused op, in one call, with identical outputs and untouched checkpoints.
 
 ``replace_patch_embeddings(model)`` finds every ``nn.Conv2d`` / ``nn.Conv3d`` that is a patch embedding
 (kernel == stride, no padding, dilation 1, groups 1: ``modules.patch_conv_problem``) and turns it into a
-``FusedPatchConv2d`` / ``FusedPatchConv3d``: a subclass of the same conv class whose ``forward`` calls
-``lsvit_kernels.patch_embed``. The swap changes the module's class in place (as ``torch.nn.utils.parametrize``
-does), so the module object, its parameters (the same tensors), hooks, buffers, ``state_dict`` keys,
-``isinstance(m, nn.Conv2d)`` checks and any alias to the module elsewhere in the model all stay as they were.
+``FusedPatchConv2d`` / ``FusedPatchConv3d`` (``modules.py``: a subclass of the same conv class whose ``forward``
+calls ``lsvit_kernels.patch_embed``) with their ``from_conv``. The swap changes the module's class in place (as
+``torch.nn.utils.parametrize`` does), so the module object, its parameters (the same tensors), hooks, buffers,
+``state_dict`` keys, ``isinstance(m, nn.Conv2d)`` checks and any alias to the module elsewhere in the model all
+stay as they were.
 
 The fused module returns what the conv returns, ``(B, E, T', H', W')`` / ``(B, E, H', W')``, as a view of the
 op's token-major ``(B, T', N, E)`` buffer (channels-last strides), so the caller's usual
