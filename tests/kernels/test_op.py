@@ -67,7 +67,6 @@ def test_compile_dynamic_shapes_compile_once():
     assert counter.frame_count == 1
 
 
-@pytest.mark.slow  # Inductor compiles C++
 def test_compile_inductor_matches_oracle():
     p = make_problem(b=1, steps=1, t=1, c=3, gh=3, gw=2, ph=4, pw=4, e=8)
     compiled = torch.compile(lambda *a: lk.patch_embed(*a, cls_token=p.cls_token), fullgraph=True)

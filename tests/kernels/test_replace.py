@@ -413,9 +413,7 @@ def test_autocast_gives_the_conv_dtype_and_accuracy(dims, op_calls):
 
 
 # Dynamo + AOTAutograd (aot_eager) is where a custom op breaks a graph; Inductor (about 10 s here) once, on 3D.
-@pytest.mark.parametrize(
-    "dims, compiler", [(2, "aot_eager"), (3, "aot_eager"), pytest.param(3, "inductor", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("dims, compiler", [(2, "aot_eager"), (3, "aot_eager"), (3, "inductor")])
 def test_compiles_fullgraph_with_the_same_values_and_gradients(dims, compiler):
     kernel = (4, 3) if dims == 2 else (2, 4, 3)
     _, fused = _conv_pair(dims, 3, 8, kernel)

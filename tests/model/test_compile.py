@@ -5,13 +5,11 @@ runs through AOT autograd with the ``aot_eager`` backend, which traces forward a
 would see them (the op's autograd formula and fake backward included) without generating code.
 """
 
-import pytest
 import torch
 
 from lsvit import LSViTForAction
 
 
-@pytest.mark.slow  # Inductor compiles C++
 def test_compiled_inference_matches_eager(tiny):
     """Inductor at a resolution and a step count other than the trained ones: both resamplings are traced,
     never cached."""
