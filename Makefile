@@ -33,8 +33,15 @@ gpu-validate: setup
 gpu-audit: setup
 	$(BIN)/python -m benchmarks.gpu_audit
 
+# clang-format comes with the test extra; without it (another venv) the C++ check is skipped with a note.
+CLANG_FORMAT ?= $(firstword $(wildcard $(BIN)/clang-format) $(shell command -v clang-format))
+CSRC_FILES := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu)
+
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	@if [ -n "$(CLANG_FORMAT)" ]; then \
+		echo "$(CLANG_FORMAT) --dry-run --Werror <csrc files>"; $(CLANG_FORMAT) --dry-run --Werror $(CSRC_FILES); \
+	else echo "lint: clang-format not found, csrc/ formatting not checked (pip install clang-format)"; fi
 
 clean:
 	rm -rf build *.egg-info lsvit_kernels/*.so $(VENV)

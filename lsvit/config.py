@@ -6,19 +6,27 @@ assignment too (a rejected assignment leaves the config unchanged), so change an
 where each step is valid, or build a new config: ``ModelConfig(**{**config.model_dump(), "embed_dim": 96,
 "num_heads": 6})`` (``model_copy(update=...)`` would skip validation).
 The frame count vs tubelet rule is checked by the model, which knows the clip length it is built for.
+An ``APPCONFIG__`` variable that names no field is an error (a misspelling would otherwise be ignored silently).
 """
 
 from __future__ import annotations
 
+import difflib
+import math
+import os
 from typing import Any, Literal, Optional
 
 from pydantic import ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from lsvit_kernels import backend_names
 from lsvit_kernels.geometry import check_divisible
 
 ENV_PREFIX = "APPCONFIG__"
+
+# Elements a tensor may hold: its size in bytes, even in float64, must fit the int64 PyTorch computes it in.
+MAX_TENSOR_ELEMENTS = 2**60
 
 
 class ModelConfig(BaseSettings):
@@ -68,8 +76,8 @@ class ModelConfig(BaseSettings):
     @field_validator("mlp_ratio")
     @classmethod
     def _positive_ratio(cls, value: float) -> float:
-        if not value > 0:
-            raise ValueError(f"mlp_ratio={value} must be > 0")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"mlp_ratio={value} must be a finite number > 0 (ViTs use 4.0)")
         return value
 
     @field_validator("dropout", "attention_dropout", "drop_path_rate")
@@ -126,7 +134,44 @@ class ModelConfig(BaseSettings):
                 f"lmi_reduction={self.lmi_reduction} leaves no channels of embed_dim={self.embed_dim}; "
                 f"use lmi_reduction <= {self.embed_dim}"
             )
+        if self.mlp_width < 1:
+            raise ValueError(
+                f"mlp_ratio={self.mlp_ratio} gives an MLP of width int(embed_dim * mlp_ratio) = {self.mlp_width}; "
+                f"embed_dim * mlp_ratio must be at least 1 (ViTs use mlp_ratio=4.0)"
+            )
+        self._check_tensor_sizes()
         return self
+
+    def _check_tensor_sizes(self) -> None:
+        """Every tensor the model and one clip need must be indexable; checked before anything is allocated."""
+        frames = self.num_frames or 1
+        tensors = {
+            "the positional table (1 + N) x embed_dim": self.tokens_per_step * self.embed_dim,
+            "one clip num_frames x in_channels x image_size^2": frames * self.in_channels * self.image_size**2,
+            "one clip's tokens": -(-frames // self.temporal_stride) * self.tokens_per_step * self.embed_dim,
+            "the patch projection": self.embed_dim * self.in_channels * self.temporal_stride * self.patch_size**2,
+            "the MLP weight embed_dim x width": self.embed_dim * self.mlp_width,
+        }
+        for what, elements in tensors.items():
+            if elements > MAX_TENSOR_ELEMENTS:
+                raise ValueError(
+                    f"image_size={self.image_size}, patch_size={self.patch_size}, embed_dim={self.embed_dim}, "
+                    f"mlp_ratio={self.mlp_ratio}, num_frames={self.num_frames}: {what} would hold {elements:.3g} "
+                    f"elements, more than a tensor can index ({MAX_TENSOR_ELEMENTS:.3g}); use smaller sizes "
+                    f"(ViT-B/16: image_size=224, patch_size=16, embed_dim=768, mlp_ratio=4.0)"
+                )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' sources, plus a check that every ``APPCONFIG__`` variable names a field."""
+        return init_settings, _KnownEnvironmentNames(settings_cls), env_settings, dotenv_settings, file_secret_settings
 
     # ---- derived sizes -------------------------------------------------------------------------------------
     @property
@@ -143,6 +188,11 @@ class ModelConfig(BaseSettings):
     def tokens_per_step(self) -> int:
         """1 + N: tokens in each time step's sequence, the CLS slot included (geometry's S + N)."""
         return 1 + self.patches_per_step
+
+    @property
+    def mlp_width(self) -> int:
+        """Hidden width of each block's MLP: int(embed_dim * mlp_ratio)."""
+        return int(self.embed_dim * self.mlp_ratio)
 
     @property
     def temporal_stride(self) -> int:
@@ -163,8 +213,8 @@ class ModelConfig(BaseSettings):
 
     @classmethod
     def from_checkpoint_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Rebuild a saved config exactly: environment variables are ignored (model_validate skips settings
-        sources), so an ``APPCONFIG__*`` variable cannot change a checkpoint's architecture. A saved config
+        """Rebuild a saved config exactly: every field is given explicitly and explicit values win over the
+        environment, so an ``APPCONFIG__*`` variable cannot change a checkpoint's architecture. A saved config
         holds every field, so a missing one predates it: it gets the value that reproduces the older model."""
         return cls.model_validate({**FIELDS_ADDED_LATER, **values})
 
@@ -177,3 +227,39 @@ def _divisors_near(n: int, near: int) -> str:
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     divisors.sort(key=lambda d: abs(d - near))
     return ", ".join(str(d) for d in sorted(divisors[:3]))
+
+
+class _KnownEnvironmentNames(PydanticBaseSettingsSource):
+    """Reads nothing; raises when an ``APPCONFIG__`` variable names no field, with the closest field names.
+
+    pydantic-settings reads only the variables that match a field, so a misspelt one would be silently ignored.
+    Names match case-insensitively, as pydantic-settings matches them.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        check_environment_names(os.environ, self.settings_cls.model_fields)
+        return {}
+
+
+def check_environment_names(environ, fields) -> None:
+    """ValueError naming each ``APPCONFIG__`` variable in ``environ`` that is not one of ``fields``."""
+    valid = sorted(name.upper() for name in fields)
+    prefix = len(ENV_PREFIX)
+    unknown = sorted(
+        name for name in environ if name.upper().startswith(ENV_PREFIX) and name[prefix:].upper() not in valid
+    )
+    if not unknown:
+        return
+    problems = []
+    for name in unknown:
+        close = [ENV_PREFIX + c for c in difflib.get_close_matches(name[prefix:].upper(), valid, n=3, cutoff=0.6)]
+        every = ", ".join(ENV_PREFIX + v for v in valid)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"valid names: {every}"
+        problems.append(f"{name} ({hint})")
+    raise ValueError(
+        f"{'; '.join(problems)}: not a model setting. Fix the name or unset the variable "
+        f"(every {ENV_PREFIX}<FIELD> variable sets a ModelConfig field)"
+    )

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import lsvit_kernels
-from lsvit_kernels import PatchEmbed2d, PatchEmbed3d
+from lsvit_kernels import FusedPatchConv2d, FusedPatchConv3d
 from lsvit_kernels.geometry import check_divisible
 
 from .config import ModelConfig
@@ -51,25 +51,22 @@ class DropPath(nn.Module):
 
 
 class PatchEmbedding(nn.Module):
-    """The fused op: pixels -> tokens with the CLS slot in front and the positional embedding added.
+    """Pixels -> tokens with the CLS slot in front and the positional embedding added, in one fused call.
 
-    ``proj`` is a conv-shaped parameter holder (``lsvit_kernels.PatchEmbed2d`` / ``PatchEmbed3d``: state_dict of
-    ``nn.Conv2d`` / ``nn.Conv3d``), so ``patch_embed.proj.weight`` is timm's key. One kernel call writes the
-    ``(B, T', 1 + N, E)`` tokens: no patch matrix, no ``torch.cat`` of the CLS token, no separate add.
-    With ``motion_channels``, ``motion_weight`` (shaped like ``proj.weight``, zero at init so the model starts as
-    the image model) projects SMIF's signed differences: the op sees ``[frames ; motion]`` as 2C channels.
+    ``proj`` is ``lsvit_kernels.FusedPatchConv2d`` / ``FusedPatchConv3d``: an ``nn.Conv2d`` / ``nn.Conv3d``
+    (``patch_embed.proj.weight`` is timm's key) whose ``tokens`` writes the ``(B, T', 1 + N, E)`` tokens in one
+    kernel call: no patch matrix, no ``torch.cat`` of the CLS token, no separate add. With ``motion_channels``,
+    ``motion_weight`` (shaped like ``proj.weight``, zero at init so the model starts as the image model) projects
+    SMIF's signed differences: the op sees ``[frames ; motion]`` as 2C channels.
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        c, e, p = config.in_channels, config.embed_dim, config.patch_size
+        c, e, p, t = config.in_channels, config.embed_dim, config.patch_size, config.tubelet_size
         if config.use_3d_patch_embed:
-            self.proj = PatchEmbed3d(c, e, p, config.tubelet_size, backend=config.kernel_backend)
+            self.proj = FusedPatchConv3d(c, e, (t, p, p), backend=config.kernel_backend)
         else:
-            self.proj = PatchEmbed2d(c, e, p, backend=config.kernel_backend)
-        self.patch_size = p
-        self.tubelet_size = config.tubelet_size if config.use_3d_patch_embed else 1
-        self.backend = config.kernel_backend
+            self.proj = FusedPatchConv2d(c, e, p, backend=config.kernel_backend)
         if config.motion_channels:
             self.motion_weight = nn.Parameter(torch.zeros_like(self.proj.weight))
         else:
@@ -78,19 +75,15 @@ class PatchEmbedding(nn.Module):
     def forward(self, video: Tensor, pos_embed: Tensor, cls_token: Tensor, motion: Optional[Tensor] = None) -> Tensor:
         """(B, T, C, H, W) video and optional motion of the same shape, (1 + N, E) or per-token (T' (1 + N), E)
         pos, E cls -> (B, T', 1 + N, E)."""
-        weight, bias = self.proj.weight, self.proj.bias
-        if motion is not None:
-            if self.motion_weight is None:
-                raise ValueError("motion given but this model has motion_channels=False: it has no motion weights")
-            video = torch.cat([video, motion], dim=2)  # (B, T, 2C, H, W)
-            weight = torch.cat([weight, self.motion_weight], dim=1)
-        # under autocast the op runs in the autocast dtype (it is a custom op autocast does not see)
-        dtype = weight.dtype
-        if torch.is_autocast_enabled(video.device.type):
-            dtype = torch.get_autocast_dtype(video.device.type)
-        weight, bias, pos_embed, cls_token = (t.to(dtype) for t in (weight, bias, pos_embed, cls_token))
-        return lsvit_kernels.patch_embed(
-            video.to(dtype), weight, bias, pos_embed, cls_token=cls_token, backend=self.backend
+        if motion is not None and self.motion_weight is None:
+            raise ValueError("motion given but this model has motion_channels=False: it has no motion weights")
+        return self.proj.tokens(
+            video,
+            pos_embed,
+            cls_token,
+            layout="BTCHW",
+            extra_channels=motion,
+            extra_weight=None if motion is None else self.motion_weight,
         )
 
 

@@ -1,7 +1,9 @@
 """lsvit_kernels: fused patch embedding for video and image transformers.
 
-Public API: ``patch_embed`` (the op), ``PatchEmbed2d`` / ``PatchEmbed3d`` (drop-in modules), the geometry
-helpers, backend controls (``use_backend``, ``available_backends``, ``last_backend``) and ``onnx`` (export).
+Public API: ``patch_embed`` (the op), ``FusedPatchConv2d`` / ``FusedPatchConv3d`` (the ``nn.Conv2d`` /
+``nn.Conv3d`` drop-in modules; ``tokens()`` for the op's full form), ``replace_patch_embeddings`` (swap them into
+any model), the geometry helpers, backend controls (``use_backend``, ``available_backends``, ``last_backend``) and
+``onnx`` (export). ``PatchEmbed2d`` / ``PatchEmbed3d`` are deprecated names kept for older code.
 """
 
 from . import (
@@ -9,16 +11,10 @@ from . import (
     onnx,  # noqa: F401  (ONNX export of the op: see docs/op.md)
 )
 from .geometry import PatchGrid, patch_grid, token_counts
-from .modules import PatchEmbed2d, PatchEmbed3d
+from .modules import FusedPatchConv2d, FusedPatchConv3d, PatchEmbed2d, PatchEmbed3d
 from .ops import fold_normalization, patch_embed
 from .registry import BackendUnavailableError, available_backends, backend_names, last_backend, use_backend
-from .replace import (
-    FusedPatchConv2d,
-    FusedPatchConv3d,
-    ReplacementReport,
-    replace_patch_embeddings,
-    restore_patch_embeddings,
-)
+from .replace import ReplacementReport, replace_patch_embeddings, restore_patch_embeddings
 
 __version__ = "0.1.0"
 

@@ -16,14 +16,14 @@ def main() -> None:
         print(f"  {kind:<16} {lk.token_counts(16, 224, patch_size=16, tubelet_size=tubelet):>6,}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"\nBackends available on {device}: {', '.join(lk.available_backends(device))}")
-    embed = lk.PatchEmbed3d(3, 768, patch_size=16, tubelet_size=2, device=device)
+    embed = lk.FusedPatchConv3d(3, 768, (2, 16, 16), device=device)
     video = torch.randn(2, 16, 3, 224, 224, device=device)
     pos = torch.zeros(1 + 196, 768, device=device)
     cls = torch.zeros(768, device=device)
     with torch.no_grad():
-        embed(video, pos, cls)
+        embed.tokens(video, pos, cls, layout="BTCHW")
         start = time.perf_counter()
-        tokens = embed(video, pos, cls)
+        tokens = embed.tokens(video, pos, cls, layout="BTCHW")
         if device == "cuda":
             torch.cuda.synchronize()
     ms = (time.perf_counter() - start) * 1e3

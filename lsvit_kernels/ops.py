@@ -91,6 +91,34 @@ def _patch_embed(
 _patch_embed.register_fake(_fake_tokens)
 
 
+# Autocast: a kernel of its own on each autocast dispatch key (torchvision's csrc/ops/autocast), so every caller
+# (the function below, swapped convs, scripted and compiled models, LSViT) gets it from the dispatcher. The op is
+# a projection like the conv it replaces, which autocast runs in the region's lower-precision dtype: every
+# floating tensor except float64 is cast to that dtype (read per call: ``torch.library.register_autocast`` fixes
+# one dtype per device), uint8 video stays as it is, and the op runs with autocast off. The casts are
+# differentiable, so gradients reach float32 parameters in float32.
+_AUTOCAST_KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA", "xpu": "AutocastXPU", "mps": "AutocastMPS"}
+
+
+def _autocast_kernel(device_type: str):
+    def kernel(*args):
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(a):  # what autocast casts for a conv: floating tensors of this device, float64 excepted
+            eligible = isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64
+            return a.to(dtype) if eligible and a.device.type == device_type else a
+
+        with torch.autocast(device_type, enabled=False):
+            return _patch_embed(*(cast(a) for a in args))
+
+    return kernel
+
+
+for _device_type, _key in _AUTOCAST_KEYS.items():
+    if torch.amp.is_autocast_available(_device_type):
+        _lib.impl("patch_embed", _autocast_kernel(_device_type), _key)
+
+
 @torch.library.custom_op("lsvit::patch_embed_backward", mutates_args=())
 def _patch_embed_backward(
     grad_tokens: Tensor,

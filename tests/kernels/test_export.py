@@ -259,7 +259,6 @@ def test_torch_export_keeps_the_op(name):
         assert_matches(program.module()(x), model, x)
 
 
-@pytest.mark.slow  # a C++ compile of the whole model: about 20 s on 2 cores
 def test_aoti_package_of_a_swapped_vit(tmp_path):
     model, make_input = swapped("timm-vit")
     program = torch.export.export(model, (make_input(2),))

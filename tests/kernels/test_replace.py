@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lsvit_kernels
-from lsvit_kernels import replace as replace_mod
+from lsvit_kernels import modules as fused_modules
 from lsvit_kernels.replace import (
     FusedPatchConv2d,
     FusedPatchConv3d,
@@ -190,14 +190,14 @@ MODELS = {
 def op_calls(monkeypatch):
     """Records every call of the fused op from the swapped modules: (video passed, tokens returned)."""
     calls = []
-    real = replace_mod.patch_embed
+    real = fused_modules.patch_embed
 
     def spy(video, *args, **kwargs):
         tokens = real(video, *args, **kwargs)
         calls.append((video, tokens))
         return tokens
 
-    monkeypatch.setattr(replace_mod, "patch_embed", spy)
+    monkeypatch.setattr(fused_modules, "patch_embed", spy)
     return calls
 
 
@@ -546,11 +546,14 @@ def test_bad_arguments_fail_early():
     with pytest.raises(TypeError, match="nn.Module"):
         replace_patch_embeddings(torch.randn(3))
     with pytest.raises(ValueError, match="must be a patch embedding: kernel_size"):
+        FusedPatchConv2d(3, 8, 3, stride=1)
+    with pytest.raises(ValueError, match="must be a patch embedding: padding"):
         FusedPatchConv2d(3, 8, 3, padding=1)
     with pytest.raises(TypeError, match="nn.Conv3d"):
         FusedPatchConv3d.from_conv(nn.Conv2d(3, 8, 2, stride=2))
     built = FusedPatchConv2d(3, 8, 4, stride=4, backend="reference")
     assert built(torch.randn(1, 3, 8, 8)).shape == (1, 8, 2, 2)
+    assert FusedPatchConv2d(3, 8, 4).stride == (4, 4)  # the stride of a patch embedding is its kernel
 
 
 # ---- CUDA: every backend available there, every 16-bit dtype, autocast ----

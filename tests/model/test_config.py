@@ -106,6 +106,11 @@ INVALID = [
     ({"depth": 0}, "depth"),
     ({"num_frames": 0}, "num_frames"),
     ({"mlp_ratio": 0.0}, "mlp_ratio"),
+    ({"mlp_ratio": float("inf")}, "mlp_ratio=inf must be a finite number > 0"),
+    ({"mlp_ratio": float("nan")}, "mlp_ratio=nan must be a finite number > 0"),
+    ({"mlp_ratio": 1e-9}, "mlp_ratio=1e-09 gives an MLP of width"),
+    ({"mlp_ratio": 1e20}, "the MLP weight embed_dim x width would hold 5.9e.25 elements, more than a tensor can"),
+    ({"image_size": 16 * 10**12}, "the positional table .* would hold 7.68e.26 elements, more than a tensor can"),
     ({"lmi_reduction": 1000}, "lmi_reduction"),
 ]
 
@@ -179,8 +184,33 @@ def test_num_steps_rejects_indivisible_frames():
         config.num_steps(10)
 
 
-def test_other_settings_with_the_same_prefix_are_ignored(monkeypatch):
-    """A training config may read APPCONFIG__LEARNING_RATE: the model config must not trip over it."""
-    monkeypatch.setenv("APPCONFIG__LEARNING_RATE", "0.1")
+def test_misspelt_environment_variable_names_the_close_fields(monkeypatch):
     monkeypatch.setenv("APPCONFIG__NUM_FRAMES", "8")
-    assert ModelConfig().num_frames == 8
+    monkeypatch.setenv("APPCONFIG__IMAGESIZE", "112")
+    with pytest.raises(
+        ValueError, match=r"APPCONFIG__IMAGESIZE \(did you mean APPCONFIG__IMAGE_SIZE\?\): not a model setting"
+    ):
+        ModelConfig()
+    monkeypatch.delenv("APPCONFIG__IMAGESIZE")
+    monkeypatch.setenv("APPCONFIG__XYZ", "1")  # nothing close: every valid name is listed
+    with pytest.raises(ValueError, match=r"APPCONFIG__XYZ \(valid names: APPCONFIG__ATTENTION_DROPOUT, .*USE_3D"):
+        ModelConfig()
+    with pytest.raises(ValueError, match="APPCONFIG__XYZ"):  # wherever a config is built
+        ModelConfig.from_checkpoint_dict(ModelConfig.model_construct().model_dump())
+    monkeypatch.delenv("APPCONFIG__XYZ")
+    monkeypatch.setenv("APPCONFIG__tubelet_size", "4")  # names match case-insensitively, as pydantic-settings reads
+    assert (ModelConfig().num_frames, ModelConfig().tubelet_size) == (8, 4)
+
+
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("APPCONFIG__MLP_RATIO", "inf", "mlp_ratio=inf must be a finite number"),
+        ("APPCONFIG__MLP_RATIO", "1e-9", "gives an MLP of width"),
+        ("APPCONFIG__IMAGE_SIZE", str(2**64), "more than a tensor can index"),
+    ],
+)
+def test_bad_sizes_from_the_environment_fail_before_the_model_is_built(monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=message):
+        ModelConfig()

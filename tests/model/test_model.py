@@ -177,16 +177,23 @@ def test_environment_backend_override(tiny, monkeypatch):
         model(clip())
 
 
-def test_autocast_runs_the_op_in_the_autocast_dtype(tiny):
-    model = LSViTForAction(tiny()).eval()
+@pytest.mark.parametrize("use_3d", [False, True], ids=["2d", "3d"])
+def test_autocast_runs_the_op_in_the_autocast_dtype(tiny, use_3d):
+    model = LSViTForAction(tiny(use_3d_patch_embed=use_3d)).eval()
     video = clip()
     with torch.no_grad():
+        model.patch_embed.motion_weight.normal_(std=0.02)  # zero at init: make the motion channels count
         expected = model(video)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             tokens = model.tokens(video)
             logits = model(video)
     assert tokens.dtype == torch.bfloat16
     assert torch.allclose(logits.float(), expected, atol=0.1, rtol=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.tokens(video).float().square().sum().backward()
+    embed = model.patch_embed
+    for param in (embed.proj.weight, embed.proj.bias, embed.motion_weight, model.pos_embed, model.cls_token):
+        assert param.grad is not None and param.grad.dtype == torch.float32
 
 
 def test_drop_path_drops_whole_samples():
@@ -252,3 +259,15 @@ def test_lmi_position_orders_the_block(tiny, position):
         got = block(x, steps, grid)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert (got - other).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("use_3d", [False, True], ids=["2d", "3d"])
+def test_patch_embedding_is_the_fused_conv_module(tiny, use_3d):
+    model = LSViTForAction(tiny(use_3d_patch_embed=use_3d))
+    proj = model.patch_embed.proj
+    assert type(proj) is (lsvit_kernels.FusedPatchConv3d if use_3d else lsvit_kernels.FusedPatchConv2d)
+    assert set(vars(model.patch_embed)) & {"patch_size", "tubelet_size", "backend"} == set()
+    frames = torch.randn(2, 3, 4, 16, 16) if use_3d else torch.randn(2, 3, 16, 16)
+    conv = torch.nn.functional.conv3d if use_3d else torch.nn.functional.conv2d
+    with torch.no_grad():  # the module is the conv: its call is the conv's
+        torch.testing.assert_close(proj(frames), conv(frames, proj.weight, proj.bias, stride=proj.kernel_size))

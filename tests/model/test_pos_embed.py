@@ -115,16 +115,16 @@ def _with_random_temporal(model):
 
 
 def _spy_patch_embed(monkeypatch):
-    """Record the positional table each fused-op call receives."""
-    import lsvit_kernels
+    """Record the positional table each fused-op call of the patch-embedding module receives."""
+    from lsvit_kernels import modules
 
-    seen, original = [], lsvit_kernels.patch_embed
+    seen, original = [], modules.patch_embed
 
     def spy(video, weight, bias=None, pos_embed=None, **kwargs):
         seen.append(pos_embed.detach().clone())
         return original(video, weight, bias, pos_embed, **kwargs)
 
-    monkeypatch.setattr(lsvit_kernels, "patch_embed", spy)
+    monkeypatch.setattr(modules, "patch_embed", spy)
     return seen
 
 
