@@ -25,12 +25,6 @@ from lsvit_kernels.replace import (
 EPS = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2e-3}
 
 
-# Known defect outside this feature, reported to the lead: backends/reference.py backward sums grad_bias (and
-# grad_pos / grad_cls) with dtype=torch.float32, also for float64 weights, so float64 bias gradients carry
-# float32 rounding (~1e-7 relative). Only that one check is excused, only on the reference backend; every other
-# output and gradient is still asserted first.
-
-
 # ---- model structures as the libraries define them (module names match their checkpoints) ----
 
 
