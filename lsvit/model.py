@@ -134,7 +134,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(e, eps=LAYER_NORM_EPS)
         self.attn = Attention(e, config.num_heads, config.qkv_bias, config.attention_dropout, config.dropout)
         self.norm2 = nn.LayerNorm(e, eps=LAYER_NORM_EPS)
-        self.mlp = Mlp(e, int(e * config.mlp_ratio), config.dropout)
+        self.mlp = Mlp(e, config.mlp_width, config.dropout)
         self.drop_path = DropPath(drop_path)
         self.lmi = LMI(e, config.lmi_reduction)
         self.lmi_first = config.lmi_position == "start"  # "end": models trained before the move
