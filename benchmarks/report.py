@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from .machine import busy_warning
+
 BASELINES = ("conv", "linear", "compile")
 
 
@@ -80,10 +82,11 @@ def machine_lines(results: dict) -> list[str]:
         f"{s['budget_s']} s budget per contestant), cycling {s['input_sets']} input sets; median of the samples.",
     ]
     if load:
-        lines.append(
-            f"Load average at start: {load[0]:.2f} (1 min); at end: "
-            f"{_num((results.get('load_average_end') or [None])[0], 2)}."
-        )
+        end = (results.get("load_average_end") or [None])[0]
+        lines.append(f"Load average at start: {load[0]:.2f} (1 min); at end: {_num(end, 2)}.")
+        warning = busy_warning([load[0], end], m.get("cpu_count"))
+        if warning:
+            lines.append(f"**{warning[0].upper()}{warning[1:]}.**")
     c = results.get("ceilings") or {}
     if c:
         gemm = ", ".join(f"{k} {_num(v, 0)}" for k, v in c.get("gemm_gflops", {}).items())
