@@ -151,13 +151,26 @@ void token_reduction_grads(const at::Tensor& grad_tokens, const CallPlan& plan, 
   if (!mask[2] && !mask[3] && !mask[4]) return;
   const auto& g = plan.geometry;
   const auto dtype = grad_tokens.scalar_type();
-  // (T', S + N, E) in fp32 (fp64 for fp64): every reduction below reads this instead of grad_tokens.
-  const at::Tensor per_step = at::sum(grad_tokens, {0}, false, dtype == at::kDouble ? at::kDouble : at::kFloat);
-  // (S + N, E): summed over time steps. bias and cls reduce this small table over its outer dimension (a
-  // contiguous sum); reducing per_step over two dimensions of a narrowed view took 2-4 ms on the CPU benchmark
-  // shape, against 0.1 ms for this.
+  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  // Sums of grad_tokens in fp32 (fp64 for fp64). On CPU one slice at a time into a small accumulator, so that
+  // no fp32 copy of the whole grad_tokens is ever made (at::sum(..., dtype) casts its whole input first: 19 MiB
+  // on the 2D bf16 benchmark shape); on a GPU one reduction (one kernel instead of one per slice). per_step (T', S + N, E): summed over the batch, only for a per-token pos_embed.
+  // per_slot (S + N, E): summed over batch and time steps; bias and cls reduce this small table over its outer
+  // dimension (a contiguous sum; reducing per_step over two dimensions of a narrowed view took 2-4 ms on the
+  // CPU benchmark shape, against 0.1 ms for this).
+  auto sum_slices = [&](const at::Tensor& slices) {  // (n, ...) -> sum over dim 0, in acc_dtype
+    if (!slices.is_cpu()) return at::sum(slices, {0}, false, acc_dtype);
+    at::Tensor acc = slices.select(0, 0).to(acc_dtype, false, /*copy=*/true);
+    for (int64_t i = 1; i < slices.size(0); ++i) acc.add_(slices.select(0, i));
+    return acc;
+  };
+  const bool need_step = mask[3] && plan.pos_per_token;
   const bool need_slot = mask[2] || mask[4] || (mask[3] && !plan.pos_per_token);
-  const at::Tensor per_slot = need_slot ? at::sum(per_step, {0}) : at::Tensor();
+  const at::Tensor per_step = need_step ? sum_slices(grad_tokens) : at::Tensor();
+  const at::Tensor per_slot =
+      !need_slot ? at::Tensor()
+      : need_step ? at::sum(per_step, {0})
+                  : sum_slices(grad_tokens.reshape({g.batch * g.steps, g.tokens_per_step, g.embed_dim}));
   if (mask[2]) std::get<2>(grads) = at::sum(per_slot.narrow(0, g.cls_slots, g.num_spatial), {0}).to(dtype);
   if (mask[3]) {
     std::get<3>(grads) =
