@@ -47,7 +47,8 @@ bool onednn_runs(at::ScalarType dtype) {
 }  // namespace
 
 GemmEngine gemm_engine(at::ScalarType dtype) {
-  const bool onednn = prefer_onednn.load(std::memory_order_relaxed) && (dtype == at::kFloat || dtype == at::kBFloat16) &&
+  const bool supported = dtype == at::kFloat || dtype == at::kBFloat16;
+  const bool onednn = prefer_onednn.load(std::memory_order_relaxed) && supported &&
                       at::globalContext().userEnabledMkldnn() && onednn_runs(dtype);
   return onednn ? GemmEngine::kOneDnn : GemmEngine::kAten;
 }
@@ -74,8 +75,9 @@ std::string set_gemm_engine(const std::string& name) {
 
 TORCH_LIBRARY_FRAGMENT(lsvit_cpu, m) {
   m.def("set_gemm_engine(str name) -> str", &set_gemm_engine);
-  m.def("gemm_engine(ScalarType dtype) -> str",
-        [](at::ScalarType dtype) -> std::string { return gemm_engine(dtype) == GemmEngine::kOneDnn ? "onednn" : "aten"; });
+  m.def("gemm_engine(ScalarType dtype) -> str", [](at::ScalarType dtype) -> std::string {
+    return gemm_engine(dtype) == GemmEngine::kOneDnn ? "onednn" : "aten";
+  });
 }
 
 }  // namespace lsvit::cpu

@@ -21,9 +21,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -51,16 +49,20 @@ namespace {
 // (0 = measured default). They start from LSVIT_CPU_SCHEDULE / LSVIT_CPU_BLOCK_ROWS, read once when the library
 // loads, and change through torch.ops.lsvit_cpu.set_schedule / set_block_rows; no call reads the environment.
 enum class Schedule { kAuto, kBlocks, kGemm };
-const char* schedule_name(Schedule s) { return s == Schedule::kBlocks ? "blocks" : s == Schedule::kGemm ? "gemm" : "auto"; }
+const char* schedule_name(Schedule s) {
+  return s == Schedule::kBlocks ? "blocks" : s == Schedule::kGemm ? "gemm" : "auto";
+}
 Schedule parse_schedule(const std::string& name) {
   if (name == "blocks") return Schedule::kBlocks;
   if (name == "gemm") return Schedule::kGemm;
-  TORCH_CHECK_VALUE(name == "auto" || name.empty(), "CPU schedule must be 'auto', 'blocks' or 'gemm'; got '", name, "'");
+  TORCH_CHECK_VALUE(name == "auto" || name.empty(), "CPU schedule must be 'auto', 'blocks' or 'gemm'; got '", name,
+                    "'");
   return Schedule::kAuto;
 }
 std::atomic<Schedule> forced_schedule{[] {
   const char* env = std::getenv("LSVIT_CPU_SCHEDULE");
-  return env && (std::string(env) == "blocks" || std::string(env) == "gemm") ? parse_schedule(env) : Schedule::kAuto;
+  const std::string value = env ? env : "";
+  return value == "blocks" || value == "gemm" ? parse_schedule(value) : Schedule::kAuto;
 }()};
 std::atomic<int64_t> forced_block_rows{[] {
   const char* env = std::getenv("LSVIT_CPU_BLOCK_ROWS");
