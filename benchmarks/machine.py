@@ -38,6 +38,38 @@ def _version(module: str) -> Optional[str]:
         return None
 
 
+# Above these, timings mostly measure the other processes: a 1-minute load average of at least one runnable
+# process per core besides the benchmark, or an interquartile range above this fraction of the median.
+BUSY_LOAD_PER_CORE = 1.0
+NOISY_SPREAD = 0.25
+
+
+def load_average() -> Optional[float]:
+    """The 1-minute load average, or None where the platform has none."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def busy_warning(
+    loads: list[Optional[float]], cpus: Optional[int] = None, spreads: Optional[list[float]] = None
+) -> Optional[str]:
+    """One line saying why timings taken at these load averages (and IQR / median ratios) are unreliable, or None.
+
+    The rule: a load average at or above ``BUSY_LOAD_PER_CORE`` per core (``cpus``: this machine's by default),
+    or any spread above ``NOISY_SPREAD``.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    reasons = []
+    high = [x for x in loads if x is not None and x >= BUSY_LOAD_PER_CORE * cpus]
+    if high:
+        reasons.append(f"load average {max(high):.1f} on {cpus} cores")
+    noisy = [x for x in spreads or [] if x > NOISY_SPREAD]
+    if noisy:
+        reasons.append(f"spread (IQR) up to {100 * max(noisy):.0f}% of the median")
+    if not reasons:
+        return None
+    return f"warning: the machine is busy ({'; '.join(reasons)}): timings are unreliable, rerun when it is idle"
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

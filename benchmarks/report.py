@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
+
+from .machine import busy_warning
 
 BASELINES = ("conv", "linear", "compile")
 
@@ -80,10 +83,11 @@ def machine_lines(results: dict) -> list[str]:
         f"{s['budget_s']} s budget per contestant), cycling {s['input_sets']} input sets; median of the samples.",
     ]
     if load:
-        lines.append(
-            f"Load average at start: {load[0]:.2f} (1 min); at end: "
-            f"{_num((results.get('load_average_end') or [None])[0], 2)}."
-        )
+        end = (results.get("load_average_end") or [None])[0]
+        lines.append(f"Load average at start: {load[0]:.2f} (1 min); at end: {_num(end, 2)}.")
+        warning = busy_warning([load[0], end], m.get("cpu_count"))
+        if warning:
+            lines.append(f"**{warning[0].upper()}{warning[1:]}.**")
     c = results.get("ceilings") or {}
     if c:
         gemm = ", ".join(f"{k} {_num(v, 0)}" for k, v in c.get("gemm_gflops", {}).items())
@@ -111,6 +115,68 @@ def summary_table(results: dict) -> list[str]:
             row.append(_ratio(ratio))
         rows.append(row)
     return _table(header, rows)
+
+
+PLAIN = ("conv", "linear", "compile")  # plain PyTorch: what users write today
+FLOOR = "gemm floor"
+
+
+def auto_dispatch_rows(results: dict) -> list[dict]:
+    """Per case: the backend automatic dispatch picks, its median, the best plain-PyTorch contestant's and the GEMM
+    floor's, and auto / best-plain as a speedup (None where a number is missing)."""
+    rows = []
+    for entry in results["cases"]:
+        by_name = {r["contestant"]: r for r in entry["results"] if r["status"] == "ok"}
+        auto = entry.get("auto_backend")
+        auto_rec = by_name.get(f"ours:{auto}") if auto else None
+        plain = [by_name[n] for n in PLAIN if n in by_name]
+        best_plain = min(plain, key=lambda r: r["median_ms"]) if plain else None
+        floor = by_name.get(FLOOR)
+        speedup = best_plain["median_ms"] / auto_rec["median_ms"] if auto_rec and best_plain else None
+        rows.append(
+            {
+                "label": entry["case"]["label"],
+                "auto": auto,
+                "auto_ms": auto_rec["median_ms"] if auto_rec else None,
+                "best_plain": best_plain["contestant"] if best_plain else None,
+                "best_plain_ms": best_plain["median_ms"] if best_plain else None,
+                "floor_ms": floor["median_ms"] if floor else None,
+                "speedup": speedup,
+            }
+        )
+    return rows
+
+
+def auto_dispatch_table(results: dict) -> list[str]:
+    rows = auto_dispatch_rows(results)
+    if not any(r["auto"] for r in rows):
+        return []
+    header = ["case", "auto picks", "auto ms", "best plain", "best plain ms", "gemm floor ms", "auto / floor"]
+    header += ["speedup vs best plain"]
+    table = []
+    for r in rows:
+        over_floor = r["auto_ms"] / r["floor_ms"] if r["auto_ms"] and r["floor_ms"] else None
+        table.append(
+            [
+                r["label"],
+                r["auto"] or "-",
+                _ms(r["auto_ms"]),
+                r["best_plain"] or "-",
+                _ms(r["best_plain_ms"]),
+                _ms(r["floor_ms"]),
+                _ratio(over_floor),
+                _ratio(r["speedup"]),
+            ]
+        )
+    lines = _table(header, table)
+    speedups = [r["speedup"] for r in rows if r["speedup"] is not None]
+    if speedups:
+        lines += [
+            "",
+            f"Automatic dispatch vs the best plain-PyTorch contestant ({', '.join(PLAIN)}): median "
+            f"{_ratio(statistics.median(speedups))}, worst {_ratio(min(speedups))}, over {len(speedups)} cases.",
+        ]
+    return lines
 
 
 def _speedups(ratios: Optional[dict]) -> str:
@@ -255,6 +321,9 @@ def render_markdown(results: dict, sections: Sequence[str] = SECTIONS) -> str:
     if "summary" in sections:
         lines += ["## Latency: median ms per call (lower is better); speedup = baseline / best of ours", ""]
         lines += summary_table(results)
+        auto = auto_dispatch_table(results)
+        if auto:
+            lines += ["", "### Automatic dispatch: the backend `patch_embed` picks without `backend=`", ""] + auto
         not_run = not_run_lines(results)
         if not_run:
             lines += ["", "Not timed:", ""] + not_run

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 import lsvit_kernels as lk
+from lsvit_kernels import registry
 
 from . import cases as cases_mod
 from .contestants import Contestant, default_contestants, make_inputs
@@ -222,6 +223,8 @@ def run_suite(
                 "case": case.to_dict(),
                 "results": records,
                 "speedups": add_speedups(records),
+                # what lk.patch_embed(...) without backend= runs for this case here
+                "auto_backend": registry.resolve(device.type, None, case.torch_dtype).name,
             }
         )
         del inputs

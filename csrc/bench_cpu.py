@@ -1,12 +1,13 @@
 """Side-by-side CPU timings of the compiled kernel on the benchmark shape (the numbers in docs/native.md).
 
 fp32 video (2, 16, 3, 224, 224), tubelet 2 x 16 x 16, E = 768, with bias and pos_embed. Each case: 2 warm-up
-calls, then the median of --reps wall times and the minimum process CPU time (all threads). Peak memory: the
-ru_maxrss increase of one call in a fresh subprocess per backend, run first.
+calls, then --reps timed calls, the cases taking turns (one call of each per round, so a load change hits all of
+them alike); the median wall time and the minimum process CPU time (all threads). ``--engines onednn,aten``
+runs the fused kernel once per GEMM engine (csrc/cpu/gemm_cpu.h), ``--schedules blocks,gemm`` once per
+schedule, side by side in this one process. ``--backward`` times forward + backward (grad of weight, bias and
+pos). Peak memory: the ru_maxrss increase of one call in a fresh subprocess per backend, run first.
 
-    python csrc/bench_cpu.py [--threads 2] [--reps 10] [--dtype bfloat16]
-
-LSVIT_CPU_SCHEDULE=blocks|gemm and LSVIT_CPU_BLOCK_ROWS select the kernel's schedule and block size.
+    python csrc/bench_cpu.py [--threads 2] [--reps 10] [--dtype bfloat16] [--engines onednn,aten]
 """
 
 from __future__ import annotations
@@ -34,18 +35,6 @@ def inputs(dtype: torch.dtype):
     return video, conv, pos
 
 
-def timed(fn, reps: int) -> tuple[float, float]:
-    for _ in range(2):
-        fn()
-    walls, cpus = [], []
-    for _ in range(reps):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls) * 1e3, min(cpus) * 1e3
-
-
 def peak_memory(backend: str) -> float:
     """MiB of peak RSS added by one call, measured in a fresh process."""
     code = (
@@ -68,6 +57,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions per case")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--engines", default="onednn", help="GEMM engines of the fused kernel: onednn, aten")
+    parser.add_argument("--schedules", default="auto", help="schedules of the fused kernel: auto, blocks, gemm")
+    parser.add_argument("--backward", action="store_true", help="forward + backward instead of forward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.no_memory:  # first: a child forked from a big parent inherits its ru_maxrss
@@ -81,29 +73,72 @@ def main() -> None:
     weight, bias = conv.weight.detach(), conv.bias.detach()
     grid = lk.geometry.patch_grid(video.shape, weight.shape)
     m, k = grid.batch * grid.num_patches, grid.patch_dim
-    a, w2 = torch.randn(m, k, dtype=dtype), weight.reshape(E, k)
+    a, w2 = torch.randn(m, k, dtype=dtype), weight.reshape(E, k).clone()
+
+    params = [weight, bias, pos]
+    if args.backward:
+        for p in params:
+            p.requires_grad_()
+    grad_out = torch.randn(B, T // TUBELET, (H // PATCH) * (W // PATCH), E, dtype=dtype)
+
+    def run(fn):
+        def step():
+            if not args.backward:
+                with torch.no_grad():
+                    return fn()
+            return torch.autograd.grad(fn(), params, grad_out)
+
+        return step
 
     def conv_path():
-        y = conv(video.permute(0, 2, 1, 3, 4))  # (B, E, T', gh, gw)
-        return y.flatten(3).permute(0, 2, 3, 1) + pos
+        y = F.conv3d(video.permute(0, 2, 1, 3, 4), weight, bias, stride=(TUBELET, PATCH, PATCH))
+        return y.flatten(3).permute(0, 2, 3, 1) + pos  # (B, T', N, E)
 
     def linear_path():
-        return F.linear(reference.patches(video, grid), w2, bias) + pos
+        return F.linear(reference.patches(video, grid), weight.reshape(E, k), bias) + pos
 
-    cases = {
-        f"torch.mm {m}x{k}x{E} (GEMM only)": lambda: torch.mm(a, w2.t()),
-        "lsvit cpu backend (fused)": lambda: lk.patch_embed(video, weight, bias, pos, backend="cpu"),
-        "lsvit reference backend (baddbmm)": lambda: lk.patch_embed(video, weight, bias, pos, backend="reference"),
-        "nn.Conv3d + flatten + transpose + add": conv_path,
-        "reshape + F.linear + add": linear_path,
-    }
-    print(f"{args.dtype}, threads={args.threads}, reps={args.reps}, {grid.flops() / 1e9:.1f} GFLOP per call")
-    with torch.no_grad():
-        base = None
+    def fused(engine: str, schedule: str):
+        def call():
+            torch.ops.lsvit_cpu.set_gemm_engine(engine)
+            torch.ops.lsvit_cpu.set_schedule(schedule)
+            return lk.patch_embed(video, weight, bias, pos, backend="cpu")
+
+        return call
+
+    def floor():
+        with torch.no_grad():
+            out = torch.mm(a, w2.t())
+            return (out, torch.mm(out.t(), a)) if args.backward else out
+
+    cases = {f"torch.mm {m}x{k}x{E} (GEMM only{' + grad_weight' if args.backward else ''})": floor}
+    lk.patch_embed(video[:, :TUBELET, :, :PATCH, :PATCH], weight, bias, pos[:1], backend="cpu")  # loads the library
+    for engine in args.engines.split(","):
+        for schedule in args.schedules.split(","):
+            cases[f"lsvit cpu backend, {engine} GEMM, {schedule}"] = run(fused(engine, schedule))
+    cases["lsvit reference backend (baddbmm)"] = run(
+        lambda: lk.patch_embed(video, weight, bias, pos, backend="reference")
+    )
+    cases["F.conv3d + flatten + transpose + add"] = run(conv_path)
+    cases["reshape + F.linear + add"] = run(linear_path)
+    mode = "forward + backward" if args.backward else "forward"
+    print(f"{args.dtype} {mode}, threads={args.threads}, reps={args.reps}, {grid.flops() / 1e9:.1f} GFLOP per GEMM")
+    walls: dict[str, list[float]] = {name: [] for name in cases}
+    cpus: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+        fn()
+    for _ in range(args.reps):
         for name, fn in cases.items():
-            wall, cpu = timed(fn, args.reps)
-            base = base or wall
-            print(f"  {name:<40} wall {wall:7.1f} ms  cpu {cpu:7.1f} ms  ({wall / base:.2f}x the GEMM)")
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            walls[name].append((time.perf_counter() - w0) * 1e3)
+            cpus[name].append((time.process_time() - c0) * 1e3)
+    base = statistics.median(walls[next(iter(cases))])
+    for name in cases:
+        wall, cpu = statistics.median(walls[name]), min(cpus[name])
+        print(f"  {name:<44} wall {wall:7.1f} ms  cpu {cpu:7.1f} ms  ({wall / base:.2f}x the GEMM)")
+    torch.ops.lsvit_cpu.set_gemm_engine("onednn")
+    torch.ops.lsvit_cpu.set_schedule("auto")
 
 
 if __name__ == "__main__":

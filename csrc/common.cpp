@@ -4,11 +4,17 @@
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "common.h"
 
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/sum.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace lsvit {
 namespace {
@@ -103,6 +109,28 @@ void check_pos_rows(int64_t pos_rows, bool has_cls, CallPlan& plan) {
   plan.pos_per_token = pos_rows != per_slot;
 }
 
+// sum over dim 0 of a contiguous CPU tensor (n, ...) into acc_dtype (the opmath type of its dtype).
+at::Tensor sum_leading_cpu(const at::Tensor& slices, at::ScalarType acc_dtype) {
+  const int64_t n = slices.size(0), inner = slices.numel() / std::max<int64_t>(n, 1);
+  const at::Tensor src = slices.contiguous();
+  std::vector<int64_t> shape(slices.sizes().begin() + 1, slices.sizes().end());
+  at::Tensor acc = at::empty(shape, slices.options().dtype(acc_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "lsvit_sum_leading_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    TORCH_INTERNAL_ASSERT(c10::CppTypeToScalarType<acc_t>::value == acc_dtype);
+    const scalar_t* in = src.const_data_ptr<scalar_t>();
+    acc_t* out = acc.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, inner, 4096, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) out[j] = n > 0 ? static_cast<acc_t>(in[j]) : acc_t(0);
+      for (int64_t i = 1; i < n; ++i) {
+        const scalar_t* row = in + i * inner;
+        for (int64_t j = j0; j < j1; ++j) out[j] += static_cast<acc_t>(row[j]);
+      }
+    });
+  });
+  return acc;
+}
+
 }  // namespace
 
 at::Tensor weight_5d(const at::Tensor& weight) {
@@ -151,15 +179,30 @@ void token_reduction_grads(const at::Tensor& grad_tokens, const CallPlan& plan, 
   if (!mask[2] && !mask[3] && !mask[4]) return;
   const auto& g = plan.geometry;
   const auto dtype = grad_tokens.scalar_type();
-  // (T', S + N, E) in fp32 (fp64 for fp64): every reduction below reads this instead of grad_tokens.
-  const at::Tensor per_step = at::sum(grad_tokens, {0}, false, dtype == at::kDouble ? at::kDouble : at::kFloat);
-  if (mask[2]) std::get<2>(grads) = at::sum(per_step.narrow(1, g.cls_slots, g.num_spatial), {0, 1}).to(dtype);
+  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  // Sums of grad_tokens in fp32 (fp64 for fp64), never an fp32 copy of the whole grad_tokens (at::sum(...,
+  // dtype) casts its whole input first: 19 MiB on the 2D bf16 benchmark shape). On CPU one parallel loop over
+  // the accumulator (sum_leading_cpu: one thread-team region, where a loop of ATen adds would be one per
+  // slice); on a GPU one reduction. per_step (T', S + N, E): summed over the batch, only for a per-token
+  // pos_embed. per_slot (S + N, E): summed over batch and time steps; bias and cls reduce this small table
+  // over its outer dimension (reducing per_step over two dimensions of a narrowed view took 2-4 ms on the CPU
+  // benchmark shape, against 0.1 ms for this).
+  auto sum_slices = [&](const at::Tensor& slices) {  // (n, ...) -> sum over dim 0, in acc_dtype
+    return slices.is_cpu() ? sum_leading_cpu(slices, acc_dtype) : at::sum(slices, {0}, false, acc_dtype);
+  };
+  const bool need_step = mask[3] && plan.pos_per_token;
+  const bool need_slot = mask[2] || mask[4] || (mask[3] && !plan.pos_per_token);
+  const at::Tensor per_step = need_step ? sum_slices(grad_tokens) : at::Tensor();
+  const at::Tensor per_slot =
+      !need_slot ? at::Tensor()
+      : need_step ? at::sum(per_step, {0})
+                  : sum_slices(grad_tokens.reshape({g.batch * g.steps, g.tokens_per_step, g.embed_dim}));
+  if (mask[2]) std::get<2>(grads) = at::sum(per_slot.narrow(0, g.cls_slots, g.num_spatial), {0}).to(dtype);
   if (mask[3]) {
-    std::get<3>(grads) = (plan.pos_per_token ? per_step.reshape({pos_rows, g.embed_dim}) : at::sum(per_step, {0}))
-                             .to(dtype)
-                             .contiguous();
+    std::get<3>(grads) =
+        (plan.pos_per_token ? per_step.reshape({pos_rows, g.embed_dim}) : per_slot).to(dtype).contiguous();
   }
-  if (mask[4]) std::get<4>(grads) = at::sum(per_step.select(1, 0), {0}).to(dtype);
+  if (mask[4]) std::get<4>(grads) = per_slot.select(0, 0).to(dtype, false, /*copy=*/true);  // not a view of pos
 }
 
 }  // namespace lsvit

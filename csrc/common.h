@@ -31,7 +31,7 @@ CallPlan check_forward_args(const at::Tensor& video, const at::Tensor& weight, c
 CallPlan check_backward_args(const at::Tensor& grad_tokens, const at::Tensor& video, const at::Tensor& weight,
                              int64_t pos_rows, bool has_cls, c10::ArrayRef<at::ScalarType> allowed);
 
-// grad_bias, grad_pos, grad_cls from grad_tokens (B, T', S + N, E) with one fp32 pass over it (ATen sums);
+// grad_bias, grad_pos, grad_cls from grad_tokens (B, T', S + N, E) with one fp32 pass over it (ATen ops);
 // undefined where not asked for. Device-agnostic.
 void token_reduction_grads(const at::Tensor& grad_tokens, const CallPlan& plan, int64_t pos_rows,
                            const std::array<bool, 5>& mask, Grads& grads);

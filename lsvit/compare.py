@@ -2,16 +2,17 @@
 
 Builds one sample clip (a synthetic motion video, or ``--video``), then for 2D patching and 3D patching with each
 ``--tubelets`` size runs (a) the patch embedding alone and (b) the whole LSViTForAction, and prints a table of
-token counts, output shapes, parameter counts and forward latency (median of ``--repeats`` timed runs after
-``--warmup`` untimed ones), with the reduction of each 3D variant relative to 2D. Same machine, same process,
-same clip: the numbers are comparable with each other, not with other machines.
+token counts, output shapes, parameter counts and forward latency (median and interquartile range of
+``--repeats`` timed runs after ``--warmup`` untimed ones), with the reduction of each 3D variant relative to 2D.
+Same machine, same process, same clip: the numbers are comparable with each other, not with other machines. A
+warning line follows the table when the machine was busy (load average at or above one per core) or the spread
+exceeds a quarter of the median, the rule of ``lsvit-bench`` (benchmarks/machine.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from benchmarks.machine import busy_warning, load_average
 from lsvit.data import ClipTransform, decode_frames, default_resize_size, frames_to_rgb, segment_indices
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, build_config, model_overrides
 from lsvit.synth import render_video
@@ -70,7 +72,10 @@ def sample_clip(config, num_frames: int, batch: int, video: Optional[str]) -> to
     return clip.unsqueeze(0).expand(batch, *clip.shape).contiguous()
 
 
-def median_latency_ms(run: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+def latency_ms(run: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    """Median and spread of ``repeats`` timed calls after ``warmup`` untimed ones (benchmarks.harness.summarize)."""
+    from benchmarks.harness import summarize
+
     def synced():
         out = run()
         if device.type == "cuda":
@@ -84,7 +89,12 @@ def median_latency_ms(run: Callable[[], Any], device: torch.device, warmup: int,
         start = time.perf_counter()
         synced()
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return summarize(times)
+
+
+def _timed(row: dict[str, Any], part: str, run: Callable[[], Any], device: torch.device, args) -> None:
+    stats = latency_ms(run, device, args.warmup, args.repeats)
+    row[f"{part}_ms"], row[f"{part}_iqr_ms"] = stats["median_ms"], stats["iqr_ms"]
 
 
 def parameter_count(module: torch.nn.Module) -> int:
@@ -102,6 +112,7 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
         if num_frames % tubelet:
             raise SystemExit(f"error: num_frames={num_frames} is not divisible by tubelet {tubelet}")
     clip = sample_clip(base, num_frames, args.batch_size, args.video).to(device, dtype)
+    load_start = load_average()
     rows = []
     for tubelet in [1, *args.tubelets]:
         three_d = tubelet > 1
@@ -120,13 +131,13 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
             tokens = embed(clip)
             row["embed_shape"] = list(tokens.shape)
             row["embed_params"] = parameter_count(embed)
-            row["embed_ms"] = median_latency_ms(lambda embed=embed: embed(clip), device, args.warmup, args.repeats)
+            _timed(row, "embed", lambda embed=embed: embed(clip), device, args)
             if not args.skip_model:
                 torch.manual_seed(0)
                 model = LSViTForAction(config, num_frames=num_frames).to(device, dtype).eval()
                 row["model_shape"] = list(model(clip).shape)
                 row["model_params"] = parameter_count(model)
-                row["model_ms"] = median_latency_ms(lambda model=model: model(clip), device, args.warmup, args.repeats)
+                _timed(row, "model", lambda model=model: model(clip), device, args)
                 del model
         rows.append(row)
     baseline = rows[0]
@@ -136,6 +147,12 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
         if "model_ms" in row:
             row["model_ms_reduction_pct"] = 100.0 * (1 - row["model_ms"] / baseline["model_ms"])
     print_table(rows, base, num_frames, clip, device, args)
+    spreads = [
+        row[f"{part}_iqr_ms"] / row[f"{part}_ms"] for row in rows for part in ("embed", "model") if f"{part}_ms" in row
+    ]
+    warning = busy_warning([load_start, load_average()], spreads=spreads)
+    if warning:
+        print(warning)
     if args.json:
         Path(args.json).write_text(json.dumps({"config": base.model_dump(), "rows": rows}, indent=2))
     return rows
@@ -144,11 +161,11 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
 def print_table(rows, config, num_frames, clip, device, args) -> None:
     print(
         f"clip {list(clip.shape)} {args.dtype} on {device}; patch {config.patch_size}, embed_dim {config.embed_dim}, "
-        f"depth {config.depth}; median of {args.repeats} after {args.warmup} warm-up"
+        f"depth {config.depth}; median (interquartile range) of {args.repeats} after {args.warmup} warm-up"
     )
-    header = ["variant", "tokens", "tokens -%", "embed out", "embed params", "embed ms", "embed ms -%"]
+    header = ["variant", "tokens", "tokens -%", "embed out", "embed params", "embed ms (IQR)", "embed ms -%"]
     if "model_ms" in rows[0]:
-        header += ["model out", "model params", "model ms", "model ms -%"]
+        header += ["model out", "model params", "model ms (IQR)", "model ms -%"]
     lines = [header]
     for row in rows:
         line = [
@@ -157,14 +174,14 @@ def print_table(rows, config, num_frames, clip, device, args) -> None:
             f"{row['token_reduction_pct']:.1f}",
             "x".join(map(str, row["embed_shape"])),
             f"{row['embed_params']:,}",
-            f"{row['embed_ms']:.2f}",
+            f"{row['embed_ms']:.2f} ({row['embed_iqr_ms']:.2f})",
             f"{row['embed_ms_reduction_pct']:.1f}",
         ]
         if "model_ms" in row:
             line += [
                 "x".join(map(str, row["model_shape"])),
                 f"{row['model_params']:,}",
-                f"{row['model_ms']:.2f}",
+                f"{row['model_ms']:.2f} ({row['model_iqr_ms']:.2f})",
                 f"{row['model_ms_reduction_pct']:.1f}",
             ]
         lines.append(line)

@@ -3,7 +3,7 @@
 // Forward, per block of rows:
 //   1. write bias + pos_embed into the block's output rows (the GEMM's C; the epilogue done up front),
 //   2. gather the block's tubelets from the strided video into a (rows, K) panel, casting as it goes,
-//   3. C += panel @ W^T with one BLAS call (at::addmm_out).
+//   3. C += panel @ W^T with one GEMM call (gemm_cpu.h: oneDNN where it runs, else ATen's BLAS).
 // Two schedules (Schedule below): kBlocks, ~256-token blocks in parallel over blocks, one panel per thread
 // (256 x 1536 x 4 = 1.5 MiB on the benchmark shape, cache-resident for the GEMM), single-threaded GEMMs;
 // kGemm, blocks of output rows one after another (a 4 MiB panel), steps 1-2 parallel over rows, one
@@ -11,8 +11,9 @@
 // Accumulation is fp32 for every dtype: bf16 runs a bf16 panel and a bf16 GEMM (oneDNN: fp32 accumulation,
 // C added in fp32, one rounding); fp16 an fp32 panel, an fp32 weight copy and an fp32 C rounded once.
 //
-// Backward. The same blocks: grad_weight += G_block^T @ panel, fp32 for every dtype, into one fp32 (E, K)
-// accumulator (kGemm) or one per worker summed at the end (kBlocks, fixed worker ranges): deterministic.
+// Backward. The same blocks: grad_weight += G_block^T @ panel into one fp32 (E, K) accumulator (kGemm) or one
+// per worker summed at the end (kBlocks, fixed worker ranges): deterministic. bf16 blocks are bf16 GEMMs
+// (WeightGradAccumulator).
 // grad_video = scatter(G_block @ W) (tubelets tile the video, so every element is written exactly once: no
 // zero fill); bias/pos/cls gradients are sums of grad_tokens (common.cpp).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
@@ -20,10 +21,10 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/ParallelGuard.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -35,6 +36,7 @@
 
 #include "../common.h"
 #include "../patch_embed.h"
+#include "gemm_cpu.h"
 
 namespace lsvit::cpu {
 namespace {
@@ -42,22 +44,44 @@ namespace {
 // How blocks are spread over threads. kBlocks: each worker runs whole blocks with single-threaded GEMMs (one
 // parallel region per call); kGemm: blocks one after another, init/gather/scatter parallel over rows, one
 // multi-threaded GEMM per block. kGemm is the default with more than one thread: measured faster here for
-// every dtype (docs/native.md), and oneDNN's bf16 GEMM inside an OpenMP worker ran ~2.5x slower than on
-// its own. LSVIT_CPU_SCHEDULE=blocks|gemm overrides the choice.
-enum class Schedule { kBlocks, kGemm };
-Schedule schedule(int64_t threads) {
-  const char* env = std::getenv("LSVIT_CPU_SCHEDULE");
-  if (env && std::string(env) == "blocks") return Schedule::kBlocks;
-  if (env && std::string(env) == "gemm") return Schedule::kGemm;
-  return threads > 1 ? Schedule::kGemm : Schedule::kBlocks;
+// every dtype (docs/native.md), and oneDNN's GEMM inside an OpenMP worker ran ~2.5x slower than on its own.
+//
+// Tuning knobs, for csrc/bench_cpu.py and the tests: the schedule (auto, blocks, gemm) and the rows per block
+// (0 = measured default). They start from LSVIT_CPU_SCHEDULE / LSVIT_CPU_BLOCK_ROWS, read once when the library
+// loads, and change through torch.ops.lsvit_cpu.set_schedule / set_block_rows; no call reads the environment.
+enum class Schedule { kAuto, kBlocks, kGemm };
+const char* schedule_name(Schedule s) {
+  return s == Schedule::kBlocks ? "blocks" : s == Schedule::kGemm ? "gemm" : "auto";
 }
-
-// Rows per block: measured on the benchmark shape (docs/native.md); LSVIT_CPU_BLOCK_ROWS overrides it.
-int64_t block_rows_env() {
+Schedule parse_schedule(const std::string& name) {
+  if (name == "blocks") return Schedule::kBlocks;
+  if (name == "gemm") return Schedule::kGemm;
+  TORCH_CHECK_VALUE(name == "auto" || name.empty(), "CPU schedule must be 'auto', 'blocks' or 'gemm'; got '", name,
+                    "'");
+  return Schedule::kAuto;
+}
+std::atomic<Schedule> forced_schedule{[] {
+  const char* env = std::getenv("LSVIT_CPU_SCHEDULE");
+  const std::string value = env ? env : "";
+  return value == "blocks" || value == "gemm" ? parse_schedule(value) : Schedule::kAuto;
+}()};
+std::atomic<int64_t> forced_block_rows{[] {
   const char* env = std::getenv("LSVIT_CPU_BLOCK_ROWS");
   const int64_t rows = env ? std::atoll(env) : 0;
   return rows > 0 ? rows : int64_t{0};
+}()};
+
+// Forward on one thread: kBlocks (256-row blocks, cache-resident panels) measured ~5% faster than kGemm's
+// bigger blocks. Backward: kGemm for any thread count, since every bf16 block adds an (E, K) partial into the
+// fp32 accumulator (1 thread, bf16, 3D benchmark shape: 19.9 ms kGemm vs 22.2 ms kBlocks for grad_weight).
+Schedule schedule(int64_t threads, bool backward) {
+  const Schedule forced = forced_schedule.load(std::memory_order_relaxed);
+  if (forced != Schedule::kAuto) return forced;
+  return threads > 1 || backward ? Schedule::kGemm : Schedule::kBlocks;
 }
+
+// Rows per block: measured on the benchmark shape (docs/native.md), unless set.
+int64_t block_rows_env() { return forced_block_rows.load(std::memory_order_relaxed); }
 int64_t block_rows_target() {
   const int64_t rows = block_rows_env();
   return rows > 0 ? rows : int64_t{256};
@@ -99,6 +123,18 @@ BlockPlan plan_blocks(const PatchGeometry& g, int64_t target) {
   return p;
 }
 
+// One patch row of bytes: a fixed-size copy (inlined vector moves) for the common 16-pixel rows of 16- and
+// 32-bit pixels, a memcpy call otherwise.
+inline void copy_patch_row(void* dst, const void* src, size_t bytes) {
+  if (bytes == 32) {
+    std::memcpy(dst, src, 32);
+  } else if (bytes == 64) {
+    std::memcpy(dst, src, 64);
+  } else {
+    std::memcpy(dst, src, bytes);
+  }
+}
+
 // panel[r, k] = video[tubelet of token first + r][k], cast to acc_t. K runs (c, dt, dh, dw): one patch row of
 // pw pixels at a time, contiguous when the video's W stride is 1.
 template <typename video_t, typename acc_t>
@@ -114,7 +150,7 @@ void gather_panel(const video_t* video, const PatchGeometry& g, const VideoStrid
           const video_t* src = plane + dh * s.h;
           if constexpr (std::is_same_v<video_t, acc_t>) {
             if (s.w == 1) {  // a plain copy: memcpy beat the element loop by 1 of 23 ms (bf16 benchmark call)
-              std::memcpy(dst, src, g.patch_w * sizeof(acc_t));
+              copy_patch_row(dst, src, g.patch_w * sizeof(acc_t));
               continue;
             }
           }
@@ -260,7 +296,7 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
   constexpr bool kCIsOut = std::is_same_v<gemm_t, scalar_t>;
   const auto& g = plan.geometry;
   const int64_t threads = at::get_num_threads();
-  const Schedule sched = schedule(threads);
+  const Schedule sched = schedule(threads, /*backward=*/false);
   const BlockPlan blocks = plan_blocks(g, block_rows_target());
   const auto gemm_options = weight2d.options().dtype(c10::CppTypeToScalarType<gemm_t>::value);
   const at::Tensor weight_t = weight2d.to(gemm_options.dtype()).t();  // (K, E) view; an fp32 copy for fp16
@@ -286,7 +322,7 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
         prepare_rows<video_t, gemm_t>(plan, video_ptr, table_ptr, per_pos_row, row0 + a, row0 + b,
                                                 panel_ptr + a * g.patch_dim, c_ptr + a * g.embed_dim);
       });
-      at::addmm_out(c_block, c_block, panel.narrow(0, 0, rows), weight_t);  // multi-threaded BLAS
+      gemm(panel.narrow(0, 0, rows), weight_t, c_block, 1.0f);  // multi-threaded GEMM
       if constexpr (!kCIsOut) {
         scalar_t* dst = out_ptr + row0 * g.embed_dim;
         at::parallel_for(0, rows * g.embed_dim, 4096, [&](int64_t j0, int64_t j1) {
@@ -308,7 +344,7 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
       gemm_t* c_ptr = c_block.mutable_data_ptr<gemm_t>();
       init_block<gemm_t>(plan, table_ptr, per_pos_row, first, rows, c_ptr);
       gather_panel<video_t, gemm_t>(video_ptr, g, plan.video_strides, first, rows, panel.mutable_data_ptr<gemm_t>());
-      at::addmm_out(c_block, c_block, panel.narrow(0, 0, rows), weight_t);  // C += panel @ W^T
+      gemm(panel.narrow(0, 0, rows), weight_t, c_block, 1.0f);  // C += panel @ W^T
       if constexpr (!kCIsOut) {
         scalar_t* dst = out_ptr + row0 * g.embed_dim;
         for (int64_t j = 0; j < rows * g.embed_dim; ++j) dst[j] = static_cast<scalar_t>(c_ptr[j]);
@@ -321,20 +357,76 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
   }
 }
 
+// Runs f with ATen's element-wise ops single-threaded (as inside at::parallel_for). For the (E, K) adds and
+// casts between GEMMs: ~0.3 ms each on one core, while a thread-team region costs a scheduler time slice
+// (4-8 ms here) whenever the other core is taken by another job; at 2 threads on a loaded machine the bf16
+// grad_weight of the benchmark shape measured 72 ms with them parallel, against 16 ms for torch.mm's.
+template <typename F>
+void serial(F&& f) {
+  c10::ParallelGuard guard(true);
+  f();
+}
+
+// grad_weight's per-block GEMM and its fp32 (fp64) accumulator. bf16: each block's G^T @ panel is a bf16 GEMM
+// (fp32 accumulation inside, one rounding of the block's sum) added into the fp32 accumulator, so the 16-bit
+// operands run at the bf16 GEMM rate (4x the fp32 rate here) instead of being upcast to an fp32 GEMM; with one
+// block that is exactly one rounding, as torch's own bf16 grad_weight. Other dtypes accumulate in the GEMM
+// (beta = 1) straight into the fp32/fp64 accumulator.
+template <typename scalar_t, typename gemm_t>
+struct WeightGradAccumulator {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr bool kRoundedBlocks = !std::is_same_v<gemm_t, acc_t>;
+  at::Tensor acc, block;  // acc: (E, K) acc_t; block: (E, K) gemm_t when kRoundedBlocks
+  int64_t blocks = 0;
+
+  WeightGradAccumulator(int64_t e, int64_t k, const at::TensorOptions& acc_options,
+                        const at::TensorOptions& gemm_options) {
+    acc = kRoundedBlocks ? at::empty({e, k}, acc_options) : at::zeros({e, k}, acc_options);
+    if (kRoundedBlocks) block = at::empty({e, k}, gemm_options);
+  }
+  // acc += g^T @ panel; g (rows, E) and panel (rows, K) in gemm_t.
+  void add(const at::Tensor& g, const at::Tensor& panel) {
+    if (!kRoundedBlocks) {
+      gemm(g.t(), panel, acc, 1.0f);
+    } else {
+      if (blocks == 1) serial([&] { acc.copy_(block); });  // the first block's sum, kept until a second comes
+      gemm(g.t(), panel, block, 0.0f);
+      if (blocks >= 1) serial([&] { acc.add_(block); });
+    }
+    ++blocks;
+  }
+  // The sum in acc_t.
+  const at::Tensor& sum() {
+    if (kRoundedBlocks && blocks == 1) {
+      serial([&] { acc.copy_(block); });
+      blocks = 2;  // acc holds the sum from here on
+    }
+    return acc;
+  }
+  // The result in the weight's dtype.
+  at::Tensor result(at::ScalarType dtype) {
+    if (kRoundedBlocks && blocks == 1) return block;  // the one GEMM's rounding, nothing else
+    if (std::is_same_v<acc_t, scalar_t>) return acc;
+    at::Tensor out;
+    serial([&] { out = acc.to(dtype); });
+    return out;
+  }
+};
+
 template <typename scalar_t, typename video_t>
 void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at::Tensor& video,
                    const at::Tensor& weight2d, bool need_video, bool need_weight, at::Tensor& grad_video,
                    at::Tensor& grad_weight2d) {
-  // grad_weight: fp32 GEMMs into fp32 accumulators for every dtype (a bf16 GEMM would round each block's
-  // partial sum). grad_video: one dot product over E per element, so for bf16 a bf16 GEMM (fp32 accumulation,
-  // one rounding) is what the dtype gives; fp16 runs it in fp32 (see forward_impl).
+  // Operands in gemm_t (see forward_impl): bf16 stays bf16 (panel, grad_tokens and weight; fp32 accumulation
+  // inside the GEMM), fp16 runs in fp32 (a copy of each grad_tokens block), fp32/fp64 as they are.
+  // grad_video: one dot product over E per element, one rounding.
   using acc_t = at::opmath_type<scalar_t>;
   using gemm_t = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, scalar_t, acc_t>;
-  constexpr bool kSameDtype = std::is_same_v<acc_t, scalar_t>;
-  constexpr bool kVideoGemmNative = std::is_same_v<gemm_t, scalar_t>;
+  using Accumulator = WeightGradAccumulator<scalar_t, gemm_t>;
+  constexpr bool kGradNative = std::is_same_v<gemm_t, scalar_t>;
   const auto& g = plan.geometry;
   const int64_t threads = at::get_num_threads();
-  const Schedule sched = schedule(threads);
+  const Schedule sched = schedule(threads, /*backward=*/true);
   const BlockPlan blocks = plan_blocks(g, block_rows_target());
   const auto acc_options = weight2d.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const auto gemm_options = weight2d.options().dtype(c10::CppTypeToScalarType<gemm_t>::value);
@@ -342,32 +434,32 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
   const at::Tensor grad2d = grad_tokens.view({-1, g.embed_dim});  // (B T' (S + N), E)
   const video_t* video_ptr = video.const_data_ptr<video_t>();
   video_t* grad_video_ptr = need_video ? grad_video.mutable_data_ptr<video_t>() : nullptr;
-  const bool need_g_acc = !kSameDtype && (need_weight || !kVideoGemmNative);
+  const at::ScalarType dtype = weight2d.scalar_type();
 
   if (sched == Schedule::kGemm) {  // one block of output rows after another, multi-threaded GEMMs
-    const RowPlan rp = plan_rows(g, gemm_block_rows(threads, g.patch_dim, sizeof(acc_t)));
-    at::Tensor panel = need_weight ? at::empty({rp.max_rows, g.patch_dim}, acc_options) : at::Tensor();
-    at::Tensor vpanel = !need_video                                        ? at::Tensor()
-                        : (need_weight && std::is_same_v<gemm_t, acc_t>) ? panel
-                                                                           : at::empty({rp.max_rows, g.patch_dim}, gemm_options);
-    at::Tensor g_buffer = need_g_acc ? at::empty({rp.max_rows, g.embed_dim}, acc_options) : at::Tensor();
-    at::Tensor partial = need_weight ? at::zeros({g.embed_dim, g.patch_dim}, acc_options) : at::Tensor();
+    const RowPlan rp = plan_rows(g, gemm_block_rows(threads, g.patch_dim, sizeof(gemm_t)));
+    // One panel serves both GEMMs of a block: grad_weight reads the gathered tubelets, then grad_video writes
+    // its rows over them.
+    at::Tensor panel = at::empty({rp.max_rows, g.patch_dim}, gemm_options);
+    at::Tensor g_buffer = kGradNative ? at::Tensor() : at::empty({rp.max_rows, g.embed_dim}, gemm_options);
+    c10::optional<Accumulator> grad_w;
+    if (need_weight) grad_w.emplace(g.embed_dim, g.patch_dim, acc_options, gemm_options);
     for (int64_t i = 0; i < rp.num_blocks; ++i) {
       const int64_t row0 = rp.begin(i), rows = rp.begin(i + 1) - row0;
       const at::Tensor g_block = grad2d.narrow(0, row0, rows);  // (rows, E), CLS rows included
-      const at::Tensor g_acc = need_g_acc ? g_buffer.narrow(0, 0, rows).copy_(g_block) : g_block;
+      const at::Tensor g_gemm = kGradNative ? g_block : g_buffer.narrow(0, 0, rows).copy_(g_block);
+      at::Tensor p = panel.narrow(0, 0, rows);
       if (need_weight) {
-        acc_t* p = panel.mutable_data_ptr<acc_t>();
+        gemm_t* p_ptr = p.mutable_data_ptr<gemm_t>();
         at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
-          prepare_rows<video_t, acc_t>(plan, video_ptr, nullptr, false, row0 + a, row0 + b,
-                                                 p + a * g.patch_dim, nullptr);
+          prepare_rows<video_t, gemm_t>(plan, video_ptr, nullptr, false, row0 + a, row0 + b,
+                                        p_ptr + a * g.patch_dim, nullptr);
         });
-        at::addmm_out(partial, partial, g_acc.t(), panel.narrow(0, 0, rows));  // CLS rows add exactly 0
+        grad_w->add(g_gemm, p);  // CLS rows add exactly 0
       }
       if (need_video) {
-        at::Tensor vp = vpanel.narrow(0, 0, rows);
-        at::mm_out(vp, kVideoGemmNative ? g_block : g_acc, weight_gemm);  // (rows, K) = (rows, E) @ (E, K)
-        const gemm_t* src = vp.const_data_ptr<gemm_t>();
+        gemm(g_gemm, weight_gemm, p, 0.0f);  // (rows, K) = (rows, E) @ (E, K)
+        const gemm_t* src = p.const_data_ptr<gemm_t>();
         at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
           for (int64_t r = row0 + a; r < row0 + b; ++r) {
             const int64_t slot = r % g.tokens_per_step;
@@ -378,51 +470,45 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
         });
       }
     }
-    if (need_weight) grad_weight2d = kSameDtype ? partial : partial.to(weight2d.scalar_type());
+    if (need_weight) grad_weight2d = grad_w->result(dtype);
     return;
   }
 
-  // kBlocks: fixed worker ranges, one fp32 grad_weight partial each, single-threaded GEMMs (the sum does not
+  // kBlocks: fixed worker ranges, one grad_weight accumulator each, single-threaded GEMMs (the sum does not
   // depend on scheduling).
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(threads, blocks.num_blocks));
-  std::vector<at::Tensor> partials(workers);
+  std::vector<c10::optional<Accumulator>> partials(workers);
   auto work = [&](int64_t w) {
-    at::Tensor panel = need_weight ? at::empty({blocks.max_rows, g.patch_dim}, acc_options) : at::Tensor();
-    at::Tensor vpanel = !need_video                    ? at::Tensor()
-                        : (need_weight && std::is_same_v<gemm_t, acc_t>) ? panel
-                                                       : at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
-    at::Tensor g_buffer = need_g_acc ? at::empty({blocks.max_rows, g.embed_dim}, acc_options) : at::Tensor();
-    at::Tensor partial = need_weight ? at::zeros({g.embed_dim, g.patch_dim}, acc_options) : at::Tensor();
+    at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
+    at::Tensor g_buffer = kGradNative ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, gemm_options);
+    if (need_weight) partials[w].emplace(g.embed_dim, g.patch_dim, acc_options, gemm_options);
     const int64_t lo = blocks.num_blocks * w / workers, hi = blocks.num_blocks * (w + 1) / workers;
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t first = blocks.first(i), rows = blocks.rows(i);
       const at::Tensor g_block = grad2d.narrow(0, output_row(first, g), rows);  // (rows, E), contiguous
-      const at::Tensor g_acc = need_g_acc ? g_buffer.narrow(0, 0, rows).copy_(g_block) : g_block;
+      const at::Tensor g_gemm = kGradNative ? g_block : g_buffer.narrow(0, 0, rows).copy_(g_block);
+      at::Tensor p = panel.narrow(0, 0, rows);
       if (need_weight) {
-        acc_t* p = panel.mutable_data_ptr<acc_t>();
-        at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-          gather_panel<video_t, acc_t>(video_ptr, g, plan.video_strides, first + r0, r1 - r0, p + r0 * g.patch_dim);
-        });
-        at::addmm_out(partial, partial, g_acc.t(), panel.narrow(0, 0, rows));  // (E, K) += (E, rows) @ (rows, K)
+        gather_panel<video_t, gemm_t>(video_ptr, g, plan.video_strides, first, rows, p.mutable_data_ptr<gemm_t>());
+        partials[w]->add(g_gemm, p);  // (E, K) += (E, rows) @ (rows, K)
       }
       if (need_video) {
-        at::Tensor vp = vpanel.narrow(0, 0, rows);
-        at::mm_out(vp, kVideoGemmNative ? g_block : g_acc, weight_gemm);  // (rows, K) = (rows, E) @ (E, K)
-        const gemm_t* src = vp.const_data_ptr<gemm_t>();
-        at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-          scatter_panel<video_t, gemm_t>(src + r0 * g.patch_dim, g, first + r0, r1 - r0, grad_video_ptr);
-        });
+        gemm(g_gemm, weight_gemm, p, 0.0f);  // (rows, K) = (rows, E) @ (E, K)
+        scatter_panel<video_t, gemm_t>(p.const_data_ptr<gemm_t>(), g, first, rows, grad_video_ptr);
       }
     }
-    partials[w] = partial;
   };
   at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t w = wbegin; w < wend; ++w) work(w);
   });
   if (need_weight) {
-    at::Tensor total = partials[0];
-    for (int64_t w = 1; w < workers; ++w) total.add_(partials[w]);
-    grad_weight2d = kSameDtype ? total : total.to(weight2d.scalar_type());
+    if (workers == 1) {
+      grad_weight2d = partials[0]->result(dtype);
+      return;
+    }
+    at::Tensor total = partials[0]->sum();
+    for (int64_t w = 1; w < workers; ++w) total.add_(partials[w]->sum());
+    grad_weight2d = std::is_same_v<acc_t, scalar_t> ? total : total.to(dtype);
   }
 }
 
@@ -489,6 +575,16 @@ Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video, const 
   if (mask[1]) std::get<1>(grads) = grad_weight2d.view(weight.sizes());
   token_reduction_grads(grad_tokens, plan, pos_rows, mask, grads);
   return grads;
+}
+
+TORCH_LIBRARY_FRAGMENT(lsvit_cpu, m) {
+  m.def("set_schedule(str schedule) -> str", [](const std::string& name) -> std::string {
+    return schedule_name(forced_schedule.exchange(parse_schedule(name)));
+  });
+  m.def("set_block_rows(int rows) -> int", [](int64_t rows) -> int64_t {
+    TORCH_CHECK_VALUE(rows >= 0, "block rows must be >= 0 (0: the measured default); got ", rows);
+    return forced_block_rows.exchange(rows);
+  });
 }
 
 }  // namespace lsvit::cpu

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import lsvit_kernels as lk
 from benchmarks import report, suite
 from benchmarks.contestants import CaseInputs, Contestant, Prepared, make_ours
 
@@ -86,6 +87,13 @@ def test_baselines_and_ours_are_checked_and_timed(quick_run):
     assert compiled and all(r["status"] == "skipped" and "--quick" in r["reason"] for _, r in compiled)
     fwdbwd = [e for e in results["cases"] if e["case"]["mode"] == "fwdbwd"]
     assert fwdbwd and "grad_weight" in fwdbwd[0]["results"][0]["errors"]
+
+
+def test_each_case_names_the_automatically_dispatched_backend(quick_run):
+    _, results, markdown = quick_run
+    expected = lk.available_backends("cpu")[0]  # the first available in the registry's automatic order
+    assert [entry["auto_backend"] for entry in results["cases"]] == [expected] * len(results["cases"])
+    assert "### Automatic dispatch" in markdown and f"| {expected} |" in markdown
 
 
 def test_wrong_contestants_are_failed_and_not_timed(quick_run):

@@ -30,6 +30,24 @@ def test_compare_rows_tokens_shapes_and_reductions(tmp_path, capsys):
     assert json.loads((tmp_path / "t.json").read_text())["rows"][2]["tokens"] == 32
 
 
+def test_compare_prints_spread_and_warns_when_busy(monkeypatch, capsys):
+    argv = ["--image_size", "32", "--patch_size", "8", "--embed_dim", "32", "--num_heads", "2", "--num_frames", "4",
+            "--tubelets", "2", "--skip_model", "--repeats", "4", "--warmup", "1"]  # fmt: skip
+    monkeypatch.setattr(compare, "load_average", lambda: 0.0)
+    monkeypatch.setattr(compare, "busy_warning", lambda loads, spreads: None)
+    rows = compare.run(argv)
+    printed = capsys.readouterr().out
+    assert "embed ms (IQR)" in printed and "warning" not in printed
+    assert all(row["embed_iqr_ms"] >= 0 for row in rows)
+    assert f"{rows[0]['embed_ms']:.2f} ({rows[0]['embed_iqr_ms']:.2f})" in printed
+
+    monkeypatch.undo()
+    monkeypatch.setattr(compare, "load_average", lambda: 1000.0)
+    compare.run(argv)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("warning: the machine is busy (load average 1000.0 on"), last
+
+
 def test_compare_rejects_indivisible_frames():
     with pytest.raises(SystemExit, match="num_frames=6 is not divisible by tubelet 4"):
         compare.run(["--image_size", "32", "--patch_size", "8", "--num_frames", "6", "--skip_model", "--repeats", "1"])

@@ -51,6 +51,32 @@ def run_cpu(inp, **kwargs):
     return out
 
 
+@contextlib.contextmanager
+def cpu_tuning(schedule: str = "auto", block_rows: int = 0):
+    """The kernel's schedule and rows per block (0: the default) inside the block, restored afterwards."""
+    old_schedule = torch.ops.lsvit_cpu.set_schedule(schedule)
+    old_rows = torch.ops.lsvit_cpu.set_block_rows(block_rows)
+    try:
+        yield
+    finally:
+        torch.ops.lsvit_cpu.set_schedule(old_schedule)
+        torch.ops.lsvit_cpu.set_block_rows(old_rows)
+
+
+@pytest.fixture(params=[(1, "onednn"), (2, "onednn"), (1, "aten"), (2, "aten")], ids=lambda p: f"threads{p[0]}-{p[1]}")
+def kernel_config(request):
+    """Every oracle test at 1 and 2 threads (2: the kGemm schedule, 1: kBlocks) and with both GEMM engines."""
+    threads, engine = request.param
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    old_engine = torch.ops.lsvit_cpu.set_gemm_engine(engine)
+    try:
+        yield request.param
+    finally:
+        torch.ops.lsvit_cpu.set_gemm_engine(old_engine)
+        torch.set_num_threads(old_threads)
+
+
 def test_poisoning_reaches_cpp_allocations():
     with poisoned_allocations():
         assert torch.empty(4).isnan().all()
@@ -69,7 +95,7 @@ def test_poisoning_reaches_cpp_allocations():
         (False, "none", True),
     ],
 )
-def test_forward_matches_float64(case, layout, cls, pos, bias):
+def test_forward_matches_float64(kernel_config, case, layout, cls, pos, bias):
     inp = make_inputs(case, layout=layout, cls=cls, pos=pos, bias=bias)
     out = run_cpu(inp)
     ref = reference_float64(inp)
@@ -82,7 +108,7 @@ def test_forward_matches_float64(case, layout, cls, pos, bias):
     "layout,cls,pos",
     [("BTCHW", True, "slot"), ("BCTHW", False, "token"), ("BTCHW", True, "token"), ("BCTHW", True, "none")],
 )
-def test_every_gradient_matches_float64(case, layout, cls, pos):
+def test_every_gradient_matches_float64(kernel_config, case, layout, cls, pos):
     inp = make_inputs(case, layout=layout, cls=cls, pos=pos)
     for t in (inp.video, inp.weight, inp.bias, inp.pos_embed, inp.cls_token):
         if t is not None:
@@ -101,11 +127,14 @@ def test_every_gradient_matches_float64(case, layout, cls, pos):
 
 
 @pytest.mark.parametrize("schedule", ["blocks", "gemm"])
-@pytest.mark.parametrize("block_rows", ["7", "64"])
-def test_small_uneven_blocks(monkeypatch, block_rows, schedule):
-    """Blocks of unequal sizes, many per time step and per worker (block size and schedule read on every call)."""
-    monkeypatch.setenv("LSVIT_CPU_BLOCK_ROWS", block_rows)
-    monkeypatch.setenv("LSVIT_CPU_SCHEDULE", schedule)
+@pytest.mark.parametrize("block_rows", [7, 64])
+def test_small_uneven_blocks(kernel_config, block_rows, schedule):
+    """Blocks of unequal sizes (not dividing the rows), many per time step and per worker."""
+    with cpu_tuning(schedule, block_rows):
+        _check_uneven_blocks()
+
+
+def _check_uneven_blocks():
     for cls in (False, True):
         inp = make_inputs(CASES[3], cls=cls, pos="token")
         for t in (inp.video, inp.weight, inp.bias):
@@ -122,7 +151,7 @@ def test_small_uneven_blocks(monkeypatch, block_rows, schedule):
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=scaled_tolerance(want, 1e-5))
 
 
-def test_float64_is_exact_enough_for_gradcheck():
+def test_float64_is_exact_enough_for_gradcheck(kernel_config):
     inp = make_inputs(Case(1, 2, 2, 4, 6, 3, 2, 2, 3), dtype=torch.float64, cls=True, pos="token")
     args = [t.requires_grad_() for t in (inp.video, inp.weight, inp.bias, inp.pos_embed, inp.cls_token)]
 
@@ -135,12 +164,11 @@ def test_float64_is_exact_enough_for_gradcheck():
 @pytest.mark.parametrize("schedule", ["blocks", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", CASES[:3], ids=str)
-def test_16bit_error_at_most_twice_plain_pytorch(monkeypatch, dtype, case, schedule):
+def test_16bit_error_at_most_twice_plain_pytorch(kernel_config, dtype, case, schedule):
     """bf16 runs a bf16 GEMM (fp32 accumulation) under both schedules; small blocks make several of them."""
-    monkeypatch.setenv("LSVIT_CPU_SCHEDULE", schedule)
-    monkeypatch.setenv("LSVIT_CPU_BLOCK_ROWS", "5")
     inp = make_inputs(case, dtype=dtype, cls=True, pos="slot", layout="BCTHW")
-    out = run_cpu(inp)
+    with cpu_tuning(schedule, 5):
+        out = run_cpu(inp)
     ref = reference_float64(inp)
     plain = lk.patch_embed(
         inp.video, inp.weight, inp.bias, inp.pos_embed, cls_token=inp.cls_token, layout="BCTHW", backend="reference"
@@ -153,16 +181,17 @@ def test_16bit_error_at_most_twice_plain_pytorch(monkeypatch, dtype, case, sched
 
 @pytest.mark.parametrize("schedule", ["blocks", "gemm"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_16bit_gradients(monkeypatch, dtype, schedule):
-    monkeypatch.setenv("LSVIT_CPU_SCHEDULE", schedule)
-    monkeypatch.setenv("LSVIT_CPU_BLOCK_ROWS", "5")
+@pytest.mark.parametrize("block_rows", [5, 0])
+def test_16bit_gradients(kernel_config, dtype, schedule, block_rows):
+    """Several bf16 grad_weight blocks (5 rows: each block's sum rounded once, summed in fp32) and one block."""
     inp = make_inputs(CASES[0], dtype=dtype, cls=True, pos="token")
     for t in (inp.video, inp.weight, inp.bias, inp.pos_embed, inp.cls_token):
         t.requires_grad_()
-    out = run_cpu(inp)
-    grad_out = torch.randn_like(out)
-    with poisoned_allocations():
-        grads = torch.autograd.grad(out, leaves(inp), grad_out)
+    with cpu_tuning(schedule, block_rows):
+        out = run_cpu(inp)
+        grad_out = torch.randn_like(out)
+        with poisoned_allocations():
+            grads = torch.autograd.grad(out, leaves(inp), grad_out)
     ref_inp = as_float64_leaves(inp)
     ref_grads = torch.autograd.grad(reference_float64(ref_inp), leaves(ref_inp), grad_out.double())
     for got, want in zip(grads, ref_grads, strict=True):
@@ -172,7 +201,7 @@ def test_16bit_gradients(monkeypatch, dtype, schedule):
 
 
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16])
-def test_uint8_video_with_folded_normalization(weight_dtype):
+def test_uint8_video_with_folded_normalization(kernel_config, weight_dtype):
     inp = make_inputs(CASES[0], dtype=weight_dtype, video_dtype=torch.uint8, cls=True, pos="slot")
     mean, std = [0.45, 0.40, 0.50], [0.22, 0.25, 0.21]
     inp.weight.requires_grad_()
@@ -192,7 +221,7 @@ def test_uint8_video_with_folded_normalization(weight_dtype):
     )
 
 
-def test_non_contiguous_video_of_any_strides():
+def test_non_contiguous_video_of_any_strides(kernel_config):
     case = CASES[0]
     base = torch.randn(case.batch, case.frames * 2, case.channels, case.width, case.height + 3, requires_grad=True)
     video = base[:, ::2, :, :, 1 : 1 + case.height].transpose(3, 4)  # every 2nd frame, W stride != 1, an offset
@@ -314,3 +343,45 @@ def test_conv2d_weight_is_one_frame_tubelet():
     want = torch.ops.lsvit.native_patch_embed_forward(video, weight.unsqueeze(2), None, None, None)
     assert out.shape == (2, 3, 6, 5)
     torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+def test_gemm_engine_switch():
+    """oneDNN serves fp32 and bf16 where it runs; fp16 and fp64 (and everything when switched off) use ATen."""
+    old = torch.ops.lsvit_cpu.set_gemm_engine("aten")
+    try:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            assert torch.ops.lsvit_cpu.gemm_engine(dtype) == "aten"
+        torch.ops.lsvit_cpu.set_gemm_engine("onednn")
+        assert torch.ops.lsvit_cpu.gemm_engine(torch.float16) == "aten"
+        assert torch.ops.lsvit_cpu.gemm_engine(torch.float64) == "aten"
+        torch._C._set_mkldnn_enabled(False)  # torch.backends.mkldnn.enabled = False, without its TF32 warning
+        try:
+            assert torch.ops.lsvit_cpu.gemm_engine(torch.float32) == "aten"
+        finally:
+            torch._C._set_mkldnn_enabled(True)
+        avx512 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16")
+        if torch.backends.mkldnn.is_available() and avx512:
+            assert torch.ops.lsvit_cpu.gemm_engine(torch.float32) == "onednn"
+        with pytest.raises(ValueError, match="must be 'onednn' or 'aten'"):
+            torch.ops.lsvit_cpu.set_gemm_engine("mkl")
+    finally:
+        torch.ops.lsvit_cpu.set_gemm_engine(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_engines_agree(dtype):
+    """Both GEMM engines give the same tokens and weight gradient to the dtype's rounding."""
+    inp = make_inputs(CASES[3], dtype=dtype, cls=True, pos="slot")
+    inp.weight.requires_grad_()
+    results = []
+    for engine in ("onednn", "aten"):
+        old = torch.ops.lsvit_cpu.set_gemm_engine(engine)
+        try:
+            out = run_cpu(inp)
+            (grad_weight,) = torch.autograd.grad(out, [inp.weight], torch.ones_like(out))
+        finally:
+            torch.ops.lsvit_cpu.set_gemm_engine(old)
+        results.append((out.double(), grad_weight.double()))
+    rel = 1e-5 if dtype == torch.float32 else 2e-2
+    for got, want in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, want, rtol=rel, atol=scaled_tolerance(want, rel))

@@ -1,0 +1,83 @@
+// See gemm_cpu.h.
+#include "gemm_cpu.h"
+
+#include <ATen/Context.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <mutex>
+
+// Exported by libtorch_cpu (TORCH_API in ATen/native/mkldnn/Matmul.h, a header torch does not ship):
+// result = beta * result + alpha * mat1 @ mat2, all three of one dtype (fp32, bf16 or fp16). Weak, so that a
+// libtorch without it leaves the address null instead of failing to load.
+namespace at::native {
+TORCH_API void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result, float beta,
+                             float alpha) __attribute__((weak));
+}  // namespace at::native
+
+namespace lsvit::cpu {
+namespace {
+
+std::atomic<bool> prefer_onednn{true};
+
+// One tiny call per dtype, the first time it is needed: oneDNN checks the CPU (AVX-512BW/VL/DQ or AVX-NE-
+// CONVERT for fp32 and bf16) and throws where it cannot run, and the result is exact on these inputs.
+bool onednn_runs(at::ScalarType dtype) {
+  auto probe = [](at::ScalarType t) {
+    if (&at::native::mkldnn_matmul == nullptr) return false;
+    try {
+      const auto options = at::TensorOptions().dtype(t);
+      at::Tensor a = at::empty({2, 3}, options).fill_(1), b = at::empty({3, 2}, options).fill_(2);
+      at::Tensor c = at::empty({2, 2}, options).fill_(1);
+      at::native::mkldnn_matmul(a, b, c, 1.0f, 1.0f);
+      return c.eq(7).all().item<bool>();
+    } catch (const std::exception&) {
+      return false;
+    }
+  };
+  static const bool fp32 = probe(at::kFloat);
+  static const bool bf16 = probe(at::kBFloat16);
+  return dtype == at::kFloat ? fp32 : dtype == at::kBFloat16 ? bf16 : false;
+}
+
+}  // namespace
+
+GemmEngine gemm_engine(at::ScalarType dtype) {
+  const bool supported = dtype == at::kFloat || dtype == at::kBFloat16;
+  const bool onednn = prefer_onednn.load(std::memory_order_relaxed) && supported &&
+                      at::globalContext().userEnabledMkldnn() && onednn_runs(dtype);
+  return onednn ? GemmEngine::kOneDnn : GemmEngine::kAten;
+}
+
+void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, float beta) {
+  TORCH_INTERNAL_ASSERT(beta == 0.0f || beta == 1.0f);
+  if (gemm_engine(c.scalar_type()) == GemmEngine::kOneDnn) {
+    at::native::mkldnn_matmul(a, b, c, beta, 1.0f);
+    return;
+  }
+  at::Tensor out = c;
+  if (beta == 0.0f) {
+    at::mm_out(out, a, b);
+  } else {
+    at::addmm_out(out, c, a, b);
+  }
+}
+
+std::string set_gemm_engine(const std::string& name) {
+  TORCH_CHECK_VALUE(name == "onednn" || name == "aten", "GEMM engine must be 'onednn' or 'aten'; got '", name, "'");
+  const bool previous = prefer_onednn.exchange(name == "onednn");
+  return previous ? "onednn" : "aten";
+}
+
+TORCH_LIBRARY_FRAGMENT(lsvit_cpu, m) {
+  m.def("set_gemm_engine(str name) -> str", &set_gemm_engine);
+  m.def("gemm_engine(ScalarType dtype) -> str", [](at::ScalarType dtype) -> std::string {
+    return gemm_engine(dtype) == GemmEngine::kOneDnn ? "onednn" : "aten";
+  });
+}
+
+}  // namespace lsvit::cpu
