@@ -40,7 +40,7 @@ class Case:
     mode: str = "fwd"
     patch: int = 16
     channels: int = 3
-    tags: tuple[str, ...] = field(default=(), compare=False)  # e.g. "headline" for the issue-3 target
+    tags: tuple[str, ...] = field(default=(), compare=False)  # e.g. "headline" for the GPU target shape
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -144,7 +144,7 @@ def cross_product(axes: Axes) -> list[Case]:
 
 
 def headline_cases() -> list[Case]:
-    """The issue-3 target: bf16, B=32, T=16, 224 px, E=768, tubelet 2, forward and forward + backward."""
+    """The GPU target shape: bf16, B=32, T=16, 224 px, E=768, tubelet 2, forward and forward + backward."""
     return [Case(32, 16, 224, 2, 768, "bfloat16", False, mode, tags=("headline",)) for mode in MODES]
 
 

@@ -4,7 +4,7 @@
 2. times every Triton config of the tuning tables (and a few outside them) at the headline shape, bf16 and
    uint8 video, next to the cost model's estimate and the roofline floor (``triton_sweep``): measured against
    modeled time, the check of every estimate in docs/triton.md;
-3. runs the GPU benchmark suite (the default GPU grid + the issue-3 headline cases);
+3. runs the GPU benchmark suite (the default GPU grid + the headline cases);
 4. writes one report, ``gpu_report/report.json`` + ``gpu_report/report.md``, with the headline first: bf16, B=32,
    T=16, 224 px, E=768, tubelet 2, forward and forward + backward, ours vs eager conv, F.linear,
    ``torch.compile``, the GEMM floor, the roofline of this run's measured ceilings and, when the Triton backend
@@ -199,7 +199,7 @@ def render(report: dict) -> str:
             lines += [f"- FAILED {f['test']}: {f['message'][:200]}" for f in tests["failed"]]
         else:
             lines.append(f"GPU tests: {tests.get('error')} (return code {tests['returncode']}).")
-    lines += ["", "## Headline (issue 3): bf16, B=32, T=16, 224 px, E=768, tubelet 2", ""]
+    lines += ["", "## Headline: bf16, B=32, T=16, 224 px, E=768, tubelet 2", ""]
     header = [
         "case",
         "best ours",

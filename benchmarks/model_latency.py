@@ -1,7 +1,7 @@
 """Measured forward latency of the LSViT model with 2D patches vs 3D tubelets (``lsvit.model``).
 
 A small configuration on CPU so it fits the suite's time budget (E=192, depth 4, 112 px), the full ViT-B shape
-on GPU. When ``lsvit.model`` is not importable the section says so and the suite carries on.
+on GPU.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ import traceback
 from typing import Optional
 
 import torch
+
+from lsvit.config import ModelConfig
+from lsvit.model import LSViTForAction
 
 from .harness import TimingConfig, summarize, time_calls
 
@@ -27,20 +30,13 @@ def model_variants(num_frames: int) -> list[tuple[str, dict]]:
 
 
 def measure_model(device: torch.device, quick: bool = False, cfg: Optional[TimingConfig] = None) -> dict:
-    """Forward latency (eval, no grad) of 2D vs 3D LSViT on one clip shape; ``available: False`` with the reason."""
-    try:
-        from lsvit.config import ModelConfig
-        from lsvit.model import LSViTForAction
-    except Exception as exc:  # noqa: BLE001  (the model lands on main separately)
-        return {"available": False, "reason": f"lsvit.model is not available yet ({type(exc).__name__}: {exc})"}
-
+    """Forward latency (eval, no grad) of 2D vs 3D LSViT on one clip shape."""
     base = QUICK_CONFIG if quick else (GPU_CONFIG if device.type == "cuda" else CPU_CONFIG)
     frames = 4 if quick else 16
     batch = 1 if device.type == "cpu" else 8
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = cfg or TimingConfig(warmup=1, repeats=5, budget_s=4.0, measure_memory=False)
     result: dict = {
-        "available": True,
         "config": {**base, "num_frames": frames},
         "batch": batch,
         "dtype": str(dtype).replace("torch.", ""),

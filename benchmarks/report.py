@@ -278,8 +278,6 @@ def model_lines(results: dict) -> list[str]:
     model = results.get("model")
     if not model:
         return ["Not measured in this run."]
-    if not model.get("available"):
-        return [f"Unavailable: {model.get('reason')}"]
     cfg = model["config"]
     lines = [
         f"LSViTForAction forward (eval, no grad), batch {model['batch']}, {model['dtype']}, "

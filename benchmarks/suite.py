@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--headline",
         action="store_true",
-        help="add the issue-3 target cases: bf16 B=32 T=16 224 px E=768 tubelet 2, fwd and fwdbwd",
+        help="add the headline GPU cases: bf16 B=32 T=16 224 px E=768 tubelet 2, fwd and fwdbwd",
     )
     sel.add_argument("--sizes", type=_ints, help="frame sizes in pixels, e.g. '112,224'")
     sel.add_argument("--frames", type=_ints, help="frames per clip, e.g. '8,16,32'")

@@ -53,7 +53,7 @@ def test_headline_rows_and_markdown(tmp_path):
         assert row["speedup"]["conv"] == pytest.approx(row["medians_ms"]["conv"] / row["best_ours_ms"])
         assert row["status"]["compile"] == "skipped"
     markdown = gpu_validate.render({"headline": rows, "bench": results})
-    assert "## Headline (issue 3)" in markdown and rows[0]["case"] in markdown and "## Benchmark suite" in markdown
+    assert "## Headline: bf16" in markdown and rows[0]["case"] in markdown and "## Benchmark suite" in markdown
 
 
 def test_sweep_section_renders_measured_against_modeled():

@@ -1,7 +1,7 @@
 """The static audit of the Triton kernels' compiled code (benchmarks/gpu_audit.py), no GPU needed.
 
 Every variant the tuning can pick at the benchmark shapes is compiled for sm_90a and sm_80 in two subprocesses
-(``python -m benchmarks.gpu_audit --json --part triton --shard i/2``: this session interprets Triton, and
+(``python -m benchmarks.gpu_audit --json --part triton --shard i/2``: the test process interprets Triton, and
 interpreted kernels cannot be compiled) and read back with ptxas / cuobjdump. Triton's cache and the audit's
 ptxas/SASS cache (``~/.cache/lsvit/sass``) make reruns take seconds; a cold run compiles about 80 variants (~1.5 min
 on 2 cores). The SASS-parsing helpers are tested on fixed text, so their rules are checked without compiling
