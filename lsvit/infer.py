@@ -28,7 +28,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lsvit import checkpoint as ckpt
-from lsvit.data import ClipTransform, SkipLog, VideoClipDataset, collate_clips, discover, split_source
+from lsvit.data import (
+    ClipTransform,
+    SkipLog,
+    VideoClipDataset,
+    collate_clips,
+    discover,
+    split_source,
+    to_model_input,
+)
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, env_settings
 
 log = logging.getLogger("lsvit.infer")
@@ -220,8 +228,9 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     dataset = VideoClipDataset(records, classes, num_frames, transform)
     loader = DataLoader(
-        dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_clips, shuffle=False
-    )
+        dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_clips, shuffle=False,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
     use_amp = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     topk = min(args.topk, len(classes))
@@ -231,10 +240,11 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
     top1 = top5 = labeled = 0
     with torch.no_grad(), autocast:
         for batch in tqdm(loader, desc="infer", disable=args.no_progress, dynamic_ncols=True):
-            skips.add(batch["skipped"])
+            skips.add(batch["skipped"], batch["partial"])
             if batch["video"] is None:
                 continue
-            probs = model(batch["video"].to(device)).float().softmax(dim=1).cpu()
+            video = to_model_input(batch["video"], device, data_info["mean"], data_info["std"])
+            probs = model(video).float().softmax(dim=1).cpu()
             best = probs.topk(max(topk, min(5, len(classes))), dim=1)
             labels = batch["label"].tolist()
             for path, label, values, indices in zip(batch["path"], labels, best.values, best.indices, strict=True):

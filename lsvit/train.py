@@ -45,6 +45,7 @@ from lsvit.data import (
     default_resize_size,
     read_metadata,
     split_source,
+    to_model_input,
 )
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, build_config, model_overrides
 
@@ -580,7 +581,7 @@ class Trainer:
     def _placeholder_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A zero clip for a micro-batch whose videos all failed: keeps DDP ranks in step (its loss is x0)."""
         c = self.config
-        return torch.zeros(1, c.num_frames, c.in_channels, c.image_size, c.image_size), torch.zeros(
+        return torch.zeros(1, c.num_frames, c.in_channels, c.image_size, c.image_size, dtype=torch.uint8), torch.zeros(
             1, dtype=torch.int64
         )
 
@@ -603,11 +604,11 @@ class Trainer:
             dynamic_ncols=True,
         )
         for batch_index, batch in enumerate(bar, start=start_batch):
-            self.skips.add(batch["skipped"])
+            self.skips.add(batch["skipped"], batch["partial"])
             meter.skipped += len(batch["skipped"])
             empty = batch["video"] is None
             video, labels = self._placeholder_batch() if empty else (batch["video"], batch["label"])
-            video = video.to(self.device, non_blocking=True)
+            video = to_model_input(video, self.device)
             labels = labels.to(self.device, non_blocking=True)
             # Micro-batches [g * accum, min((g + 1) * accum, total)) make optimizer step g of the epoch.
             group_end = min((batch_index // args.accum_steps + 1) * args.accum_steps, total_batches)
@@ -650,11 +651,11 @@ class Trainer:
         loader = self._loader(self.val_set, sampler, 0)
         loss_sum = top1 = top5 = count = skipped = 0.0
         for batch in tqdm(loader, desc="validate", disable=not self.progress, leave=False, dynamic_ncols=True):
-            self.skips.add(batch["skipped"])
+            self.skips.add(batch["skipped"], batch["partial"])
             skipped += len(batch["skipped"])
             if batch["video"] is None:
                 continue
-            video, labels = batch["video"].to(self.device), batch["label"].to(self.device)
+            video, labels = to_model_input(batch["video"], self.device), batch["label"].to(self.device)
             with self.autocast():
                 logits = self.model(video).float()  # no DDP wrapper: ranks see different batch counts here
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
