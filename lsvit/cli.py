@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from lsvit.errors import run_reporting_errors
+
     args = build_parser().parse_args(argv)
-    args.handler(args)
+    run_reporting_errors(args.handler, args)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from av.video.reformatter import VideoReformatter
 from torch.utils.data import Dataset
 
 from lsvit.decode import Clip, VideoError, read_clip, resolve_decoder
+from lsvit.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,23 @@ def read_metadata(root: Path) -> dict[str, Any]:
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
+SPLIT_FOLDER = re.compile(r"^(train|training|val|valid|validation|test|testing|trainval|eval)([_\-.]?[0-9a-z]*)$", re.I)
+
+
+def looks_like_splits(folders: Sequence[str]) -> bool:
+    """Folder names such as ``train``/``val``/``test_256``: split folders, not classes."""
+    return bool(folders) and all(SPLIT_FOLDER.match(name) for name in folders)
+
+
 def scan_class_folders(root: Path, classes: Optional[Sequence[str]] = None) -> tuple[list[VideoRecord], list[str]]:
     """Records of ``root/<class>/*.<video ext>`` (recursively inside each class folder) and the class names."""
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if looks_like_splits(folders):
+        raise DataError(
+            f"the folders under {root} ({', '.join(folders)}) look like dataset splits, not classes: pass one of "
+            f"them as the data folder (e.g. --train_list {root / folders[0]}, or infer's --split {folders[-1]}), "
+            f"or name the splits train/ and val/ so --data_root {root} finds them"
+        )
     if classes is None:
         classes = folders
     if not classes:
@@ -143,11 +159,14 @@ def discover(source: str | Path, root: Optional[str | Path] = None) -> tuple[lis
     """Records and class names from a class-folder root, an annotation list, or a folder of loose videos.
 
     ``source`` a folder: class sub-folders (or, with no sub-folders, unlabeled videos directly inside).
-    ``source`` a file: an annotation list; ``root`` (default: the list's folder) anchors its relative paths.
+    ``source`` a video file: that one video, unlabeled. ``source`` another file: an annotation list; ``root``
+    (default: the list's folder) anchors its relative paths.
     ``classes.txt`` (the class order, label = line index) is read from ``source`` (a folder) or ``root``; without
     one, class folders are sorted by name.
     """
     source = Path(source)
+    if source.suffix.lower() in VIDEO_EXTENSIONS and source.is_file():  # one video: unlabeled
+        return [VideoRecord(source, -1)], []
     if source.is_file():
         base = Path(root) if root is not None else source.parent
         classes = read_classes_file(base)

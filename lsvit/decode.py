@@ -397,9 +397,10 @@ def open_reader(path: Path, decoder: str = "auto", shorter_side: Optional[int] =
     return _PyAVReader(path)
 
 
-def probe(path: Path, decoder: str = "auto") -> VideoInfo:
-    """Frame count, size, frame rate, duration and codec, from the container (no frame decoded)."""
-    reader = open_reader(path, decoder)
+def probe(path: Path, decoder: str = "auto", frames: Optional[int] = None) -> VideoInfo:
+    """Frame count, size, frame rate, duration and codec, from the container (no frame decoded). ``frames``
+    caps the count of a frame folder, as in :func:`read_clip`."""
+    reader = open_reader(path, decoder, None, frames)
     try:
         return reader.info
     finally:

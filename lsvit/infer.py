@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lsvit import checkpoint as ckpt
+from lsvit import data_guards
 from lsvit.data import (
     ClipTransform,
     SkipLog,
@@ -37,6 +38,7 @@ from lsvit.data import (
     split_source,
     to_model_input,
 )
+from lsvit.errors import run_reporting_errors
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, env_settings
 
 log = logging.getLogger("lsvit.infer")
@@ -226,6 +228,7 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
         data_info["image_size"], data_info["resize_size"], train=False, mean=tuple(data_info["mean"]),
         std=tuple(data_info["std"]),
     )  # fmt: skip
+    data_guards.check_labels(records, classes, str(source))
     dataset = VideoClipDataset(records, classes, num_frames, transform)
     loader = DataLoader(
         dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_clips, shuffle=False,
@@ -289,6 +292,7 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
     if labeled:
         plot_confusion(confusion, classes, output_dir / "confusion_matrix.png", f"top-1 {metrics['top1']:.3f}")
     print_summary(metrics, output_dir)
+    data_guards.require_scored(len(rows), len(dataset), skips.reasons)
     return metrics
 
 
@@ -312,8 +316,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console-script entry point (returns None so the exit status is 0)."""
-    run(argv)
+    """Console-script entry point: exit status 0, or 2 with one ``error:`` line for a data or usage error."""
+    run_reporting_errors(run, argv)
 
 
 if __name__ == "__main__":

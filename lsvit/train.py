@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from lsvit import checkpoint as ckpt
+from lsvit import data_guards
 from lsvit.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -47,6 +48,7 @@ from lsvit.data import (
     split_source,
     to_model_input,
 )
+from lsvit.errors import run_reporting_errors
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, build_config, model_overrides
 
 log = logging.getLogger("lsvit.train")
@@ -100,6 +102,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(left/right classes), else on",
     )
     add_dashed(data, "num_workers", type=int, default=2, help="DataLoader worker processes per rank")
+    data_guards.add_run_guard_arguments(data)
 
     model = parser.add_argument_group("model (ModelConfig; flags override APPCONFIG__* env, which overrides code)")
     add_model_arguments(model)
@@ -445,6 +448,9 @@ class Trainer:
             self.val_set = VideoClipDataset.from_source(
                 val_source, config.num_frames, eval_transform, root=args.data_root, classes=self.classes
             )
+        for dataset, name in ((self.train_set, "training"), (self.val_set, "validation")):
+            if dataset is not None:
+                data_guards.preflight(dataset.records, config.num_frames, args.max_skip_fraction, name=name)
         self.data_record = {
             "num_frames": config.num_frames,
             "image_size": config.image_size,
@@ -568,12 +574,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
-    def _optimizer_step(self) -> None:
-        if self.args.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+    def _optimizer_step(self, usable: bool = True) -> None:
+        if usable:  # micro-batches that all failed change no weight (AdamW would still decay them)
+            if self.args.clip_grad > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state.step += 1
@@ -603,6 +610,7 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
+        group_clips = 0
         for batch_index, batch in enumerate(bar, start=start_batch):
             self.skips.add(batch["skipped"], batch["partial"])
             meter.skipped += len(batch["skipped"])
@@ -625,8 +633,10 @@ class Trainer:
                 meter.loss_sum += float(loss.detach()) * len(labels)
                 meter.correct += topk_correct(logits.detach(), labels, 1)
                 meter.count += len(labels)
+                group_clips += len(labels)
             if last_in_group:
-                self._optimizer_step()
+                self._optimizer_step(data_guards.any_clips(group_clips, self.info.enabled, self.device))
+                group_clips = 0
                 self.state.batches_done = batch_index + 1
                 self.state.partial = vars(EpochMeter(**vars(meter)))
                 if args.save_every_steps and self.state.step % args.save_every_steps == 0:
@@ -640,6 +650,7 @@ class Trainer:
             "train_loss": loss_sum / max(1, count),
             "train_top1": correct / max(1, count),
             "train_skipped": int(skipped),
+            "train_clips": int(count),
         }
 
     @torch.no_grad()
@@ -670,6 +681,7 @@ class Trainer:
             "val_top1": top1 / max(1, count),
             "val_top5": top5 / max(1, count),
             "val_skipped": int(skipped),
+            "val_clips": int(count),
         }
 
     def _lr(self) -> float:
@@ -697,6 +709,11 @@ class Trainer:
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update(self.train_epoch(epoch))
             row.update(self.evaluate())
+            data_guards.check_epoch("training", row["train_clips"], row["train_skipped"], args.max_skip_fraction,
+                                    self.skips.reasons, epoch + 1)  # fmt: skip
+            if self.val_set is not None:
+                data_guards.check_epoch("validation", row["val_clips"], row["val_skipped"], args.max_skip_fraction,
+                                        self.skips.reasons, epoch + 1)  # fmt: skip
             row.update({"step": self.state.step, "lr": self._lr(), "epoch_seconds": time.perf_counter() - started})
             self.state.epoch, self.state.batches_done, self.state.partial = epoch + 1, 0, {}
             self.state.history.append(row)
@@ -763,8 +780,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console-script entry point (returns None so the exit status is 0)."""
-    run(argv)
+    """Console-script entry point: exit status 0, or 2 with one ``error:`` line for a data or usage error."""
+    run_reporting_errors(run, argv)
 
 
 if __name__ == "__main__":
