@@ -368,7 +368,7 @@ class _FrameFolderReader:
             try:
                 with Image.open(self.files[i]) as image:
                     image.draft("RGB", (size[1], size[0]))  # JPEG: decode at the smallest scale >= the output
-                    found[i] = np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+                    found[i] = np.array(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
             except (OSError, ValueError):
                 break
         return found

@@ -28,14 +28,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lsvit import checkpoint as ckpt
-from lsvit import data_guards
+from lsvit import data_guards, formats
 from lsvit.data import (
     ClipTransform,
     SkipLog,
     VideoClipDataset,
     collate_clips,
-    discover,
-    split_source,
     to_model_input,
 )
 from lsvit.errors import run_reporting_errors
@@ -65,7 +63,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
         "data_root",
         required=True,
         help="videos to score: a folder of class sub-folders (labels from folder names), an annotation list "
-        "file ('relative/path label' lines), or a folder of unlabeled videos",
+        "file ('relative/path label' lines), a folder of unlabeled videos, one video file, or a dataset in any "
+        "--data_format (with --split)",
     )
     add_dashed(
         parser,
@@ -81,6 +80,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     add_dashed(parser, "device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_dashed(parser, "amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (auto: on GPU)")
     add_dashed(parser, "no_progress", action="store_true", help="no tqdm progress bar")
+    formats.add_data_arguments(parser.add_argument_group("data"), training=False)
     checks = parser.add_argument_group(
         "architecture checks (optional; the checkpoint decides, these only have to agree with it)"
     )
@@ -212,24 +212,14 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint %s: %s, %d frames, %d classes", args.checkpoint, describe_patching(config), num_frames, len(classes)
     )
 
-    source = Path(args.data_root)
-    if args.split:
-        found = split_source(source, args.split)
-        if found is None:
-            raise SystemExit(f"error: no {args.split}.txt or {args.split}/ under {source}")
-        source = found
-    records, found_classes = discover(source, root=args.data_root if args.split else None)
-    if source.is_dir() and any(p.is_dir() for p in source.iterdir()):
-        unknown = [name for name in found_classes if name not in classes]
-        if unknown:
-            raise SystemExit(f"error: class folders {unknown} are not among the checkpoint's classes {classes}")
-        records = [type(r)(r.path, classes.index(found_classes[r.label])) for r in records]
+    split = formats.inference_split(args, classes)
+    records, source = split.records, split.source
     transform = ClipTransform(
         data_info["image_size"], data_info["resize_size"], train=False, mean=tuple(data_info["mean"]),
         std=tuple(data_info["std"]),
     )  # fmt: skip
     data_guards.check_labels(records, classes, str(source))
-    dataset = VideoClipDataset(records, classes, num_frames, transform)
+    dataset = VideoClipDataset(records, classes, num_frames, transform, decoder=args.decoder)
     loader = DataLoader(
         dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_clips, shuffle=False,
         pin_memory=device.type == "cuda",

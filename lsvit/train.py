@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from lsvit import checkpoint as ckpt
-from lsvit import data_guards
+from lsvit import data_guards, formats
 from lsvit.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -88,7 +88,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "data_root",
         required=True,
         help="dataset folder: <root>/train.txt + <root>/val.txt annotation lists, or <root>/train/<class>/ and "
-        "<root>/val/<class>/ folders, or class folders directly under <root> (then no validation split)",
+        "<root>/val/<class>/ folders, or class folders directly under <root> (then no validation split), or any "
+        "--data_format below (UCF101/HMDB51 splits, Kinetics CSV, SSv2 JSON, mmaction2 lists)",
     )
     add_dashed(data, "train_list", default=None, help="training annotation list or class-folder root (overrides)")
     add_dashed(data, "val_list", default=None, help="validation annotation list or class-folder root (overrides)")
@@ -102,7 +103,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(left/right classes), else on",
     )
     add_dashed(data, "num_workers", type=int, default=2, help="DataLoader worker processes per rank")
-    data_guards.add_run_guard_arguments(data)
+    formats.add_data_arguments(data, training=True)
 
     model = parser.add_argument_group("model (ModelConfig; flags override APPCONFIG__* env, which overrides code)")
     add_model_arguments(model)
@@ -429,14 +430,14 @@ class Trainer:
         args, config = self.args, self.config
         if config.num_frames is None:
             raise ValueError("num_frames is not set: pass --num_frames (e.g. --num_frames 16)")
-        train_source, val_source = resolve_splits(args)
+        train_split, val_split = formats.training_splits(args)
         self.metadata = read_metadata(Path(args.data_root))
         self.horizontal_flip = flip_enabled(args.horizontal_flip, self.metadata)
         resize = args.resize_size or default_resize_size(config.image_size)
         train_transform = ClipTransform(config.image_size, resize, train=True, horizontal_flip=self.horizontal_flip)
         eval_transform = ClipTransform(config.image_size, resize, train=False)
-        self.train_set = VideoClipDataset.from_source(
-            train_source, config.num_frames, train_transform, root=args.data_root, seed=args.seed
+        self.train_set = VideoClipDataset(
+            train_split.records, train_split.classes, config.num_frames, train_transform, args.seed, args.decoder
         )
         self.classes = self.train_set.classes
         if resumed is not None and list(resumed["classes"]) != list(self.classes):
@@ -444,13 +445,13 @@ class Trainer:
                 f"--resume: the checkpoint's classes {resumed['classes']} differ from the dataset's {self.classes}"
             )
         self.val_set = None
-        if val_source is not None:
-            self.val_set = VideoClipDataset.from_source(
-                val_source, config.num_frames, eval_transform, root=args.data_root, classes=self.classes
+        if val_split is not None:
+            self.val_set = VideoClipDataset(
+                val_split.records, self.classes, config.num_frames, eval_transform, decoder=args.decoder
             )
         for dataset, name in ((self.train_set, "training"), (self.val_set, "validation")):
             if dataset is not None:
-                data_guards.preflight(dataset.records, config.num_frames, args.max_skip_fraction, name=name)
+                data_guards.preflight(dataset.records, config.num_frames, args.max_skip_fraction, args.decoder, name)
         self.data_record = {
             "num_frames": config.num_frames,
             "image_size": config.image_size,
@@ -464,7 +465,7 @@ class Trainer:
             log.info(
                 "data: %d training videos from %s, %s validation videos; %d classes; horizontal flip %s",
                 len(self.train_set),
-                train_source,
+                train_split.source,
                 len(self.val_set) if self.val_set is not None else "no",
                 len(self.classes),
                 "on" if self.horizontal_flip else "off",

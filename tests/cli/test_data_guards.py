@@ -141,8 +141,15 @@ def test_infer_single_video_labels_and_split_folders(small_checkpoint, small_roo
     listing.write_text(f"{video} 1\n{video} 5\n")
     with pytest.raises(DataError, match=r"1 videos in .* labels outside the checkpoint's 2 classes \(0..1\)"):
         infer.run([*common, "--data_root", str(listing), "--output_dir", str(tmp_path / "l")])
-    with pytest.raises(DataError, match=r"look like dataset splits, not classes.*--split val"):
+    with pytest.raises(DataError, match=r"is a list dataset with splits: choose one with --split val"):
         infer.run([*common, "--data_root", str(small_root), "--output_dir", str(tmp_path / "s")])
+    folders = tmp_path / "folders"
+    for split in ("train", "val"):
+        shutil.copytree(small_root / split, folders / split)
+    with pytest.raises(DataError, match=r"\(train, val\) look like dataset splits, not classes.*--split val"):
+        infer.run([*common, "--data_root", str(folders), "--output_dir", str(tmp_path / "s")])
+    metrics = infer.run([*common, "--data_root", str(folders), "--split", "val", "--output_dir", str(tmp_path / "v")])
+    assert metrics["scored"] == 4 and metrics["labeled"] == 4
 
 
 def test_training_on_split_folders_as_classes_is_refused(small_root, tmp_path):

@@ -63,3 +63,36 @@ def write_corrupt_tail(path: Path, frames: int = 24, good: int = 15, size: int =
         for packet in stream.encode():
             mux(packet)
     return path
+
+
+def write_clip(path: Path, frames: int = 10, size: int = 32, seed: int = 0) -> Path:
+    """A short moving-polygon video; the codec follows the suffix (.webm: VP8, else H.264)."""
+    from lsvit.synth import render_video
+
+    video = render_video("left", np.random.default_rng(seed), size, frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() != ".webm":
+        write_mp4(path, video, fps=8, crf=23, preset="ultrafast")
+        return path
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=Fraction(8))
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for frame in video:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_frame_folder(folder: Path, frames: int = 10, size: int = 32, seed: int = 0) -> Path:
+    """``img_00001.jpg`` ... one JPEG per frame (mmaction2 rawframes)."""
+    from PIL import Image
+
+    from lsvit.synth import render_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(render_video("up", np.random.default_rng(seed), size, frames), start=1):
+        Image.fromarray(frame).save(folder / f"img_{i:05d}.jpg", quality=90)
+    return folder
