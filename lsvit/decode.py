@@ -2,12 +2,13 @@
 
 Two backends behind one call, :func:`read_clip`:
 
+- ``pyav`` (the default, ``auto``): the packet table (demuxed, not decoded) gives every frame's presentation
+  timestamp; each wanted frame is reached by seeking to the nearest keyframe at or before it and decoding
+  forward, and only the wanted frames are converted (by swscale, straight to the output size) and kept. PyAV's
+  wheels carry their own FFmpeg, so it works everywhere.
 - ``torchcodec`` (``VideoDecoder(seek_mode="exact").get_frames_at``, resized by its decoder-native ``Resize``):
-  the faster one (docs/training.md has the numbers). It needs the system FFmpeg libraries; without them it cannot
-  load and ``auto`` falls back to PyAV, logging why once per process.
-- ``pyav``: the packet table (demuxed, not decoded) gives every frame's presentation timestamp; each wanted frame
-  is reached by seeking to the nearest keyframe at or before it and decoding forward, and only the wanted frames
-  are converted (by swscale, straight to the output size) and kept.
+  measured no faster on CPU (benchmarks/decode.py, docs/training.md), so it is used when asked for. It needs the
+  system FFmpeg libraries; asked for without them, it stops with the fix.
 
 Frame ``i`` is the ``i``-th frame in presentation order, the same frame full decoding yields at position ``i``.
 Peak memory is bounded by the clip plus one group of pictures, not by the video.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -34,8 +34,6 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
-
-log = logging.getLogger(__name__)
 
 DECODERS = ("auto", "torchcodec", "pyav")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -110,26 +108,19 @@ def torchcodec_error() -> Optional[str]:
 
 
 def resolve_decoder(decoder: str = "auto") -> str:
-    """``torchcodec`` or ``pyav``: ``auto`` takes torchcodec when it loads; an explicit torchcodec must load."""
+    """``torchcodec`` or ``pyav``. ``auto`` is PyAV's seek path: measured as fast as torchcodec or faster, with the
+    same memory, and it needs no system library (docs/training.md). An explicit torchcodec must load."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r}; choose from {DECODERS}")
-    if decoder == "pyav":
+    if decoder in ("auto", "pyav"):
         return "pyav"
     error = torchcodec_error()
-    if error is None:
-        return "torchcodec"
-    if decoder == "torchcodec":
+    if error is not None:
         raise ValueError(
             f"decoder torchcodec cannot load ({error}); install the system FFmpeg libraries "
             f"(apt-get install ffmpeg, or make setup) or use --decoder pyav"
         )
-    _log_fallback_once(error)
-    return "pyav"
-
-
-@functools.cache
-def _log_fallback_once(error: str) -> None:
-    log.info("torchcodec unavailable (%s): decoding with PyAV (seek + decode forward)", error)
+    return "torchcodec"
 
 
 def output_size(height: int, width: int, shorter_side: Optional[int]) -> tuple[int, int]:
@@ -444,7 +435,9 @@ def read_clip(
         found = reader.read_prefix(indices, size)
         if not all(i in found for i in indices):
             raise VideoError(f"corrupt: frames {sorted(set(indices) - set(found))} do not decode")
-        return Clip(_stack(found, indices), indices, available, f"partial: {available} of {info.frames} frames decode")
+        # All listed frames decode (timestamps the seek path could not match): a full clip, not a partial one.
+        note = None if available >= info.frames else f"partial: {available} of {info.frames} frames decode"
+        return Clip(_stack(found, indices), indices, available, note)
     finally:
         reader.close()
 

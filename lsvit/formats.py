@@ -75,8 +75,8 @@ def add_data_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         "--data_root, else --data_root; a list passed as --data_root: its own folder)")  # fmt: skip
     add("split_number", type=int, default=1, help="UCF101 / HMDB51 official split 1, 2 or 3")
     add("decoder", choices=DECODERS, default="auto",
-        help="video decoder: torchcodec (needs system FFmpeg), pyav (seek + decode forward), auto = torchcodec "
-        "when it loads")  # fmt: skip
+        help="video decoder: pyav (seek to the keyframe + decode forward; auto), or torchcodec (needs the "
+        "system FFmpeg libraries)")  # fmt: skip
     if training:
         from lsvit.data_guards import add_run_guard_arguments
 

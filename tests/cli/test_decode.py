@@ -85,7 +85,7 @@ def test_fifo_is_reported_never_opened(tmp_path):
         read_clip(tmp_path / "missing.mp4", lambda available: [0])
 
 
-def test_fallback_to_pyav_when_torchcodec_cannot_load(monkeypatch, index_video):
+def test_pyav_serves_auto_and_torchcodec_that_cannot_load_is_a_clear_error(monkeypatch, index_video):
     monkeypatch.setattr(decode, "torchcodec_error", lambda: "RuntimeError: Could not load libtorchcodec")
     assert decode.resolve_decoder("auto") == "pyav"
     with pytest.raises(ValueError, match="torchcodec cannot load .* or use --decoder pyav"):
