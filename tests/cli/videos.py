@@ -41,6 +41,7 @@ def write_index_video(path: Path, frames: int, height: int = 48, width: int = 96
 def write_corrupt_tail(path: Path, frames: int = 24, good: int = 15, size: int = 48) -> Path:
     """An mp4 listing ``frames`` frames whose packets after the first ``good`` are noise: decoding fails there."""
     rng = np.random.default_rng(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(8))
         stream.width = stream.height = size
