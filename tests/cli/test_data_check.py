@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
+from lsvit import cli
 from lsvit.formats import training_splits
 
 from .conftest import run_module
@@ -53,16 +56,16 @@ def test_check_reports_every_problem_and_writes_a_clean_list(tmp_path):
     assert train_split.classes == ["walk", "run", "jump"] and len(val_split.records) == 2
 
 
-def test_check_labels_out_of_range_and_one_line_errors(tmp_path):
+def test_check_labels_out_of_range_and_one_line_errors(tmp_path, capsys):
     write_clip(tmp_path / "a.mp4")
     (tmp_path / "list.txt").write_text("a.mp4 0\na.mp4 3\n")
     report_file = tmp_path / "r.json"
-    result = run_module("lsvit.cli", "data", "check", "--data_root", str(tmp_path / "list.txt"), "--num_classes", "2",
-                        "--workers", "1", "--no_progress", "--report", str(report_file))  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    cli.main(["data", "check", "--data_root", str(tmp_path / "list.txt"), "--num_classes", "2", "--workers", "1",
+              "--no_progress", "--report", str(report_file)])  # fmt: skip
     out_of_range = json.loads(report_file.read_text())["train"]["labels_out_of_range"]
     assert [entry["label"] for entry in out_of_range] == [3]
-    missing = run_module("lsvit.cli", "data", "check", "--data_root", str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
-        f"error: --data_root {tmp_path / 'nowhere'} does not exist"
-    ]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["data", "check", "--data_root", str(tmp_path / "nowhere")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: --data_root {tmp_path / 'nowhere'} does not exist\n"
