@@ -29,13 +29,7 @@ from tqdm import tqdm
 
 from lsvit import checkpoint as ckpt
 from lsvit import data_guards, formats
-from lsvit.data import (
-    ClipTransform,
-    SkipLog,
-    VideoClipDataset,
-    collate_clips,
-    to_model_input,
-)
+from lsvit.data import ClipTransform, SkipLog, VideoClipDataset, collate_clips, to_model_input
 from lsvit.errors import run_reporting_errors
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, env_settings
 
