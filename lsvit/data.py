@@ -1,6 +1,7 @@
-"""Video datasets for action recognition: folders or annotation lists in, normalized clips out.
+"""Video datasets for action recognition: video records in, uint8 clips out.
 
-Two sources:
+Records come from lsvit.formats (class folders, lists, UCF101/HMDB51 splits, Kinetics CSV, SSv2 JSON, mmaction2
+lists); this module reads the two plain sources itself:
 - a root folder with one sub-folder per class (``root/<class>/<video>.mp4``; classes sorted by name, or taken
   from ``root/classes.txt`` when present);
 - an annotation list file, one ``relative/path label`` per line (paths relative to ``root``; label an integer

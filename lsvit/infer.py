@@ -269,6 +269,7 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
         "per_class": per_class_accuracy(confusion, classes) if labeled else {},
         "confusion": confusion.tolist() if labeled else [],
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skips.reasons.items())],
+        "partial": [{"path": p, "note": n} for p, n in sorted(skips.partial.items())],
     }
     write_predictions(rows, topk, output_dir / "predictions.csv")
     (output_dir / "predictions.json").write_text(json.dumps({"classes": classes, "predictions": rows}, indent=1))

@@ -746,11 +746,14 @@ class Trainer:
             log.warning("%d distinct videos were skipped during this run:", len(self.skips.reasons))
             for path, reason in sorted(self.skips.reasons.items()):
                 log.warning("  %s: %s", path, reason)
+        if self.info.main and self.skips.partial:
+            log.warning("%d videos were used from their decodable prefix", len(self.skips.partial))
         return {
             "history": self.state.history,
             "best_metric": self.state.best_metric,
             "output_dir": str(self.output_dir),
             "skipped": dict(self.skips.reasons),
+            "partial": dict(self.skips.partial),  # videos sampled from their decodable prefix
         }
 
 
