@@ -3,7 +3,8 @@
 ``--data_format`` names one, or ``auto`` detects it from the files under ``--data_root``:
 
 =============  =====================================================================================================
-``folders``    ``root/<class>/*.mp4`` (or ``root/train/<class>/``, ``root/val/<class>/``); ``classes.txt`` optional
+``folders``    ``root/<class>/*.mp4``, or split folders ``root/train/<class>/`` + ``root/val/<class>/`` (also
+               ``training/``, ``validation/``, ``valid/``, ``test/``); ``classes.txt`` optional
 ``list``       ``path label`` lines (``root/train.txt``, ``root/val.txt``, or mmaction2 video lists such as
                ``*_train_list_videos.txt``); label an index or a class name from ``classes.txt``
 ``rawframes``  mmaction2 rawframe lists: ``frame_dir total_frames label`` lines; each frame folder holds one JPEG
@@ -463,8 +464,8 @@ def load_split(
             return None
         return read_list_split(listing, videos or root, [root, listing.parent], kind)
     if kind == "folders":
-        folder = split_source(root, split)
-        if folder is None or not folder.is_dir():
+        folder = next((root / word for word in SPLIT_ALIASES[split] if (root / word).is_dir()), None)
+        if folder is None:
             if split != "train":
                 return None
             folder = root

@@ -152,9 +152,15 @@ def test_infer_single_video_labels_and_split_folders(small_checkpoint, small_roo
     assert metrics["scored"] == 4 and metrics["labeled"] == 4
 
 
-def test_training_on_split_folders_as_classes_is_refused(small_root, tmp_path):
-    root = tmp_path / "d"
-    shutil.copytree(small_root / "train", root / "training")
-    shutil.copytree(small_root / "val", root / "validation")
-    with pytest.raises(DataError, match=r"\(training, validation\) look like dataset splits"):
-        train.run(["--data_root", str(root), "--output_dir", str(tmp_path / "r"), "--num_frames", "4", *FAST])
+def test_split_folders_are_splits_never_classes(small_root, tmp_path):
+    named = tmp_path / "named"
+    shutil.copytree(small_root / "train", named / "training")
+    shutil.copytree(small_root / "val", named / "validation")
+    summary = train.run(["--data_root", str(named), "--output_dir", str(tmp_path / "r1"), "--num_frames", "4", *FAST])
+    assert summary["history"][0]["val_clips"] == 4  # training/ and validation/ are the splits
+    sized = tmp_path / "sized"
+    shutil.copytree(small_root / "train", sized / "train_256")
+    shutil.copytree(small_root / "val", sized / "val_256")
+    with pytest.raises(DataError, match=r"\(train_256, val_256\) look like dataset splits, not classes"):
+        train.run(["--data_root", str(sized), "--output_dir", str(tmp_path / "r2"), "--num_frames", "4", *FAST])
+    assert no_checkpoint(tmp_path / "r2")
