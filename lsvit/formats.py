@@ -525,6 +525,13 @@ def training_splits(args: argparse.Namespace) -> tuple[Split, Optional[Split]]:
         )
     if val is not None:
         val = relabel(val, train.classes)
+        beyond = [r for r in val.records if r.label >= len(train.classes)]
+        if beyond:
+            raise DataError(
+                f"{val.source}: {len(beyond)} validation labels are outside the {len(train.classes)} training "
+                f"classes (0..{len(train.classes) - 1}), e.g. {beyond[0].path} with label {beyond[0].label}; "
+                f"add a classes.txt that lists every class"
+            )
     return train, val
 
 

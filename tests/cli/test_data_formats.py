@@ -189,3 +189,12 @@ def test_video_root_for_a_list_elsewhere(tmp_path):
     assert_clips_load(split)
     without = inference_split(args_for(listing), ["a", "b"])
     assert not any(r.path.exists() for r in without.records)  # relative to the list's own folder
+
+
+def test_validation_labels_beyond_the_training_classes_stop_before_training(tmp_path):
+    for i in range(3):
+        write_clip(tmp_path / f"v{i}.mp4", seed=i)
+    (tmp_path / "train.txt").write_text("v0.mp4 0\nv1.mp4 1\n")
+    (tmp_path / "val.txt").write_text("v2.mp4 2\n")
+    with pytest.raises(DataError, match="1 validation labels are outside the 2 training classes"):
+        training_splits(args_for(tmp_path))
