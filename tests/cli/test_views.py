@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lsvit import infer
 from lsvit.checkpoint import load_checkpoint
 from lsvit.config import ModelConfig
-from lsvit.data import ClipTransform, discover, segment_indices
+from lsvit.data import ClipTransform, discover, segment_indices, to_model_input
 from lsvit.model import LSViTForAction
 from lsvit.views import MultiViewDataset, clip_indices, three_crops
 
@@ -63,9 +63,9 @@ def test_infer_averages_softmax_over_clips_and_crops(trained_3d, synth_root, tmp
     data = checkpoint["data"]
     transform = ClipTransform(data["image_size"], data["resize_size"], train=False)
     views = MultiViewDataset(records[:1], checkpoint["classes"], 8, transform, 2, 3)[0]["video"]
-    assert views.shape == (6, 8, 3, 32, 32)
+    assert views.shape == (6, 8, 3, 32, 32) and views.dtype == torch.uint8  # normalized on the device
     with torch.no_grad():
-        expected = model(views).softmax(dim=1).mean(dim=0)
+        expected = model(to_model_input(views, torch.device("cpu"))).softmax(dim=1).mean(dim=0)
     first = json.loads((tmp_path / "predictions.json").read_text())["predictions"][0]
     assert first["topk"][0]["prob"] == pytest.approx(float(expected.max()), abs=1e-5)
     assert first["pred"] == int(expected.argmax())
