@@ -436,7 +436,8 @@ def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class SkipLog:
-    """Skipped videos of a run: logs each path once with its reason, counts skips per epoch."""
+    """Skipped and partially decoded videos of a run: logs each path once with its reason, counts skips per
+    epoch."""
 
     def __init__(self, logger: logging.Logger = log) -> None:
         self.logger = logger
@@ -454,6 +455,15 @@ class SkipLog:
             if path not in self.partial:
                 self.logger.warning("using part of video %s: %s", path, note)
             self.partial[path] = note
+
+    def summary(self) -> None:
+        """The end of a run: every skipped path with its reason, and how many videos were used in part."""
+        if self.reasons:
+            self.logger.warning("%d distinct videos were skipped during this run:", len(self.reasons))
+            for path, reason in sorted(self.reasons.items()):
+                self.logger.warning("  %s: %s", path, reason)
+        if self.partial:
+            self.logger.warning("%d videos were used from their decodable prefix", len(self.partial))
 
     def reset_count(self) -> int:
         count, self.count = self.count, 0

@@ -278,12 +278,8 @@ class Trainer:
         finally:
             if board is not None:
                 board.close()
-        if self.info.main and self.skips.reasons:
-            log.warning("%d distinct videos were skipped during this run:", len(self.skips.reasons))
-            for path, reason in sorted(self.skips.reasons.items()):
-                log.warning("  %s: %s", path, reason)
-        if self.info.main and self.skips.partial:
-            log.warning("%d videos were used from their decodable prefix", len(self.skips.partial))
+        if self.info.main:
+            self.skips.summary()
         return {
             "history": self.state.history,
             "best_metric": self.state.best_metric,
