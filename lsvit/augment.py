@@ -15,15 +15,17 @@ from typing import Optional
 import numpy as np
 import torch
 
-from lsvit.data import IMAGENET_MEAN, IMAGENET_STD
+from lsvit.data import IMAGENET_MEAN, IMAGENET_STD, normalize_clip
 
 
 @dataclass(frozen=True)
 class VideoAugment:
-    """uint8 frames ``(T, H, W, 3)`` -> augmented, normalized float32 ``(T, 3, image_size, image_size)``.
+    """uint8 frames ``(T, H, W, 3)`` -> augmented ``(T, 3, image_size, image_size)``: uint8 from :meth:`crop_clip`,
+    normalized float32 from a call (the same interface as :class:`lsvit.data.ClipTransform`).
 
-    ``rrc_scale`` None: resize the shorter side to ``resize_size`` and take a random ``image_size`` crop (the
-    default pipeline); otherwise torchvision's RandomResizedCrop with this area range and ``rrc_ratio``.
+    The decoder already resizes the frames so the shorter side is ``resize_size``. ``rrc_scale`` None: a random
+    ``image_size`` crop of them (the default pipeline); otherwise torchvision's RandomResizedCrop of them with this
+    area range and ``rrc_ratio`` (as mmaction2's pipelines resize to 256 before RandomResizedCrop).
     ``randaugment`` ``(num_ops, magnitude)`` or None.
     """
 
@@ -51,15 +53,17 @@ class VideoAugment:
             steps.append(v2.RandomHorizontalFlip())
         return v2.Compose(steps)
 
-    def __call__(self, frames: np.ndarray, rng: Optional[np.random.Generator]) -> torch.Tensor:
+    def crop_clip(self, frames: np.ndarray | torch.Tensor, rng: Optional[np.random.Generator]) -> torch.Tensor:
+        """uint8 ``(T, 3, image_size, image_size)`` (what the data loader ships; normalized on the device)."""
         from torchvision import tv_tensors
 
-        video = tv_tensors.Video(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2))  # (T, C, H, W)
+        video = tv_tensors.Video(torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2))  # (T, C, H, W)
         seed = int(rng.integers(2**62)) if rng is not None else 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             video = self.pipeline()(video)
-        clip = video.as_subclass(torch.Tensor).float().div_(255)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return ((clip - mean) / std).contiguous()
+        return video.as_subclass(torch.Tensor).contiguous()
+
+    def __call__(self, frames: np.ndarray | torch.Tensor, rng: Optional[np.random.Generator]) -> torch.Tensor:
+        """:meth:`crop_clip`, normalized: float32 (as :func:`lsvit.data.to_model_input` gives on the device)."""
+        return normalize_clip(self.crop_clip(frames, rng), self.mean, self.std)

@@ -43,6 +43,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from lsvit.errors import UserError
+
 log = logging.getLogger("lsvit.checkpoint")
 
 FORMAT_VERSION = 2
@@ -52,7 +54,7 @@ RESUME_KEYS = (*INFERENCE_KEYS, "optimizer", "scheduler", "scaler", "epoch", "st
 PREVIOUS_NAME = "previous.pt"  # the last.pt before the latest save: a fallback when last.pt is damaged
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file that cannot be read or written; the message is one line naming the file."""
 
 

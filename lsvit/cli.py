@@ -1,6 +1,7 @@
 """``lsvit``: one command for the whole workflow.
 
     lsvit data synth --out data/synth          make the embedded synthetic motion dataset (no download)
+    lsvit data check --data_root data/ucf101   report unreadable / too short / duplicate videos, class counts
     lsvit train --data_root data/synth ...     train (torchrun --nproc_per_node N -m lsvit.train ... for DDP)
     lsvit infer --checkpoint runs/x/best.pt --data_root data/synth --split val
     lsvit compare --num_frames 16 ...          2D vs 3D patch embedding: tokens, shapes, params, latency
@@ -16,7 +17,7 @@ from typing import Optional
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lsvit import compare, infer, synth, train
+    from lsvit import compare, data_check, infer, synth, train
     from lsvit.errors import add_debug_argument
     from lsvit.options import HelpFormatter
 
@@ -31,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     # (sub-command group, name, help, module whose docstring describes it, its argument adder, its handler)
     entries = [
         (data_commands, "synth", "write the synthetic motion dataset", synth, synth.add_arguments, synth.run),
+        (
+            data_commands,
+            "check",
+            "report unreadable, short, duplicate videos",
+            data_check,
+            data_check.add_arguments,
+            data_check.run,
+        ),  # fmt: skip
         (commands, "train", "train a model", train, train.add_train_arguments, train.train),
         (commands, "infer", "score a checkpoint on videos", infer, infer.add_infer_arguments, infer.infer),
         (

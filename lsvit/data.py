@@ -1,22 +1,27 @@
-"""Video datasets for action recognition: folders or annotation lists in, normalized clips out.
+"""Video datasets for action recognition: video records in, uint8 clips out.
 
-Two sources:
+Records come from lsvit.formats (class folders, lists, UCF101/HMDB51 splits, Kinetics CSV, SSv2 JSON, mmaction2
+lists); this module reads the two plain sources itself:
 - a root folder with one sub-folder per class (``root/<class>/<video>.mp4``; classes sorted by name, or taken
   from ``root/classes.txt`` when present);
 - an annotation list file, one ``relative/path label`` per line (paths relative to ``root``; label an integer
   index, or a class name found in ``classes.txt``).
 
-Each item is decoded with PyAV and sampled TSN-style: the decodable frames are cut into ``num_frames`` equal
-segments and one frame is taken from each (a random offset per segment for training, the segment centre for
-evaluation). Frames are resized so the shorter side is ``resize_size``, cropped to ``image_size`` (random crop
-and optional horizontal flip for training, centre crop for evaluation) and normalized with the ImageNet mean
-and std. Clips come out as float32 ``(T, C, H, W)``; batches as ``(B, T, C, H, W)``.
+Each item is sampled TSN-style: the video's frames are cut into ``num_frames`` equal segments and one frame is
+taken from each (a random offset per segment for training, the segment centre for evaluation). Only those frames
+are decoded (lsvit.decode: torchcodec, or PyAV seeking to the nearest keyframe), resized while decoding so the
+shorter side is ``resize_size``, then cropped to ``image_size`` (random crop and optional horizontal flip for
+training, centre crop for evaluation). Clips stay uint8, ``(T, C, H, W)``, batches ``(B, T, C, H, W)``: the
+loader ships a quarter of the float32 bytes, and :func:`to_model_input` normalizes with the ImageNet mean and std
+on the device, right before the model.
 
 A video that cannot be used never stops a run or shifts labels. ``__getitem__`` returns the failure instead of a
 clip and :func:`collate_clips` drops it from the batch, keeping every remaining clip next to its own label, and
 lists it under ``batch["skipped"]`` as ``(path, reason)``. Reasons: *unreadable* (the container does not open),
-*no video stream*, *corrupt* (decoding fails part-way), *empty* (no frames), *too short* (fewer decodable
-frames than ``num_frames``; such a video is skipped rather than padded by repeating frames).
+*no video stream*, *corrupt* (decoding fails before ``num_frames`` frames), *empty* (no frames), *too short* (fewer
+frames than ``num_frames``; skipped rather than padded by repeating frames), *not a regular file* (a FIFO or
+device: never opened). A video whose decoding fails part-way but after enough frames is sampled from its
+decodable prefix and listed under ``batch["partial"]``.
 
 Randomness (segment offsets, crop, flip) comes from a generator seeded by ``(seed, epoch, index)``, so a clip is
 the same whichever worker or process loads it: resumed and distributed runs see identical data.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +45,9 @@ import torch.nn.functional as F
 from av.video.reformatter import VideoReformatter
 from torch.utils.data import Dataset
 
+from lsvit.decode import Clip, VideoError, read_clip, resolve_decoder
+from lsvit.errors import DataError
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -48,14 +57,11 @@ CLASSES_FILE = "classes.txt"
 METADATA_FILE = "dataset.json"
 
 
-class VideoError(Exception):
-    """A video that cannot give a clip; the message is the reason reported in the skip list."""
-
-
 @dataclass(frozen=True)
 class VideoRecord:
-    path: Path
+    path: Path  # a video file, or a folder of frame images (mmaction2 rawframes)
     label: int  # -1 when unknown (inference on unlabeled videos)
+    frames: Optional[int] = None  # frame count an annotation list states for a frame folder
 
 
 # ----------------------------------------------------------------------------------------------- discovery
@@ -78,9 +84,23 @@ def read_metadata(root: Path) -> dict[str, Any]:
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
+SPLIT_FOLDER = re.compile(r"^(train|training|val|valid|validation|test|testing|trainval|eval)([_\-.]?[0-9a-z]*)$", re.I)
+
+
+def looks_like_splits(folders: Sequence[str]) -> bool:
+    """Folder names such as ``train``/``val``/``test_256``: split folders, not classes."""
+    return bool(folders) and all(SPLIT_FOLDER.match(name) for name in folders)
+
+
 def scan_class_folders(root: Path, classes: Optional[Sequence[str]] = None) -> tuple[list[VideoRecord], list[str]]:
     """Records of ``root/<class>/*.<video ext>`` (recursively inside each class folder) and the class names."""
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if looks_like_splits(folders):
+        raise DataError(
+            f"the folders under {root} ({', '.join(folders)}) look like dataset splits, not classes: pass one of "
+            f"them as the data folder (e.g. --train_list {root / folders[0]}, or infer's --split {folders[-1]}), "
+            f"or name the splits train/ and val/ so --data_root {root} finds them"
+        )
     if classes is None:
         classes = folders
     if not classes:
@@ -140,11 +160,14 @@ def discover(source: str | Path, root: Optional[str | Path] = None) -> tuple[lis
     """Records and class names from a class-folder root, an annotation list, or a folder of loose videos.
 
     ``source`` a folder: class sub-folders (or, with no sub-folders, unlabeled videos directly inside).
-    ``source`` a file: an annotation list; ``root`` (default: the list's folder) anchors its relative paths.
+    ``source`` a video file: that one video, unlabeled. ``source`` another file: an annotation list; ``root``
+    (default: the list's folder) anchors its relative paths.
     ``classes.txt`` (the class order, label = line index) is read from ``source`` (a folder) or ``root``; without
     one, class folders are sorted by name.
     """
     source = Path(source)
+    if source.suffix.lower() in VIDEO_EXTENSIONS and source.is_file():  # one video: unlabeled
+        return [VideoRecord(source, -1)], []
     if source.is_file():
         base = Path(root) if root is not None else source.parent
         classes = read_classes_file(base)
@@ -239,6 +262,13 @@ def resize_shorter_side(clip: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(clip, size=new_size, mode="bilinear", antialias=True, align_corners=False)
 
 
+def resize_uint8(clip: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(T, C, H, W)`` with the shorter side ``size``; returned as is when it already has it."""
+    if min(clip.shape[-2:]) == size:
+        return clip
+    return resize_shorter_side(clip.float(), size).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def crop(clip: torch.Tensor, size: int, rng: Optional[np.random.Generator]) -> torch.Tensor:
     """Same ``size x size`` window on every frame: random with ``rng`` (training), else centred."""
     height, width = clip.shape[-2:]
@@ -249,9 +279,32 @@ def crop(clip: torch.Tensor, size: int, rng: Optional[np.random.Generator]) -> t
     return clip[..., top : top + size, left : left + size]
 
 
+def normalize_clip(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``(..., C, H, W)`` -> float32 ``(x / 255 - mean) / std`` per channel, on the tensor's device."""
+    channels = video.shape[-3]
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=video.device).view(channels, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=video.device).view(channels, 1, 1)
+    return ((video.float() / 255 - mean_t) / std_t).contiguous()
+
+
+def to_model_input(
+    video: torch.Tensor,
+    device: torch.device,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """A batch of uint8 clips ``(B, T, C, H, W)`` (pinned when loaded for CUDA) -> normalized float32 on
+    ``device``. The copy moves uint8, a quarter of the float32 bytes, and overlaps with compute."""
+    return normalize_clip(video.to(device, non_blocking=True), mean, std)
+
+
 @dataclass(frozen=True)
 class ClipTransform:
-    """uint8 frames ``(T, H, W, 3)`` -> normalized float32 ``(T, 3, image_size, image_size)``."""
+    """uint8 frames ``(T, H, W, 3)`` -> ``(T, 3, image_size, image_size)``.
+
+    :meth:`crop_clip` gives uint8 (what the data loader ships); calling the transform also normalizes
+    (float32), as :func:`to_model_input` does on the device.
+    """
 
     image_size: int
     resize_size: int
@@ -264,15 +317,17 @@ class ClipTransform:
         if self.resize_size < self.image_size:
             raise ValueError(f"resize_size={self.resize_size} must be >= image_size={self.image_size}")
 
-    def __call__(self, frames: np.ndarray, rng: Optional[np.random.Generator]) -> torch.Tensor:
-        clip = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)  # (T, C, H, W)
-        clip = resize_shorter_side(clip, self.resize_size)
+    def crop_clip(self, frames: np.ndarray | torch.Tensor, rng: Optional[np.random.Generator]) -> torch.Tensor:
+        """uint8 ``(T, 3, image_size, image_size)``; frames not yet at ``resize_size`` are resized here."""
+        clip = torch.as_tensor(frames).permute(0, 3, 1, 2)  # (T, C, H, W) uint8
+        clip = resize_uint8(clip, self.resize_size)  # a no-op when the decoder resized
         clip = crop(clip, self.image_size, rng if self.train else None)
         if self.train and self.horizontal_flip and rng is not None and rng.random() < 0.5:
             clip = clip.flip(-1)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return ((clip - mean) / std).contiguous()
+        return clip.contiguous()
+
+    def __call__(self, frames: np.ndarray | torch.Tensor, rng: Optional[np.random.Generator]) -> torch.Tensor:
+        return normalize_clip(self.crop_clip(frames, rng), self.mean, self.std)
 
 
 def default_resize_size(image_size: int) -> int:
@@ -286,8 +341,9 @@ def default_resize_size(image_size: int) -> int:
 class VideoClipDataset(Dataset):
     """Clips of ``num_frames`` frames from a list of records; see the module docstring.
 
-    ``dataset[i]`` is a dict: ``video`` ``(T, C, H, W)`` float32 or None, ``label``, ``index``, ``path`` and
-    ``error`` (None, or why this video was skipped).
+    ``dataset[i]`` is a dict: ``video`` ``(T, C, H, W)`` uint8 or None, ``label``, ``index``, ``path``,
+    ``error`` (None, or why this video was skipped) and ``partial`` (None, or why only a decodable prefix of the
+    video was sampled). ``decoder``: ``auto``, ``torchcodec`` or ``pyav`` (lsvit.decode).
     """
 
     def __init__(
@@ -297,6 +353,7 @@ class VideoClipDataset(Dataset):
         num_frames: int,
         transform: ClipTransform,
         seed: int = 0,
+        decoder: str = "auto",
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames={num_frames} must be >= 1")
@@ -306,6 +363,7 @@ class VideoClipDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        self.decoder = resolve_decoder(decoder)  # once, so an explicit choice that cannot load fails here
 
     @classmethod
     def from_source(
@@ -316,9 +374,10 @@ class VideoClipDataset(Dataset):
         root: Optional[str | Path] = None,
         seed: int = 0,
         classes: Optional[Sequence[str]] = None,
+        decoder: str = "auto",
     ) -> VideoClipDataset:
         records, found = discover(source, root)
-        return cls(records, classes if classes is not None else found, num_frames, transform, seed)
+        return cls(records, classes if classes is not None else found, num_frames, transform, seed, decoder)
 
     def set_epoch(self, epoch: int) -> None:
         """Training randomness is a function of (seed, epoch, index); call before iterating each epoch."""
@@ -327,19 +386,29 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def load_clip(self, index: int) -> torch.Tensor:
+    def load_clip(self, index: int) -> Clip:
+        """The sampled frames, cropped, uint8 ``(T, C, H, W)`` in ``Clip.frames``."""
         record = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.transform.train else None
-        frames = decode_frames(record.path)
-        chosen = segment_indices(len(frames), self.num_frames, rng)
-        pixels = frames_to_rgb([frames[i] for i in chosen])  # (T, H, W, 3) uint8
-        return self.transform(pixels, rng)
+        clip = read_clip(
+            record.path,
+            lambda available: segment_indices(available, self.num_frames, rng),
+            self.decoder,
+            self.transform.resize_size,
+            record.frames,
+        )
+        clip.frames = self.transform.crop_clip(clip.frames, rng)
+        return clip
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        item = {"video": None, "label": record.label, "index": index, "path": str(record.path), "error": None}
+        item = {
+            "video": None, "label": record.label, "index": index, "path": str(record.path), "error": None,
+            "partial": None,
+        }  # fmt: skip
         try:
-            item["video"] = self.load_clip(index)
+            clip = self.load_clip(index)
+            item["video"], item["partial"] = clip.frames, clip.partial
         except VideoError as error:
             item["error"] = str(error)
         except Exception as error:  # noqa: BLE001  (a bad file must not stop the run; the reason is reported)
@@ -350,8 +419,9 @@ class VideoClipDataset(Dataset):
 def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the clips that loaded; each keeps its own label and index. Failures go to ``skipped``.
 
-    Returns ``video`` ``(B, T, C, H, W)`` (None when every item failed), ``label`` ``(B,)`` int64, ``index``
-    ``(B,)`` int64, ``path`` (list) and ``skipped`` (list of ``(path, reason)``).
+    Returns ``video`` ``(B, T, C, H, W)`` uint8 (None when every item failed), ``label`` ``(B,)`` int64,
+    ``index`` ``(B,)`` int64, ``path`` (list), ``skipped`` (list of ``(path, reason)``) and ``partial`` (list of
+    ``(path, note)`` for clips sampled from a decodable prefix).
     """
     good = [item for item in items if item["error"] is None]
     skipped = [(item["path"], item["error"]) for item in items if item["error"] is not None]
@@ -361,23 +431,39 @@ def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "index": torch.tensor([item["index"] for item in good], dtype=torch.int64),
         "path": [item["path"] for item in good],
         "skipped": skipped,
+        "partial": [(item["path"], item["partial"]) for item in good if item.get("partial")],
     }
 
 
 class SkipLog:
-    """Skipped videos of a run: logs each path once with its reason, counts skips per epoch."""
+    """Skipped and partially decoded videos of a run: logs each path once with its reason, counts skips per
+    epoch."""
 
     def __init__(self, logger: logging.Logger = log) -> None:
         self.logger = logger
         self.reasons: dict[str, str] = {}
+        self.partial: dict[str, str] = {}  # videos used from a decodable prefix, with the note
         self.count = 0
 
-    def add(self, skipped: Sequence[tuple[str, str]]) -> None:
+    def add(self, skipped: Sequence[tuple[str, str]], partial: Sequence[tuple[str, str]] = ()) -> None:
         for path, reason in skipped:
             self.count += 1
             if path not in self.reasons:
                 self.logger.warning("skipping video %s: %s", path, reason)
             self.reasons[path] = reason
+        for path, note in partial:
+            if path not in self.partial:
+                self.logger.warning("using part of video %s: %s", path, note)
+            self.partial[path] = note
+
+    def summary(self) -> None:
+        """The end of a run: every skipped path with its reason, and how many videos were used in part."""
+        if self.reasons:
+            self.logger.warning("%d distinct videos were skipped during this run:", len(self.reasons))
+            for path, reason in sorted(self.reasons.items()):
+                self.logger.warning("  %s: %s", path, reason)
+        if self.partial:
+            self.logger.warning("%d videos were used from their decodable prefix", len(self.partial))
 
     def reset_count(self) -> int:
         count, self.count = self.count, 0

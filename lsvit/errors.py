@@ -1,4 +1,5 @@
-"""Command-line error reporting: one line on stderr and exit status 2; ``--debug`` keeps the traceback."""
+"""Errors a user can fix, and how the command-line tools report a failure: one ``error:`` line on stderr and exit
+status 2; ``--debug`` keeps the traceback."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ from collections.abc import Callable
 from typing import Any
 
 EXIT_ERROR = 2
+
+
+class UserError(ValueError):
+    """A problem with the input (data, flags, files) that the user can fix; the message names it and the fix."""
+
+
+class DataError(UserError):
+    """The data cannot give a meaningful run (nothing usable, too much skipped, labels that do not fit...)."""
+
+
+# Problems with the input, not bugs: reported by their message alone (other exceptions also name their type).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError)
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +39,7 @@ def one_line(error: BaseException) -> str:
             parts.append(f"{where}: {message}" if where else message)
         return "; ".join(parts)
     text = " ".join(str(error).split()) if str(error) else ""
-    if isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError)):
+    if isinstance(error, USER_ERRORS):
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

@@ -10,8 +10,8 @@ checkpoint was trained with. Checkpoints are read with ``torch.load(weights_only
 
 Writes to ``--output_dir``: ``predictions.csv`` and ``predictions.json`` (per video: its id, top-k classes with
 probabilities), ``metrics.json`` (top-1/top-5 and per-class accuracy when labels are known, the views per video,
-skipped videos), and ``confusion_matrix.png``. Videos that cannot be read or are too short are reported and left
-out of the scores.
+skipped videos and those scored from a decodable prefix), and ``confusion_matrix.png``. Videos that cannot be read
+or are too short are reported and left out of the scores; a run that scores none of its videos fails (exit 2).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lsvit import checkpoint as ckpt
-from lsvit.data import ClipTransform, SkipLog, collate_clips, discover, split_source
+from lsvit import data_guards, formats
+from lsvit.data import ClipTransform, SkipLog, collate_clips
 from lsvit.errors import add_debug_argument, run_guarded
 from lsvit.infer_report import per_class_accuracy, plot_confusion, print_summary, write_predictions
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, env_settings
@@ -61,7 +62,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
         "data_root",
         required=True,
         help="videos to score: a folder of class sub-folders (labels from folder names), an annotation list "
-        "file ('relative/path label' lines), or a folder of unlabeled videos",
+        "file ('relative/path label' lines), a folder of unlabeled videos, one video file, or a dataset in any "
+        "--data_format (with --split)",
     )
     add_dashed(
         parser,
@@ -114,6 +116,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
         default="model",
         help="which weights of the checkpoint: the trained ones, or their EMA (runs with --model_ema)",
     )
+    formats.add_data_arguments(parser.add_argument_group("data"), training=False)
     checks = parser.add_argument_group(
         "architecture checks (optional; the checkpoint decides, these only have to agree with it)"
     )
@@ -216,27 +219,19 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint %s: %s, %d frames, %d classes", args.checkpoint, describe_patching(config), num_frames, len(classes)
     )
 
-    source = Path(args.data_root)
-    if args.split:
-        found = split_source(source, args.split)
-        if found is None:
-            raise SystemExit(f"error: no {args.split}.txt or {args.split}/ under {source}")
-        source = found
-    records, found_classes = discover(source, root=args.data_root if args.split else None)
-    if source.is_dir() and any(p.is_dir() for p in source.iterdir()):
-        unknown = [name for name in found_classes if name not in classes]
-        if unknown:
-            raise SystemExit(f"error: class folders {unknown} are not among the checkpoint's classes {classes}")
-        records = [type(r)(r.path, classes.index(found_classes[r.label])) for r in records]
+    split = formats.inference_split(args, classes)  # labels matched to the checkpoint's classes by name
+    records, source = split.records, split.source
+    data_guards.check_labels(records, classes, str(source))
     resize = round(data_info["resize_size"] * image_size / data_info["image_size"])  # same crop ratio as training
     transform = ClipTransform(
         image_size, resize, train=False, mean=tuple(data_info["mean"]), std=tuple(data_info["std"])
     )
-    dataset = MultiViewDataset(records, classes, num_frames, transform, args.num_clips, args.num_crops)
+    dataset = MultiViewDataset(records, classes, num_frames, transform, args.num_clips, args.num_crops, args.decoder)
     videos_per_batch = max(1, args.batch_size // dataset.views)
     loader = DataLoader(
-        dataset, batch_size=videos_per_batch, num_workers=args.num_workers, collate_fn=collate_clips, shuffle=False
-    )
+        dataset, batch_size=videos_per_batch, num_workers=args.num_workers, collate_fn=collate_clips, shuffle=False,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
     if dataset.views > 1:
         log.info("multi-view testing: %d clips x %d crops = %d views per video", args.num_clips, args.num_crops,
                  dataset.views)  # fmt: skip
@@ -249,10 +244,11 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
     top1 = top5 = labeled = 0
     with torch.no_grad(), autocast:
         for batch in tqdm(loader, desc="infer", disable=args.no_progress, dynamic_ncols=True):
-            skips.add(batch["skipped"])
+            skips.add(batch["skipped"], batch["partial"])
             if batch["video"] is None:
                 continue
-            probs = view_probabilities(model, batch["video"], args.batch_size, device).cpu()
+            probs = view_probabilities(model, batch["video"], args.batch_size, device, transform.mean, transform.std)
+            probs = probs.cpu()
             best = probs.topk(max(topk, min(5, len(classes))), dim=1)
             labels = batch["label"].tolist()
             for path, label, values, indices in zip(batch["path"], labels, best.values, best.indices, strict=True):
@@ -293,6 +289,7 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
         "per_class": per_class_accuracy(confusion, classes) if labeled else {},
         "confusion": confusion.tolist() if labeled else [],
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skips.reasons.items())],
+        "partial": [{"path": p, "note": n} for p, n in sorted(skips.partial.items())],
     }
     write_predictions(rows, topk, output_dir / "predictions.csv")
     (output_dir / "predictions.json").write_text(json.dumps({"classes": classes, "predictions": rows}, indent=1))
@@ -300,6 +297,7 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
     if labeled:
         plot_confusion(confusion, classes, output_dir / "confusion_matrix.png", f"top-1 {metrics['top1']:.3f}")
     print_summary(metrics, output_dir)
+    data_guards.require_scored(len(rows), len(dataset), skips.reasons)
     return metrics
 
 

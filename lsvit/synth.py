@@ -19,9 +19,10 @@ Deterministic given ``seed``: every video draws from its own ``numpy`` generator
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -108,15 +109,28 @@ def render_video(motion: str, rng: np.random.Generator, size: int, frames: int) 
     return video
 
 
-def write_mp4(path: Path, video: np.ndarray, fps: int = 8) -> None:
-    """Encode ``(T, H, W, 3)`` uint8 RGB frames as H.264 (yuv420p, near-lossless) with PyAV."""
+def write_mp4(
+    path: Path,
+    video: Iterable[np.ndarray],
+    fps: int = 8,
+    *,
+    crf: int = 10,
+    preset: str = "veryfast",
+    gop: int | None = None,
+) -> None:
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames (an array or any iterable of frames) as H.264 (yuv420p) with
+    PyAV; the container follows the suffix (.mp4, .mkv, ...). ``gop``: keyframe interval (x264's default
+    otherwise)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    frames = iter(video)
+    first = next(frames)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height = video.shape[2], video.shape[1]
+        stream.width, stream.height = first.shape[1], first.shape[0]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "10", "preset": "veryfast"}
-        for frame in video:
+        stream.options = {"crf": str(crf), "preset": preset, **({"g": str(gop)} if gop else {})}
+        for frame in itertools.chain([first], frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():

@@ -30,7 +30,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lsvit.data import SkipLog, collate_clips
+from lsvit import data_guards
+from lsvit.data import SkipLog, collate_clips, to_model_input
 from lsvit.distributed import all_reduce_sum, any_rank, setup_distributed
 from lsvit.errors import add_debug_argument, run_guarded
 from lsvit.finetune import build_ema, build_mixup, enable_grad_checkpointing, load_backbone, soft_cross_entropy
@@ -148,22 +149,25 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
-    def _optimizer_step(self) -> None:
-        if self.args.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+    def _optimizer_step(self, usable: bool = True) -> None:
+        """One step of the schedule; ``usable`` False (no clip behind it on any rank) changes no weight, EMA
+        included (AdamW would still decay them)."""
+        if usable:
+            if self.args.clip_grad > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state.step += 1
-        if self.ema is not None:
+        if usable and self.ema is not None:
             self.ema.update(self.model, step=self.state.step)
 
     def _placeholder_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A zero clip for a micro-batch whose videos all failed: keeps DDP ranks in step (its loss is x0)."""
         c = self.config
-        video = torch.zeros(1, c.num_frames, c.in_channels, c.image_size, c.image_size)
+        video = torch.zeros(1, c.num_frames, c.in_channels, c.image_size, c.image_size, dtype=torch.uint8)
         return video, torch.zeros(1, dtype=torch.int64)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -178,12 +182,13 @@ class Trainer:
         total_batches = self.batches_per_epoch
         bar = tqdm(loader, total=total_batches, initial=start_batch, desc=f"epoch {epoch + 1}/{args.epochs}",
                    disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+        group_clips = 0  # clips behind the current optimizer step on this rank
         for batch_index, batch in enumerate(bar, start=start_batch):
-            self.skips.add(batch["skipped"])
+            self.skips.add(batch["skipped"], batch["partial"])
             meter.skipped += len(batch["skipped"])
             empty = batch["video"] is None
             video, labels = self._placeholder_batch() if empty else (batch["video"], batch["label"])
-            video = video.to(self.device, non_blocking=True)
+            video = to_model_input(video, self.device, self.data.record["mean"], self.data.record["std"])
             labels = labels.to(self.device, non_blocking=True)
             # Micro-batches [g * accum, min((g + 1) * accum, total)) make optimizer step g of the epoch.
             group_end = min((batch_index // args.accum_steps + 1) * args.accum_steps, total_batches)
@@ -206,8 +211,10 @@ class Trainer:
                 meter.loss_sum += float(loss.detach()) * len(labels)
                 meter.correct += topk_correct(logits.detach(), labels, 1)
                 meter.count += len(labels)
+                group_clips += len(labels)
             if last_in_group:
-                self._optimizer_step()
+                self._optimizer_step(data_guards.any_clips(group_clips, self.info.enabled, self.device))
+                group_clips = 0
                 self.state.batches_done = batch_index + 1
                 self.state.partial = vars(EpochMeter(**vars(meter)))
                 if args.save_every_steps and self.state.step % args.save_every_steps == 0:
@@ -223,6 +230,7 @@ class Trainer:
             "train_loss": loss_sum / max(1, count),
             "train_top1": correct / max(1, count),
             "train_skipped": int(skipped),
+            "train_clips": int(count),
         }
 
     def validate(self) -> dict[str, Any]:
@@ -262,6 +270,7 @@ class Trainer:
                     row: dict[str, Any] = {"epoch": epoch + 1}
                     row.update(self.train_epoch(epoch))
                     row.update(self.validate())
+                    data_guards.check_epoch_row(row, self.args.max_skip_fraction, self.skips.reasons)  # pre-save
                     row.update({"step": self.state.step, "lr": self._lr()})
                     row["epoch_seconds"] = time.perf_counter() - started
                     self.state.epoch, self.state.batches_done, self.state.partial = epoch + 1, 0, {}
@@ -269,15 +278,14 @@ class Trainer:
         finally:
             if board is not None:
                 board.close()
-        if self.info.main and self.skips.reasons:
-            log.warning("%d distinct videos were skipped during this run:", len(self.skips.reasons))
-            for path, reason in sorted(self.skips.reasons.items()):
-                log.warning("  %s: %s", path, reason)
+        if self.info.main:
+            self.skips.summary()
         return {
             "history": self.state.history,
             "best_metric": self.state.best_metric,
             "output_dir": str(self.output_dir),
             "skipped": dict(self.skips.reasons),
+            "partial": dict(self.skips.partial),  # videos sampled from their decodable prefix
         }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lsvit import formats
 from lsvit.options import add_dashed, add_model_arguments
 
 
@@ -14,7 +15,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "data_root",
         required=True,
         help="dataset folder: <root>/train.txt + <root>/val.txt annotation lists, or <root>/train/<class>/ and "
-        "<root>/val/<class>/ folders, or class folders directly under <root> (then no validation split)",
+        "<root>/val/<class>/ folders, or class folders directly under <root> (then no validation split), or any "
+        "--data_format below (UCF101/HMDB51 splits, Kinetics CSV, SSv2 JSON, mmaction2 lists)",
     )
     add_dashed(data, "train_list", default=None, help="training annotation list or class-folder root (overrides)")
     add_dashed(data, "val_list", default=None, help="validation annotation list or class-folder root (overrides)")
@@ -28,6 +30,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(left/right classes), else on",
     )
     add_dashed(data, "num_workers", type=int, default=2, help="DataLoader worker processes per rank")
+    formats.add_data_arguments(data, training=True)
 
     model = parser.add_argument_group("model (ModelConfig; flags override APPCONFIG__* env, which overrides code)")
     add_model_arguments(model)

@@ -13,15 +13,8 @@ import numpy as np
 import torch
 
 from lsvit import checkpoint as ckpt
-from lsvit.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ClipTransform,
-    VideoClipDataset,
-    default_resize_size,
-    read_metadata,
-    split_source,
-)
+from lsvit import data_guards, formats
+from lsvit.data import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, VideoClipDataset, default_resize_size, read_metadata
 from lsvit.distributed import Dist
 from lsvit.options import build_config, model_overrides
 from lsvit.samplers import ResumableSampler
@@ -78,15 +71,6 @@ def resolve_config(args: argparse.Namespace, resumed: Optional[dict[str, Any]], 
     return config
 
 
-def resolve_splits(args: argparse.Namespace) -> tuple[Path, Optional[Path]]:
-    root = Path(args.data_root)
-    if not root.exists():
-        raise FileNotFoundError(f"--data_root {root} does not exist (make one with: lsvit data synth --out {root})")
-    train_source = Path(args.train_list) if args.train_list else split_source(root, "train") or root
-    val_source = Path(args.val_list) if args.val_list else split_source(root, "val")
-    return train_source, val_source
-
-
 def flip_enabled(setting: str, metadata: dict[str, Any]) -> bool:
     if setting == "auto":
         return not metadata.get("direction_sensitive", False)
@@ -106,7 +90,7 @@ class TrainData:
 def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[dict[str, Any]]) -> TrainData:
     if config.num_frames is None:
         raise ValueError("num_frames is not set: pass --num_frames (e.g. --num_frames 16)")
-    train_source, val_source = resolve_splits(args)
+    train_split, val_split = formats.training_splits(args)  # --data_format, --video_root, --split_number
     metadata = read_metadata(Path(args.data_root))
     horizontal_flip = flip_enabled(args.horizontal_flip, metadata)
     resize = args.resize_size or default_resize_size(config.image_size)
@@ -123,22 +107,26 @@ def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[d
             randaugment=tuple(args.randaugment) if args.randaugment else None,
         )
     eval_transform = ClipTransform(config.image_size, resize, train=False)
-    train_set = VideoClipDataset.from_source(
-        train_source, config.num_frames, train_transform, root=args.data_root, seed=args.seed
+    train_set = VideoClipDataset(
+        train_split.records, train_split.classes, config.num_frames, train_transform, args.seed, args.decoder
     )
     classes = train_set.classes
     if resumed is not None and list(resumed["classes"]) != list(classes):
         raise ValueError(f"--resume: the checkpoint's classes {resumed['classes']} differ from the dataset's {classes}")
     val_set = None
-    if val_source is not None:
-        val_set = VideoClipDataset.from_source(
-            val_source, config.num_frames, eval_transform, root=args.data_root, classes=classes
-        )
+    if val_split is not None:
         if args.val_num_clips > 1 or args.val_num_crops > 1:
             from lsvit.views import MultiViewDataset
 
-            val_set = MultiViewDataset(val_set.records, classes, config.num_frames, eval_transform,
-                                       args.val_num_clips, args.val_num_crops)  # fmt: skip
+            val_set = MultiViewDataset(val_split.records, classes, config.num_frames, eval_transform,
+                                       args.val_num_clips, args.val_num_crops, args.decoder)  # fmt: skip
+        else:
+            val_set = VideoClipDataset(
+                val_split.records, classes, config.num_frames, eval_transform, decoder=args.decoder
+            )
+    for dataset, name in ((train_set, "training"), (val_set, "validation")):
+        if dataset is not None:  # no usable video, or too many missing: stop before any work
+            data_guards.preflight(dataset.records, config.num_frames, args.max_skip_fraction, args.decoder, name)
     record = {
         "num_frames": config.num_frames,
         "image_size": config.image_size,
@@ -152,7 +140,7 @@ def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[d
         log.info(
             "data: %d training videos from %s, %s validation videos; %d classes; horizontal flip %s",
             len(train_set),
-            train_source,
+            train_split.source,
             len(val_set) if val_set is not None else "no",
             len(classes),
             "on" if horizontal_flip else "off",

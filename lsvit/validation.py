@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lsvit.data import to_model_input
 from lsvit.distributed import all_reduce_sum, any_rank
 from lsvit.interrupt import Interrupted
 from lsvit.optim import topk_correct
@@ -24,19 +25,21 @@ def evaluate(trainer, model: nn.Module) -> dict[str, Any]:
     loader = trainer._loader(trainer.data.val_set, sampler, 0)
     loss_sum = nll_sum = top1 = top5 = count = skipped = 0.0
     for batch in tqdm(loader, desc="validate", disable=not trainer.progress, leave=False, dynamic_ncols=True):
-        trainer.skips.add(batch["skipped"])
+        trainer.skips.add(batch["skipped"], batch["partial"])
         skipped += len(batch["skipped"])
         if any_rank(trainer.stop.signum is not None, trainer.info, trainer.device):
             trainer.save()  # the epoch's training is done: the resumed run validates it again
             raise Interrupted(trainer.stop.signum or 15)
         if batch["video"] is None:
             continue
-        video, labels = batch["video"].to(trainer.device), batch["label"].to(trainer.device)
+        video, labels = batch["video"], batch["label"].to(trainer.device)  # uint8 clips
+        mean, std = trainer.data.record["mean"], trainer.data.record["std"]
         with trainer.autocast():  # no DDP wrapper: ranks see different batch counts here
             if video.dim() == 6:  # (B, views, T, C, H, W): softmax averaged over views; its log scores the loss
-                logits = view_probabilities(model, video, video.shape[0], trainer.device).clamp_min(1e-12).log()
+                probs = view_probabilities(model, video, video.shape[0], trainer.device, mean, std)
+                logits = probs.clamp_min(1e-12).log()
             else:
-                logits = model(video).float()
+                logits = model(to_model_input(video, trainer.device, mean, std)).float()
         smoothing = trainer.args.label_smoothing
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing))
         nll_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
@@ -52,5 +55,6 @@ def evaluate(trainer, model: nn.Module) -> dict[str, Any]:
         "val_top1": top1 / max(1, count),
         "val_top5": top5 / max(1, count),
         "val_skipped": int(skipped),
+        "val_clips": int(count),
         "val_views": getattr(trainer.data.val_set, "views", 1),
     }

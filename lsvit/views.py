@@ -7,6 +7,9 @@ uniformly. ``N = 1`` is the single-view evaluation (segment centres).
 Spatial crops: 1 = resize the shorter side to ``resize_size`` and take the centre ``image_size`` crop (the
 single-view evaluation); 3 = resize the shorter side to ``image_size`` and take three ``image_size`` squares
 along the longer side (start, centre, end; mmaction2's ThreeCrop), so together they cover the whole frame.
+
+The frames of all clips are decoded in one pass (lsvit.decode: only those frames, resized while decoding) and the
+views stay uint8; :func:`view_probabilities` normalizes them on the device, as training does.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lsvit.data import ClipTransform, VideoError, VideoRecord, decode_frames, frames_to_rgb, resize_shorter_side
+from lsvit.data import ClipTransform, VideoRecord, resize_uint8, to_model_input
+from lsvit.decode import VideoError, read_clip, resolve_decoder
 
 CROP_CHOICES = (1, 3)
 
@@ -44,7 +48,8 @@ def three_crops(clip: Tensor, size: int) -> list[Tensor]:
 
 
 class MultiViewDataset(Dataset):
-    """``dataset[i]["video"]``: ``(num_clips * num_crops, T, C, S, S)`` float32 (clip-major), or None with ``error``."""
+    """``dataset[i]["video"]``: ``(num_clips * num_crops, T, C, S, S)`` uint8 (clip-major), or None with ``error``;
+    ``partial`` as in :class:`lsvit.data.VideoClipDataset`. ``decoder``: ``auto``, ``torchcodec`` or ``pyav``."""
 
     def __init__(
         self,
@@ -54,6 +59,7 @@ class MultiViewDataset(Dataset):
         transform: ClipTransform,
         num_clips: int = 1,
         num_crops: int = 1,
+        decoder: str = "auto",
     ) -> None:
         if num_clips < 1:
             raise ValueError(f"num_clips={num_clips} must be >= 1")
@@ -62,6 +68,7 @@ class MultiViewDataset(Dataset):
         self.records, self.classes = list(records), list(classes)
         self.num_frames, self.transform = num_frames, transform
         self.num_clips, self.num_crops = num_clips, num_crops
+        self.decoder = resolve_decoder(decoder)  # once, so an explicit choice that cannot load fails here
 
     @property
     def views(self) -> int:
@@ -73,27 +80,36 @@ class MultiViewDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:  # evaluation: no randomness
         pass
 
-    def load_views(self, index: int) -> Tensor:
-        frames = decode_frames(self.records[index].path)
+    def load_views(self, index: int) -> tuple[Tensor, Optional[str]]:
+        """The views, uint8, and the partial-decode note (None for a fully decodable video)."""
+        record = self.records[index]
+
+        def choose(available: int) -> list[int]:  # every clip's frames, clip-major, decoded together
+            n = self.num_clips
+            return [i for k in range(n) for i in clip_indices(available, self.num_frames, k, n)]
+
+        # One crop: the single-view evaluation (shorter side resize_size, centre crop); three: shorter side = crop.
+        shorter = self.transform.resize_size if self.num_crops == 1 else self.transform.image_size
+        clip = read_clip(record.path, choose, self.decoder, shorter, record.frames)
+        frames = clip.frames.reshape(self.num_clips, self.num_frames, *clip.frames.shape[1:])  # (N, T, H, W, 3)
         views = []
-        for clip in range(self.num_clips):
-            chosen = clip_indices(len(frames), self.num_frames, clip, self.num_clips)
-            pixels = frames_to_rgb([frames[i] for i in chosen])  # (T, H, W, 3) uint8
+        for pixels in frames:
             if self.num_crops == 1:
-                views.append(self.transform(pixels, None))  # resize + centre crop + normalize
+                views.append(self.transform.crop_clip(pixels, None))  # centre crop, uint8 (T, C, S, S)
                 continue
-            video = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255)
-            video = resize_shorter_side(video, self.transform.image_size)
-            mean = torch.tensor(self.transform.mean).view(1, -1, 1, 1)
-            std = torch.tensor(self.transform.std).view(1, -1, 1, 1)
-            views += [((crop - mean) / std).contiguous() for crop in three_crops(video, self.transform.image_size)]
-        return torch.stack(views)
+            video = pixels.permute(0, 3, 1, 2)  # (T, C, H, W)
+            video = resize_uint8(video, self.transform.image_size)  # a no-op when the decoder resized
+            views += [crop.contiguous() for crop in three_crops(video, self.transform.image_size)]
+        return torch.stack(views), clip.partial
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        item = {"video": None, "label": record.label, "index": index, "path": str(record.path), "error": None}
+        item = {
+            "video": None, "label": record.label, "index": index, "path": str(record.path), "error": None,
+            "partial": None,
+        }  # fmt: skip
         try:
-            item["video"] = self.load_views(index)
+            item["video"], item["partial"] = self.load_views(index)
         except VideoError as error:
             item["error"] = str(error)
         except Exception as error:  # noqa: BLE001  (a bad file must not stop the run; the reason is reported)
@@ -101,11 +117,22 @@ class MultiViewDataset(Dataset):
         return item
 
 
-def view_probabilities(model: torch.nn.Module, videos: Tensor, chunk: int, device: torch.device) -> Tensor:
-    """``(B, V, T, C, S, S)`` -> ``(B, classes)`` softmax averaged over the V views; ``chunk`` clips per forward."""
+def view_probabilities(
+    model: torch.nn.Module,
+    videos: Tensor,
+    chunk: int,
+    device: torch.device,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Tensor:
+    """uint8 ``(B, V, T, C, S, S)`` -> ``(B, classes)`` softmax averaged over the V views; ``chunk`` clips per
+    forward, each normalized on ``device`` with ``mean`` / ``std``."""
     b, v = videos.shape[:2]
     flat = videos.flatten(0, 1)
-    probs = [model(flat[i : i + chunk].to(device)).float().softmax(dim=1) for i in range(0, len(flat), chunk)]
+    probs = [
+        model(to_model_input(flat[i : i + chunk], device, mean, std)).float().softmax(dim=1)
+        for i in range(0, len(flat), chunk)
+    ]
     return torch.cat(probs).view(b, v, -1).mean(dim=1)
 
 

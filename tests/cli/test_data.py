@@ -23,10 +23,12 @@ from lsvit.data import (
     read_metadata,
     segment_indices,
     split_source,
+    to_model_input,
 )
 from lsvit.synth import render_video, write_mp4
 
 from .conftest import CI_CLASSES
+from .videos import write_corrupt_tail
 
 
 @pytest.mark.parametrize("available, frames", [(16, 8), (17, 8), (9, 8), (8, 8), (50, 3), (5, 1)])
@@ -176,3 +178,27 @@ def test_training_honors_direction_sensitive_metadata(synth_root):
     assert flip_enabled("auto", metadata) is False  # left/right classes: never mirror
     assert flip_enabled("auto", {}) is True
     assert flip_enabled("on", metadata) is True and flip_enabled("off", {}) is False
+
+
+def test_loader_ships_uint8_and_the_device_normalizes_like_the_transform():
+    frames = np.random.default_rng(0).integers(0, 256, (4, 30, 40, 3), dtype=np.uint8)
+    transform = ClipTransform(24, 30, train=False)
+    clip = transform.crop_clip(frames, None)
+    assert clip.dtype == torch.uint8 and clip.shape == (4, 3, 24, 24)
+    on_device = to_model_input(clip.unsqueeze(0), torch.device("cpu"))
+    assert on_device.dtype == torch.float32
+    torch.testing.assert_close(on_device[0], transform(frames, None))
+
+
+def test_partial_videos_are_used_and_counted(tmp_path, caplog):
+    folder = tmp_path / "videos" / "a"
+    write_corrupt_tail(folder / "tail.mp4", frames=24, good=15)
+    records, classes = discover(tmp_path / "videos")
+    dataset = VideoClipDataset(records, classes, 8, ClipTransform(32, 48, train=False), decoder="pyav")
+    batch = collate_clips([dataset[0]])
+    assert batch["video"].shape == (1, 8, 3, 32, 32) and not batch["skipped"]
+    assert batch["partial"] == [(str(folder / "tail.mp4"), "partial: 15 of 24 frames decode")]
+    skips = SkipLog()
+    with caplog.at_level("WARNING"):
+        skips.add(batch["skipped"], batch["partial"])
+    assert skips.partial == dict(batch["partial"]) and "using part of video" in caplog.text

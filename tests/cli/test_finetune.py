@@ -11,7 +11,7 @@ import torch
 from lsvit import infer, train
 from lsvit.augment import VideoAugment
 from lsvit.checkpoint import load_checkpoint
-from lsvit.data import decode_frames, frames_to_rgb
+from lsvit.data import decode_frames, frames_to_rgb, to_model_input
 from lsvit.finetune import ClipMixup, enable_grad_checkpointing
 
 from .conftest import QUICK_FLAGS, quick_train
@@ -81,6 +81,9 @@ def test_augmentation_is_the_same_for_every_frame(synth_root):
     assert not torch.equal(again, augment(clip, np.random.default_rng(4)))  # and random across draws
     plain = VideoAugment(32, 37, horizontal_flip=False)(clip, np.random.default_rng(3))
     assert not torch.equal(plain, again)
+    shipped = augment.crop_clip(torch.from_numpy(clip), np.random.default_rng(3))  # what the loader ships
+    assert shipped.dtype == torch.uint8 and shipped.shape == (8, 3, 32, 32)
+    torch.testing.assert_close(to_model_input(shipped[None], torch.device("cpu"))[0], again)
 
 
 def test_cutmix_box_is_shared_by_all_frames_and_targets_are_soft():
