@@ -51,8 +51,8 @@ void check_divisible(const char* name, int64_t value, const char* divisor_name, 
 }
 
 void check_like_weight(const char* name, const at::Tensor& t, const at::Tensor& weight) {
-  TORCH_CHECK_VALUE(t.device() == weight.device(), name, " is on ", t.device(), " but weight is on ",
-                    weight.device(), "; move both to one device");
+  TORCH_CHECK_VALUE(t.device() == weight.device(), name, " is on ", t.device(), " but weight is on ", weight.device(),
+                    "; move both to one device");
   TORCH_CHECK_TYPE(t.scalar_type() == weight.scalar_type(), name, " has dtype ", dtype_name(t.scalar_type()),
                    " but weight has ", dtype_name(weight.scalar_type()), "; cast ", name, " to ",
                    dtype_name(weight.scalar_type()));
@@ -94,7 +94,8 @@ CallPlan describe(const at::Tensor& video, const at::Tensor& weight, bool has_cl
 
   CallPlan plan;
   plan.geometry = make_geometry(b, t, c, h, wd, e, tubelet, ph, pw, has_cls ? 1 : 0);
-  plan.video_strides = VideoStrides{video.stride(0), video.stride(1), video.stride(2), video.stride(3), video.stride(4)};
+  plan.video_strides =
+      VideoStrides{video.stride(0), video.stride(1), video.stride(2), video.stride(3), video.stride(4)};
   return plan;
 }
 
@@ -145,8 +146,8 @@ CallPlan check_forward_args(const at::Tensor& video, const at::Tensor& weight, c
   const int64_t e = plan.geometry.embed_dim;
   if (bias.has_value() && bias->defined()) {
     check_like_weight("bias", *bias, weight);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == e, "bias must have shape (", e,
-                      ",) to match embed_dim=", e, "; got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == e, "bias must have shape (", e, ",) to match embed_dim=", e,
+                      "; got ", bias->sizes());
   }
   if (has_cls) {
     check_like_weight("cls_token", *cls_token, weight);
@@ -169,8 +170,8 @@ CallPlan check_backward_args(const at::Tensor& grad_tokens, const at::Tensor& vi
   if (pos_rows > 0) check_pos_rows(pos_rows, has_cls, plan);
   check_like_weight("grad_tokens", grad_tokens, weight);
   TORCH_CHECK_VALUE(grad_tokens.sizes() == at::IntArrayRef({g.batch, g.steps, g.tokens_per_step, g.embed_dim}),
-                    "grad_tokens must have the output's shape (", g.batch, ", ", g.steps, ", ", g.tokens_per_step,
-                    ", ", g.embed_dim, "); got ", grad_tokens.sizes());
+                    "grad_tokens must have the output's shape (", g.batch, ", ", g.steps, ", ", g.tokens_per_step, ", ",
+                    g.embed_dim, "); got ", grad_tokens.sizes());
   return plan;
 }
 
@@ -194,7 +195,7 @@ void token_reduction_grads(const at::Tensor& grad_tokens, const CallPlan& plan, 
   const bool need_slot = mask[2] || mask[4] || (mask[3] && !plan.pos_per_token);
   const at::Tensor per_step = need_step ? sum_slices(grad_tokens) : at::Tensor();
   const at::Tensor per_slot =
-      !need_slot ? at::Tensor()
+      !need_slot  ? at::Tensor()
       : need_step ? at::sum(per_step, {0})
                   : sum_slices(grad_tokens.reshape({g.batch * g.steps, g.tokens_per_step, g.embed_dim}));
   if (mask[2]) std::get<2>(grads) = at::sum(per_slot.narrow(0, g.cls_slots, g.num_spatial), {0}).to(dtype);

@@ -41,8 +41,8 @@ struct VideoStrides {
 LSVIT_HOST_DEVICE PatchGeometry make_geometry(int64_t batch, int64_t frames, int64_t channels, int64_t height,
                                               int64_t width, int64_t embed_dim, int64_t tubelet, int64_t patch_h,
                                               int64_t patch_w, int64_t cls_slots) {
-  PatchGeometry g{batch, frames, channels, height, width, embed_dim, tubelet, patch_h, patch_w, cls_slots,
-                  0,     0,      0,        0,      0,     0,         0};
+  PatchGeometry g{batch,     frames, channels, height, width, embed_dim, tubelet, patch_h, patch_w,
+                  cls_slots, 0,      0,        0,      0,     0,         0,       0};
   g.steps = frames / tubelet;
   g.grid_h = height / patch_h;
   g.grid_w = width / patch_w;
@@ -169,8 +169,8 @@ inline VideoReadPlan video_read_plan(uintptr_t address, int64_t element_size, co
   if (s.c == 1 && g.channels > 1) {
     const bool packed = s.w == g.channels;
     const int64_t channels_last[4][2] = {{s.b, g.batch}, {s.t, g.frames}, {s.h, g.height}, {s.w, g.width}};
-    const int vec = widest_chunk(address, element_size, packed ? g.patch_w * g.channels : g.channels,
-                                 channels_last, packed ? 3 : 4);
+    const int vec = widest_chunk(address, element_size, packed ? g.patch_w * g.channels : g.channels, channels_last,
+                                 packed ? 3 : 4);
     if (vec > plan.vec) plan = VideoReadPlan{vec, true};
   }
   return plan;

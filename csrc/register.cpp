@@ -26,8 +26,8 @@ TORCH_LIBRARY_IMPL(lsvit, CUDA, m) {
 }  // namespace lsvit
 
 extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "lsvit compiled kernels (registered with torch)",
-                                   -1, nullptr};
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "lsvit compiled kernels (registered with torch)", -1,
+                                   nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
 #ifdef LSVIT_WITH_CUDA

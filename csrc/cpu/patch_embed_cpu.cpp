@@ -28,10 +28,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <type_traits>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
@@ -212,8 +212,7 @@ at::Tensor c_row_table(const scalar_t* bias, const c10::optional<at::Tensor>& po
 
 // C rows of a block before the GEMM: each token's row of the table (zeros without one).
 template <typename c_t>
-void init_block(const CallPlan& plan, const c_t* table, bool per_pos_row, int64_t first, int64_t rows,
-                c_t* block) {
+void init_block(const CallPlan& plan, const c_t* table, bool per_pos_row, int64_t first, int64_t rows, c_t* block) {
   const auto& g = plan.geometry;
   const int64_t e = g.embed_dim;
   for (int64_t r = 0; r < rows; ++r) {
@@ -320,7 +319,7 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
       gemm_t* c_ptr = c_block.mutable_data_ptr<gemm_t>();
       at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
         prepare_rows<video_t, gemm_t>(plan, video_ptr, table_ptr, per_pos_row, row0 + a, row0 + b,
-                                                panel_ptr + a * g.patch_dim, c_ptr + a * g.embed_dim);
+                                      panel_ptr + a * g.patch_dim, c_ptr + a * g.embed_dim);
       });
       gemm(panel.narrow(0, 0, rows), weight_t, c_block, 1.0f);  // multi-threaded GEMM
       if constexpr (!kCIsOut) {
@@ -331,26 +330,26 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
       }
     }
   } else {
-  // Workers take blocks from a shared counter rather than fixed ranges: on a loaded machine a descheduled
-  // thread then delays one block, not half the work (the blocks are independent, so the order is free).
-  std::atomic<int64_t> next_block{0};
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.num_blocks));
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
-    at::Tensor c_buffer = kCIsOut ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, gemm_options);
-    for (int64_t i = next_block++; i < blocks.num_blocks; i = next_block++) {
-      const int64_t first = blocks.first(i), rows = blocks.rows(i), row0 = output_row(first, g);
-      at::Tensor c_block = kCIsOut ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
-      gemm_t* c_ptr = c_block.mutable_data_ptr<gemm_t>();
-      init_block<gemm_t>(plan, table_ptr, per_pos_row, first, rows, c_ptr);
-      gather_panel<video_t, gemm_t>(video_ptr, g, plan.video_strides, first, rows, panel.mutable_data_ptr<gemm_t>());
-      gemm(panel.narrow(0, 0, rows), weight_t, c_block, 1.0f);  // C += panel @ W^T
-      if constexpr (!kCIsOut) {
-        scalar_t* dst = out_ptr + row0 * g.embed_dim;
-        for (int64_t j = 0; j < rows * g.embed_dim; ++j) dst[j] = static_cast<scalar_t>(c_ptr[j]);
+    // Workers take blocks from a shared counter rather than fixed ranges: on a loaded machine a descheduled
+    // thread then delays one block, not half the work (the blocks are independent, so the order is free).
+    std::atomic<int64_t> next_block{0};
+    const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.num_blocks));
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
+      at::Tensor c_buffer = kCIsOut ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, gemm_options);
+      for (int64_t i = next_block++; i < blocks.num_blocks; i = next_block++) {
+        const int64_t first = blocks.first(i), rows = blocks.rows(i), row0 = output_row(first, g);
+        at::Tensor c_block = kCIsOut ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
+        gemm_t* c_ptr = c_block.mutable_data_ptr<gemm_t>();
+        init_block<gemm_t>(plan, table_ptr, per_pos_row, first, rows, c_ptr);
+        gather_panel<video_t, gemm_t>(video_ptr, g, plan.video_strides, first, rows, panel.mutable_data_ptr<gemm_t>());
+        gemm(panel.narrow(0, 0, rows), weight_t, c_block, 1.0f);  // C += panel @ W^T
+        if constexpr (!kCIsOut) {
+          scalar_t* dst = out_ptr + row0 * g.embed_dim;
+          for (int64_t j = 0; j < rows * g.embed_dim; ++j) dst[j] = static_cast<scalar_t>(c_ptr[j]);
+        }
       }
-    }
-  });
+    });
   }
   if (g.cls_slots) {
     write_cls_rows<scalar_t>(plan, cls->const_data_ptr<scalar_t>(), pos_ptr, out_ptr);
@@ -452,8 +451,8 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
       if (need_weight) {
         gemm_t* p_ptr = p.mutable_data_ptr<gemm_t>();
         at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
-          prepare_rows<video_t, gemm_t>(plan, video_ptr, nullptr, false, row0 + a, row0 + b,
-                                        p_ptr + a * g.patch_dim, nullptr);
+          prepare_rows<video_t, gemm_t>(plan, video_ptr, nullptr, false, row0 + a, row0 + b, p_ptr + a * g.patch_dim,
+                                        nullptr);
         });
         grad_w->add(g_gemm, p);  // CLS rows add exactly 0
       }
@@ -542,8 +541,8 @@ at::Tensor forward(const at::Tensor& video, const at::Tensor& weight, const c10:
   return out;
 }
 
-Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video, const at::Tensor& weight,
-               int64_t pos_rows, bool has_bias, bool has_cls, std::array<bool, 5> mask) {
+Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video, const at::Tensor& weight, int64_t pos_rows,
+               bool has_bias, bool has_cls, std::array<bool, 5> mask) {
   const CallPlan plan = check_backward_args(grad_tokens_in, video, weight, pos_rows, has_cls, cpu_dtypes());
   const auto& g = plan.geometry;
   mask[2] = mask[2] && has_bias;
@@ -554,15 +553,14 @@ Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video, const 
   const at::Tensor grad_tokens = grad_tokens_in.contiguous();
   const at::Tensor w5 = weight_5d(weight);
   Grads grads;
-  at::Tensor grad_video = mask[0] ? at::empty({g.batch, g.frames, g.channels, g.height, g.width}, video.options())
-                                  : at::Tensor();
+  at::Tensor grad_video =
+      mask[0] ? at::empty({g.batch, g.frames, g.channels, g.height, g.width}, video.options()) : at::Tensor();
   at::Tensor grad_weight2d;
   if ((mask[0] || mask[1]) && g.batch > 0) {
     const at::Tensor weight2d = w5.view({g.embed_dim, g.patch_dim});
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "lsvit_patch_embed_cpu_bwd", [&] {
       if (video.scalar_type() == at::kByte) {
-        backward_impl<scalar_t, uint8_t>(plan, grad_tokens, video, weight2d, false, mask[1], grad_video,
-                                         grad_weight2d);
+        backward_impl<scalar_t, uint8_t>(plan, grad_tokens, video, weight2d, false, mask[1], grad_video, grad_weight2d);
       } else {
         backward_impl<scalar_t, scalar_t>(plan, grad_tokens, video, weight2d, mask[0], mask[1], grad_video,
                                           grad_weight2d);

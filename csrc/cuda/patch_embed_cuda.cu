@@ -60,11 +60,17 @@ __device__ __forceinline__ float to_float(uint8_t x) { return static_cast<float>
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
 template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 // Exact for every pair used here (uint8 and 16-bit values are representable in fp16 / bf16 / fp32).
 template <typename To, typename From>
@@ -80,15 +86,25 @@ __device__ __forceinline__ To convert(From x) {
 template <int kBytes>
 struct Packed;
 template <>
-struct Packed<1> { using type = uint8_t; };
+struct Packed<1> {
+  using type = uint8_t;
+};
 template <>
-struct Packed<2> { using type = uint16_t; };
+struct Packed<2> {
+  using type = uint16_t;
+};
 template <>
-struct Packed<4> { using type = uint32_t; };
+struct Packed<4> {
+  using type = uint32_t;
+};
 template <>
-struct Packed<8> { using type = uint2; };
+struct Packed<8> {
+  using type = uint2;
+};
 template <>
-struct Packed<16> { using type = uint4; };
+struct Packed<16> {
+  using type = uint4;
+};
 
 // Bytes first and first + 1 of `word` (uint8 pixels) as two packed 16-bit values, exactly, without I2F (a
 // quarter-rate instruction that would compete with the tensor cores for issue): fp16 0x6400 | b is 1024 + b,
@@ -578,8 +594,8 @@ at::Tensor k_offset_table(const PatchGeometry& g, const VideoStrides& s, const a
   TORCH_CHECK(max_k_offset(g, s) <= std::numeric_limits<int32_t>::max(), "a tubelet spans more than 2^31 elements");
   const int32_t padded_k = static_cast<int32_t>((g.patch_dim + kMmaTileK - 1) / kMmaTileK * kMmaTileK);
   at::Tensor table = at::empty({padded_k}, like.options().dtype(at::kInt));
-  k_offset_table_kernel<<<(padded_k + 255) / 256, 256, 0, stream>>>(table.mutable_data_ptr<int32_t>(), padded_k, g,
-                                                                    s, channels_last_order);
+  k_offset_table_kernel<<<(padded_k + 255) / 256, 256, 0, stream>>>(table.mutable_data_ptr<int32_t>(), padded_k, g, s,
+                                                                    channels_last_order);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return table;
 }
@@ -701,8 +717,8 @@ at::Tensor forward(const at::Tensor& video_in, const at::Tensor& weight, const c
   return out;
 }
 
-Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video_in, const at::Tensor& weight,
-               int64_t pos_rows, bool has_bias, bool has_cls, std::array<bool, 5> mask) {
+Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video_in, const at::Tensor& weight, int64_t pos_rows,
+               bool has_bias, bool has_cls, std::array<bool, 5> mask) {
   CallPlan plan =
       check_backward_args(grad_tokens_in, check_cuda(video_in, "video"), weight, pos_rows, has_cls, cuda_dtypes());
   const auto& g = plan.geometry;
