@@ -228,16 +228,19 @@ def estimates() -> list[dict]:
             cfg = triton_aot.picked(kernel, 90, shape, "bf16", video_dtype, "16bit")
             grid = triton_aot.Variant(kernel, 90, shape, video_dtype, "bf16", "16bit", "contiguous", cfg).grid()
             vdt = triton_aot.DTYPES[video_dtype]
-            splits = tuning.best_splits(grid, cfg, tuning.H100, torch.bfloat16, vdt) if kernel == "grad_weight" else 1
-            est = tuning.estimate(kernel, grid, cfg, torch.bfloat16, vdt, tuning.H100, "16bit", splits)
+            programs = (
+                tuning.best_programs(grid, cfg, tuning.H100, torch.bfloat16, vdt) if kernel == "grad_weight" else None
+            )
+            est = tuning.estimate(kernel, grid, cfg, torch.bfloat16, vdt, tuning.H100, "16bit", programs)
+            slots = tuning.H100.sms * cfg.ctas_per_sm
             rows.append(
                 {
                     "shape": shape,
                     "kernel": kernel,
                     "video_dtype": video_dtype,
                     "config": f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}",
-                    "splits": splits,
                     "programs": est.programs,
+                    "slots": slots,
                     "waves": est.waves,
                     "estimate_us": round(est.us, 1),
                     "mma_us": round(est.mma_us, 1),
@@ -270,13 +273,13 @@ def render(rows: list[dict], model: list[dict]) -> str:
         "",
         "Cost model on a nominal H100 (ESTIMATES, not measurements; `triton_tuning.estimate`), bf16 weight:",
         "",
-        "| shape | kernel | video | config | splits | programs | waves | estimate us | MMA us | fixed us | L2 us "
+        "| shape | kernel | video | config | programs / slots | waves | estimate us | MMA us | fixed us | L2 us "
         "| DRAM us | floor us | estimate / floor |",
-        "|" + "---|" * 14,
+        "|" + "---|" * 13,
     ]
     for m in model:
         lines.append(
-            f"| {m['shape']} | {m['kernel']} | {m['video_dtype']} | {m['config']} | {m['splits']} | {m['programs']} "
+            f"| {m['shape']} | {m['kernel']} | {m['video_dtype']} | {m['config']} | {m['programs']} / {m['slots']} "
             f"| {m['waves']} | {m['estimate_us']} | {m['mma_us']} | {m['fixed_us']} | {m['l2_us']} | {m['dram_us']} "
             f"| {m['floor_us']} | {m['estimate_us'] / m['floor_us']:.2f} |"
         )
