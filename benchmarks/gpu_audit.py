@@ -152,10 +152,12 @@ def audit_variant(variant) -> dict:
     return row
 
 
-# Variants whose uint8 video tile is copied 8 pixels (8 bytes) per cp.async although its runs are 16-byte aligned:
-# Triton's blocked layout for the one-byte (M x K) tile gives each thread 8 consecutive pixels in these
-# kernels (sm_80's mma.sync operand path, and the FMA path of exact float32). Listed with the width they reach, so
-# the audit fails if they get narrower; delete an entry when its variant reaches 128.
+# Variants whose uint8 video tile is copied 8 pixels (8 bytes) per cp.async although its runs are 16-byte aligned
+# (read off Triton 3.8's TTGIR, docs/triton.md): on sm_80 grad_weight's video tile is an MN-major mma.sync operand
+# and the pipeliner gives the i8 tile that operand's swizzled shared layout, vec = 8 elements, which caps the
+# cp.async width; the exact-fp32 config's 32 x 32 i8 tile spread over 128 threads is 8 bytes per thread in all.
+# Listed with the width they reach, so the audit fails if they get narrower; delete an entry when its variant
+# reaches 128.
 KNOWN_NARROW_UINT8 = {
     ("grad_weight", 80, "16bit"): 64,
     ("grad_weight", 80, "tf32"): 64,
