@@ -152,10 +152,12 @@ def audit_variant(variant) -> dict:
     return row
 
 
-# Variants whose uint8 video tile is copied 8 pixels (8 bytes) per cp.async although its runs are 16-byte aligned:
-# Triton's blocked layout for the one-byte (M x K) tile gives each thread 8 consecutive pixels in these
-# kernels (sm_80's mma.sync operand path, and the FMA path of exact float32). Listed with the width they reach, so
-# the audit fails if they get narrower; delete an entry when its variant reaches 128.
+# Variants whose uint8 video tile is copied 8 pixels (8 bytes) per cp.async although its runs are 16-byte aligned
+# (read off Triton 3.8's TTGIR, docs/triton.md): on sm_80 grad_weight's video tile is an MN-major mma.sync operand
+# and the pipeliner gives the i8 tile that operand's swizzled shared layout, vec = 8 elements, which caps the
+# cp.async width; the exact-fp32 config's 32 x 32 i8 tile spread over 128 threads is 8 bytes per thread in all.
+# Listed with the width they reach, so the audit fails if they get narrower; delete an entry when its variant
+# reaches 128.
 KNOWN_NARROW_UINT8 = {
     ("grad_weight", 80, "16bit"): 64,
     ("grad_weight", 80, "tf32"): 64,
@@ -228,16 +230,19 @@ def estimates() -> list[dict]:
             cfg = triton_aot.picked(kernel, 90, shape, "bf16", video_dtype, "16bit")
             grid = triton_aot.Variant(kernel, 90, shape, video_dtype, "bf16", "16bit", "contiguous", cfg).grid()
             vdt = triton_aot.DTYPES[video_dtype]
-            splits = tuning.best_splits(grid, cfg, tuning.H100, torch.bfloat16, vdt) if kernel == "grad_weight" else 1
-            est = tuning.estimate(kernel, grid, cfg, torch.bfloat16, vdt, tuning.H100, "16bit", splits)
+            programs = (
+                tuning.best_programs(grid, cfg, tuning.H100, torch.bfloat16, vdt) if kernel == "grad_weight" else None
+            )
+            est = tuning.estimate(kernel, grid, cfg, torch.bfloat16, vdt, tuning.H100, "16bit", programs)
+            slots = tuning.H100.sms * cfg.ctas_per_sm
             rows.append(
                 {
                     "shape": shape,
                     "kernel": kernel,
                     "video_dtype": video_dtype,
                     "config": f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}",
-                    "splits": splits,
                     "programs": est.programs,
+                    "slots": slots,
                     "waves": est.waves,
                     "estimate_us": round(est.us, 1),
                     "mma_us": round(est.mma_us, 1),
@@ -270,13 +275,13 @@ def render(rows: list[dict], model: list[dict]) -> str:
         "",
         "Cost model on a nominal H100 (ESTIMATES, not measurements; `triton_tuning.estimate`), bf16 weight:",
         "",
-        "| shape | kernel | video | config | splits | programs | waves | estimate us | MMA us | fixed us | L2 us "
+        "| shape | kernel | video | config | programs / slots | waves | estimate us | MMA us | fixed us | L2 us "
         "| DRAM us | floor us | estimate / floor |",
-        "|" + "---|" * 14,
+        "|" + "---|" * 13,
     ]
     for m in model:
         lines.append(
-            f"| {m['shape']} | {m['kernel']} | {m['video_dtype']} | {m['config']} | {m['splits']} | {m['programs']} "
+            f"| {m['shape']} | {m['kernel']} | {m['video_dtype']} | {m['config']} | {m['programs']} / {m['slots']} "
             f"| {m['waves']} | {m['estimate_us']} | {m['mma_us']} | {m['fixed_us']} | {m['l2_us']} | {m['dram_us']} "
             f"| {m['floor_us']} | {m['estimate_us'] / m['floor_us']:.2f} |"
         )

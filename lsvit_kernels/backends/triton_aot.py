@@ -88,7 +88,9 @@ def launch_of(variant: Variant) -> backend.Launch:
             bias, cls = _meta((grid.embed_dim,), dtype), _meta((grid.embed_dim,), dtype)
             launch = backend.forward_launch(video, weight, bias, pos, cls, tokens, cfg)
         elif variant.kernel == "grad_weight":
-            launch, _ = backend.grad_weight_launch(tokens, video, weight, True, cfg, splits=4)
+            device = tuning.H100 if variant.arch == 90 else tuning.A100
+            programs = tuning.best_programs(grid, cfg, device, dtype, video_dtype, variant.kind)
+            launch, _ = backend.grad_weight_launch(tokens, video, weight, True, cfg, programs)
         elif variant.kernel == "grad_video":
             launch = backend.grad_video_launch(tokens, weight, video, True, cfg)
         else:

@@ -287,11 +287,11 @@ def patch_embed_grad_weight_kernel(
     # pointers
     grad_ptr,  # (B, T', S + N, E) contiguous grad of the tokens
     video_ptr,  # logical (B, T, C, H, W), any strides
-    partial_ptr,  # (SPLITS, E, K) float32: one partial grad_weight per split of the tokens, K in k order
+    partial_ptr,  # (pieces, E, K) float32: slot j of a tile holds its j-th program's partial, K in k order
     # sizes
     num_tokens,  # M
     embed_dim,  # E
-    tokens_per_split,  # a multiple of BLOCK_M
+    pieces,  # partial slots per tile: the most programs any tile is shared by
     # video strides
     stride_b,
     stride_t,
@@ -312,58 +312,96 @@ def patch_embed_grad_weight_kernel(
     WIDE: tl.constexpr,  # some offset of this launch passes 2^31 - 1: int64 offsets
     DOT_PRECISION: tl.constexpr,
     INTERPRET_BF16: tl.constexpr,
+    EVEN_N: tl.constexpr,  # embed_dim % BLOCK_N == 0: the loads in the loop are masked on the tokens only
     BLOCK_M: tl.constexpr,  # tokens per reduction step
     BLOCK_N: tl.constexpr,  # rows of grad_weight (E)
     BLOCK_K: tl.constexpr,  # columns of grad_weight (K)
     GROUP_M: tl.constexpr,  # grouping of the (E, K) tiles
 ):
-    """One (BLOCK_N of E) x (BLOCK_K of K) tile of grad_weight over one split of the tokens: an implicit GEMM
-    ``G^T X`` that re-reads the video instead of storing a patch matrix.
+    """grad_weight ``G^T X`` as an implicit GEMM over the video, scheduled stream-K: every program does the same
+    number of token steps (to one), so a grid of exactly the resident CTA slots (or a multiple) leaves no tail
+    wave.
 
-    The program walks its ``tokens_per_split`` tokens in BLOCK_M steps, loading a ``(BLOCK_N, BLOCK_M)`` tile of
+    The work is the flattened range of (tile, token step) pairs, tile-major: a (BLOCK_N of E) x (BLOCK_K of K)
+    tile of grad_weight needs ``cdiv(M, BLOCK_M)`` steps, each loading a ``(BLOCK_N, BLOCK_M)`` tile of
     grad_tokens (patch rows only) and gathering the ``(BLOCK_M, BLOCK_K)`` video tile exactly as the forward
-    does, accumulating in float32; it stores a float32 partial, summed over splits by the wrapper (splits give
-    the GPU enough programs when E x K has few tiles; a deterministic sum, no atomics).
+    does. Of the ``S`` steps in all, each of the ``P`` programs walks a run of ``S // P`` or ``S // P + 1``
+    consecutive steps (``triton_tuning.stream_k``): the tail of one tile and the head of the next, or more tiles
+    when its run is long. Per tile it touches it accumulates in float32 and stores a float32 partial in the
+    tile's slot ``p - (first program of the tile)``; the program finishing a tile zeroes the slots no program of
+    that tile fills, so the wrapper's sum over slots is complete and deterministic (no atomics, no memset).
 
     Per step: reads ``BLOCK_M BLOCK_N g + BLOCK_M BLOCK_K v`` bytes, ``2 BLOCK_M BLOCK_N BLOCK_K`` FLOPs; per
-    program one ``BLOCK_N BLOCK_K 4``-byte store. Reference shape (B=32, T=16, 224, 2x16x16, E=768, bf16) with
-    sm_90's 64 x 128 x 128: 72 tiles x 7 splits (``triton_tuning.best_splits``) of 112 steps, 32 KB and 2.1 MFLOP
-    per step; from DRAM 77 MB of grad + 154 MB of video read, 7 x 4.7 MB of partials written, 118 GFLOP:
-    compute-bound, floor 150 us on H100.
+    tile touched one ``BLOCK_N BLOCK_K 4``-byte store. Reference shape (B=32, T=16, 224, 2x16x16, E=768, bf16)
+    with sm_90's 64 x 128 x 128: 72 tiles x 784 steps on 264 programs (``triton_tuning.best_programs``) of 213
+    or 214 steps, each touching at most 2 tiles, 5 partial slots per tile; 32 KB and 2.1 MFLOP per step; from
+    DRAM 77 MB of grad + 154 MB of video read, 5 x 4.7 MB of partials written, 118 GFLOP: compute-bound, floor
+    150 us on H100.
     """
     NUM_SPATIAL: tl.constexpr = GRID_H * GRID_W
     PATCH_DIM: tl.constexpr = CHANNELS * PATCH_T * PATCH_H * PATCH_W
     pid = tl.program_id(0)
-    split = tl.program_id(1)
-    pid_n, pid_k = grouped_tile(pid, tl.cdiv(embed_dim, BLOCK_N), tl.cdiv(PATCH_DIM, BLOCK_K), GROUP_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    n_mask = offs_n < embed_dim
-    k_mask = offs_k < PATCH_DIM
-    inner = k_offset(
-        offs_k, stride_t, stride_c, stride_h, stride_w, CHANNELS, PATCH_T, PATCH_H, PATCH_W, CHANNELS_LAST, WIDE
-    )
+    num_pid_n = tl.cdiv(embed_dim, BLOCK_N)
+    num_pid_k = tl.cdiv(PATCH_DIM, BLOCK_K)
+    tile_steps = tl.cdiv(num_tokens, BLOCK_M)
+    # P programs share S steps: the first S % P walk S // P + 1 steps, the others S // P (int32: the wrapper
+    # checks S < 2^31). The loop nest is flattened into one software-pipelined loop, so the next tile's first
+    # loads are in flight while this tile's partial is stored.
+    programs = tl.num_programs(0)
+    total = num_pid_n * num_pid_k * tile_steps
+    short = total // programs
+    longer = total % programs  # programs walking short + 1 steps
+    start = pid * short + tl.minimum(pid, longer)
+    stop = start + short + (pid < longer).to(tl.int32)
+    slot_size = tl.cast(embed_dim, tl.int64) * PATCH_DIM
     compute_dtype = tl.float32 if INTERPRET_BF16 else grad_ptr.dtype.element_ty
-
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    start = split * tokens_per_split
-    stop = tl.minimum(start + tokens_per_split, num_tokens)
-    for m0 in range(start, stop, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < stop
-        token = offs_m  # past ``stop`` only in masked lanes: their offsets are never dereferenced
-        row = token_row(token, NUM_SPATIAL, CLS_SLOTS, WIDE)
-        g = tl.load(
-            grad_ptr + (row[None, :] * embed_dim + offs_n[:, None]), mask=n_mask[:, None] & m_mask[None, :], other=0.0
-        )  # (BLOCK_N, BLOCK_M) = G^T tile
-        origin = tubelet_offset(
-            token, stride_b, stride_t, stride_h, stride_w, GRID_H, GRID_W, STEPS, PATCH_T, PATCH_H, PATCH_W, WIDE
+    for tile in tl.range(start // tile_steps, tl.cdiv(stop, tile_steps), flatten=True):
+        tile_first = tile * tile_steps
+        lo = tl.maximum(start, tile_first) - tile_first
+        hi = tl.minimum(stop, tile_first + tile_steps) - tile_first
+        # the tile's slot: programs before this one that walk part of it (its first step's owner is slot 0)
+        long_steps = longer * (short + 1)
+        first_owner = tl.where(
+            tile_first < long_steps,
+            tile_first // (short + 1),
+            longer + (tile_first - long_steps) // tl.maximum(short, 1),
         )
-        x = tl.load(video_ptr + (origin[:, None] + inner[None, :]), mask=m_mask[:, None] & k_mask[None, :], other=0)
-        acc = tl.dot(g.to(compute_dtype), x.to(compute_dtype), acc, input_precision=DOT_PRECISION)
+        piece = pid - first_owner
+        pid_n, pid_k = grouped_tile(tile, num_pid_n, num_pid_k, GROUP_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        n_mask = offs_n < embed_dim
+        k_mask = offs_k < PATCH_DIM
+        if EVEN_N:
+            n_mask = tl.full((BLOCK_N,), 1, tl.int1)
+        if PATCH_DIM % BLOCK_K == 0:
+            k_mask = tl.full((BLOCK_K,), 1, tl.int1)
+        inner = k_offset(
+            offs_k, stride_t, stride_c, stride_h, stride_w, CHANNELS, PATCH_T, PATCH_H, PATCH_W, CHANNELS_LAST, WIDE
+        )
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for step in range(lo, hi):
+            offs_m = step * BLOCK_M + tl.arange(0, BLOCK_M)
+            m_mask = offs_m < num_tokens
+            token = offs_m  # past M only in masked lanes: their offsets are never dereferenced
+            row = token_row(token, NUM_SPATIAL, CLS_SLOTS, WIDE)
+            g = tl.load(
+                grad_ptr + (row[None, :] * embed_dim + offs_n[:, None]),
+                mask=n_mask[:, None] & m_mask[None, :],
+                other=0.0,
+            )  # (BLOCK_N, BLOCK_M) = G^T tile
+            origin = tubelet_offset(
+                token, stride_b, stride_t, stride_h, stride_w, GRID_H, GRID_W, STEPS, PATCH_T, PATCH_H, PATCH_W, WIDE
+            )
+            x = tl.load(video_ptr + (origin[:, None] + inner[None, :]), mask=m_mask[:, None] & k_mask[None, :], other=0)
+            acc = tl.dot(g.to(compute_dtype), x.to(compute_dtype), acc, input_precision=DOT_PRECISION)
 
-    out = partial_ptr + split.to(tl.int64) * embed_dim * PATCH_DIM
-    tl.store(out + (offs_n[:, None] * PATCH_DIM + offs_k[None, :]), acc, mask=n_mask[:, None] & k_mask[None, :])
+        tile_offs = offs_n[:, None] * PATCH_DIM + offs_k[None, :]
+        tile_mask = n_mask[:, None] & k_mask[None, :]
+        tl.store(partial_ptr + (piece * slot_size + tile_offs), acc, mask=tile_mask)
+        if hi == tile_steps:  # this program finishes the tile: zero the slots none of its programs fills
+            for unused in range(piece + 1, pieces):
+                tl.store(partial_ptr + (unused * slot_size + tile_offs), tl.zeros_like(acc), mask=tile_mask)
 
 
 @triton.jit

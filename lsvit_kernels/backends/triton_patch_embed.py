@@ -258,31 +258,38 @@ def forward(
 
 
 def grad_weight_launch(
-    grad_tokens: Tensor, video: Tensor, weight: Tensor, has_cls: bool, cfg: KernelConfig, splits: int
+    grad_tokens: Tensor, video: Tensor, weight: Tensor, has_cls: bool, cfg: KernelConfig, programs: int
 ) -> tuple[Launch, bool]:
-    """grad_weight's launch and whether its partials are in the channels-last k order. ``splits`` is a
-    request: the launch splits the tokens into at most that many runs of whole BLOCK_M steps."""
+    """grad_weight's stream-K launch and whether its partials are in the channels-last k order. ``programs`` is
+    a request: the launch runs that many (at most one per step), each walking an equal run (to one step) of the
+    (tile, token step) range."""
     grid = geometry.patch_grid(video.shape, weight.shape, has_cls=has_cls)
     strides = tuple(video.stride())
     channels_last = channels_last_order(grid, strides)
     num_tokens = grid.batch * grid.num_patches
     e, k = grid.embed_dim, grid.patch_dim
-    tiles = math.ceil(e / cfg.block_n) * math.ceil(k / cfg.block_k)
-    steps = math.ceil(num_tokens / cfg.block_m)
-    tokens_per_split = math.ceil(steps / max(1, min(splits, steps))) * cfg.block_m
-    splits = max(1, math.ceil(num_tokens / tokens_per_split))
-    partial = torch.empty((splits, e, k), dtype=torch.float32, device=video.device)
+    tiles, tile_steps = tuning.tiles("grad_weight", grid, cfg), math.ceil(num_tokens / cfg.block_m)
+    if tiles * tile_steps > _INT32_MAX:
+        raise ValueError(
+            f"grad_weight's {tiles} tiles x {tile_steps} token steps exceed 2^31 - 1; split the batch into chunks"
+        )
+    plan = tuning.stream_k(tiles, tile_steps, programs)
+    partial = torch.empty((plan.pieces, e, k), dtype=torch.float32, device=video.device)
     args = {
         "grad_ptr": grad_tokens,
         "video_ptr": video,
         "partial_ptr": partial,
         "num_tokens": num_tokens,
         "embed_dim": e,
-        "tokens_per_split": tokens_per_split,
+        "pieces": plan.pieces,
         **_strides(_VIDEO_STRIDES, strides),
     }
-    meta = {**_common_meta(grid, weight.dtype, _wide(video, grad_tokens, partial), channels_last), **cfg.meta()}
-    return Launch("patch_embed_grad_weight_kernel", (tiles, splits), args, meta, cfg), channels_last
+    meta = {
+        **_common_meta(grid, weight.dtype, _wide(video, grad_tokens, partial), channels_last),
+        "EVEN_N": e % cfg.block_n == 0,
+        **cfg.meta(),
+    }
+    return Launch("patch_embed_grad_weight_kernel", (plan.programs,), args, meta, cfg), channels_last
 
 
 def grad_weight(
@@ -291,17 +298,18 @@ def grad_weight(
     weight: Tensor,
     has_cls: bool,
     config: Optional[KernelConfig] = None,
-    splits: Optional[int] = None,
+    programs: Optional[int] = None,
 ) -> Tensor:
-    """``G^T X`` as an implicit GEMM over the video: ``(E, C, t, ph, pw)`` in the weight's dtype."""
+    """``G^T X`` as an implicit GEMM over the video: ``(E, C, t, ph, pw)`` in the weight's dtype. ``programs``:
+    the stream-K grid (default: the cost model's, ``triton_tuning.best_programs``)."""
     grid = _checked_grid(video, weight, has_cls)
     cfg = config or _config("grad_weight", grid, weight.dtype, video.dtype, video.device)
-    if splits is None:
+    if programs is None:
         capability = _device_facts(_index(video.device))[0] if video.device.type == "cuda" else (9, 0)
-        splits = tuning.splits_for_grid(
+        programs = tuning.programs_for_grid(
             grid, cfg, _sm_count(video.device), weight.dtype, video.dtype, capability, _dot_precision(weight.dtype)
         )
-    launch, channels_last = grad_weight_launch(grad_tokens, video, weight, has_cls, cfg, splits)
+    launch, channels_last = grad_weight_launch(grad_tokens, video, weight, has_cls, cfg, programs)
     with _device_guard(video.device):
         launch.run()
     partial = launch.args["partial_ptr"]

@@ -83,10 +83,12 @@ def sweep(
             model_device.tflops(kind), model_device.hbm_tbps
         )
         for cfg in configs:
-            splits = (
-                tuning.best_splits(g, cfg, model_device, dtype, video_dtype, kind) if kernel == "grad_weight" else 1
+            programs = (
+                tuning.best_programs(g, cfg, model_device, dtype, video_dtype, kind)
+                if kernel == "grad_weight"
+                else None
             )
-            modeled = tuning.estimate(kernel, g, cfg, dtype, video_dtype, model_device, kind, splits).us
+            modeled = tuning.estimate(kernel, g, cfg, dtype, video_dtype, model_device, kind, programs).us
             try:
                 ms = do_bench(lambda cfg=cfg, run=runs[kernel]: run(cfg), warmup=10, rep=50)
             except Exception as exc:  # a config over this GPU's shared memory fails to launch: report it

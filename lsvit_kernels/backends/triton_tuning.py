@@ -77,10 +77,10 @@ _TABLE: dict[tuple[str, int, str], tuple[KernelConfig, ...]] = {
     ("forward", 80, "16bit"): (C(128, 128, 32, 8, 8, 4, 1), C(64, 128, 32, 8, 4, 4, 3)),
     ("forward", 80, "tf32"): (C(128, 128, 32, 8, 8, 3, 1), C(64, 128, 32, 8, 4, 3, 1)),
     # grad_weight (E x K tile, reduce over tokens)
-    # one config on sm_90: 64 x 128 x 64 with 4 warps spends 1.1 issue cycles per tensor cycle (audit); the token
-    # splits (best_splits) give the parallelism
-    ("grad_weight", 90, "16bit"): (C(64, 128, 128, 8, 8, 3, 2),),
-    ("grad_weight", 90, "tf32"): (C(32, 128, 128, 8, 8, 3, 2), C(32, 64, 128, 8, 4, 3, 2)),
+    # one config on sm_90: 64 x 128 x 64 with 4 warps spends 1.1 issue cycles per tensor cycle (audit); the
+    # stream-K grid (best_programs) gives the parallelism
+    ("grad_weight", 90, "16bit"): (C(64, 128, 128, 8, 8, 3, 2, 128),),
+    ("grad_weight", 90, "tf32"): (C(32, 128, 128, 8, 8, 3, 2, 128), C(32, 64, 128, 8, 4, 3, 2)),
     ("grad_weight", 80, "16bit"): (C(32, 128, 128, 8, 8, 3, 1), C(32, 128, 64, 8, 4, 4, 2)),
     ("grad_weight", 80, "tf32"): (C(32, 128, 128, 8, 8, 3, 1),),  # 32x64x64: 1.05 issue cycles per MMA cycle
     # grad_video (token x K tile, reduce over E)
@@ -182,8 +182,8 @@ def pick_config(
     device = device_for(capability, sm_count)
 
     def modeled(cfg: KernelConfig) -> float:
-        splits = best_splits(grid, cfg, device, dtype, video_dtype, kind) if kernel == "grad_weight" else 1
-        return estimate(kernel, grid, cfg, dtype, video_dtype, device, kind, splits).us
+        programs = best_programs(grid, cfg, device, dtype, video_dtype, kind) if kernel == "grad_weight" else None
+        return estimate(kernel, grid, cfg, dtype, video_dtype, device, kind, programs).us
 
     return min(fitting, key=modeled)  # ties: the earlier (table order)
 
@@ -195,7 +195,37 @@ def splits_for(programs: int, reduction_steps: int, sm_count: int) -> int:
     return max(1, min(want, reduction_steps // 8 or 1))
 
 
-def best_splits(
+@dataclass(frozen=True)
+class StreamK:
+    """grad_weight's stream-K schedule: ``programs`` each walk ``steps_per_program`` (or one fewer) of the
+    flattened (tile, token step) range; ``pieces`` partial slots per tile (the most programs sharing one tile);
+    ``segments`` the most tiles one program touches (each costs a prologue and a partial store)."""
+
+    programs: int
+    steps_per_program: int
+    pieces: int
+    segments: int
+
+
+def stream_k(tiles: int, tile_steps: int, programs: int) -> StreamK:
+    """The stream-K schedule of ``tiles`` tiles of ``tile_steps`` reduction steps on ``programs`` programs (at
+    most one per step), as patch_embed_grad_weight_kernel walks it: of the S steps, the first ``S % P``
+    programs take ``S // P + 1`` consecutive steps, the others ``S // P``."""
+    total = tiles * tile_steps
+    programs = max(1, min(programs, total))
+    short, longer = divmod(total, programs)
+    bounds = [p * short + min(p, longer) for p in range(programs + 1)]
+
+    def owner(step: int) -> int:  # the program walking ``step``
+        long_steps = longer * (short + 1)
+        return step // (short + 1) if step < long_steps else longer + (step - long_steps) // short
+
+    pieces = max(owner((t + 1) * tile_steps - 1) - owner(t * tile_steps) + 1 for t in range(tiles))
+    segments = max((bounds[p + 1] - 1) // tile_steps - bounds[p] // tile_steps + 1 for p in range(programs))
+    return StreamK(programs, math.ceil(total / programs), pieces, segments)
+
+
+def best_programs(
     grid: geometry.PatchGrid,
     cfg: KernelConfig,
     device: Device,
@@ -203,18 +233,17 @@ def best_splits(
     video_dtype: Optional[torch.dtype] = None,
     kind: str = "16bit",
 ) -> int:
-    """grad_weight's token splits with the lowest modeled time: more splits fill the resident slots (the
-    program count a multiple of ``SMs x CTAs per SM`` wastes no wave) but each writes and re-reads a float32
-    ``(E, K)`` partial. At least 8 token steps per split."""
-    steps = math.ceil(grid.batch * grid.num_patches / cfg.block_m)
-    limit = max(1, min(64, steps // 8))
-    return min(
-        range(1, limit + 1),
-        key=lambda s: estimate("grad_weight", grid, cfg, dtype, video_dtype, device, kind, s).us,
-    )
+    """grad_weight's stream-K program count with the lowest modeled time, of the multiples of the resident slots
+    (``SMs x CTAs per SM``: every wave full, every program the same work) that keep at least 8 token steps per
+    program; each program touching a tile adds a float32 ``(E, K)`` partial slot to write and re-read, so more
+    waves cost more. Too little work for one full wave of 8-step programs: one program per 8 steps."""
+    total = tiles("grad_weight", grid, cfg) * math.ceil(grid.batch * grid.num_patches / cfg.block_m)
+    slots = device.sms * max(1, cfg.ctas_per_sm)
+    candidates = [n * slots for n in range(1, 9) if n * slots * 8 <= total] or [max(1, total // 8)]
+    return min(candidates, key=lambda p: estimate("grad_weight", grid, cfg, dtype, video_dtype, device, kind, p).us)
 
 
-def splits_for_grid(
+def programs_for_grid(
     grid: geometry.PatchGrid,
     cfg: KernelConfig,
     sm_count: int,
@@ -223,8 +252,10 @@ def splits_for_grid(
     capability: tuple[int, int] = (9, 0),
     precision: str = "ieee",
 ) -> int:
-    """``best_splits`` on a device with ``sm_count`` SMs of ``capability``'s architecture."""
-    return best_splits(grid, cfg, device_for(capability, sm_count), dtype, video_dtype, operand_kind(dtype, precision))
+    """``best_programs`` on a device with ``sm_count`` SMs of ``capability``'s architecture."""
+    return best_programs(
+        grid, cfg, device_for(capability, sm_count), dtype, video_dtype, operand_kind(dtype, precision)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -355,8 +386,9 @@ class Estimate:
     waves: int
 
 
-def _tile_work(kernel: str, grid: geometry.PatchGrid, cfg: KernelConfig, w: int, v: int, splits: int):
-    """(programs, FLOPs per program, L2 bytes per program) of one launch."""
+def _tile_work(kernel: str, grid: geometry.PatchGrid, cfg: KernelConfig, w: int, v: int, programs: int):
+    """(programs, FLOPs per program, L2 bytes per program, most tiles one program touches, partial slots per
+    tile) of one launch."""
     m, e, k = grid.batch * grid.num_patches, grid.embed_dim, grid.patch_dim
     if kernel == "forward":
         flops = 2 * cfg.block_m * cfg.block_n * k
@@ -364,15 +396,19 @@ def _tile_work(kernel: str, grid: geometry.PatchGrid, cfg: KernelConfig, w: int,
             tiles(kernel, grid, cfg),
             flops,
             cfg.block_m * k * v + k * cfg.block_n * w + 2 * cfg.block_m * cfg.block_n * w,
+            1,
+            1,
         )
     if kernel == "grad_video":
         flops = 2 * cfg.block_m * cfg.block_n * e
-        return tiles(kernel, grid, cfg), flops, (cfg.block_m + cfg.block_n) * e * w + cfg.block_m * cfg.block_n * v
-    if kernel == "grad_weight":
-        steps = math.ceil(math.ceil(m / cfg.block_m) / splits)
-        flops = 2 * cfg.block_m * cfg.block_n * cfg.block_k * steps
+        l2 = (cfg.block_m + cfg.block_n) * e * w + cfg.block_m * cfg.block_n * v
+        return tiles(kernel, grid, cfg), flops, l2, 1, 1
+    if kernel == "grad_weight":  # stream-K: equal runs of steps, each tile touched stores a partial
+        plan = stream_k(tiles(kernel, grid, cfg), math.ceil(m / cfg.block_m), programs)
+        flops = 2 * cfg.block_m * cfg.block_n * cfg.block_k * plan.steps_per_program
         per_step = cfg.block_m * cfg.block_n * w + cfg.block_m * cfg.block_k * v
-        return tiles(kernel, grid, cfg) * splits, flops, per_step * steps + cfg.block_n * cfg.block_k * 4
+        l2 = per_step * plan.steps_per_program + plan.segments * cfg.block_n * cfg.block_k * 4
+        return plan.programs, flops, l2, plan.segments, plan.pieces
     raise ValueError(f"no tile model for {kernel!r}")
 
 
@@ -384,32 +420,36 @@ def estimate(
     video_dtype: Optional[torch.dtype] = None,
     device: Device = H100,
     kind: str = "16bit",
-    splits: int = 1,
+    programs: Optional[int] = None,
 ) -> Estimate:
     """Modeled time of one launch of ``kernel`` with ``cfg``:
 
     ``max(waves x CTAs x tile MMA time + waves x fixed / CTAs, L2 operand traffic, DRAM traffic)`` where
     waves = programs / (SMs x CTAs per SM) rounded up (a partial last wave costs a whole one), a tile's MMA time
     is its FLOPs at one SM's rate, and the fixed cost is ``TILE_OUTSIDE_LOOP_INSTRUCTIONS`` issued by 4
-    schedulers plus ``PIPELINE_FILL_CYCLES``. grad_weight adds the partials' reduction (a second launch).
+    schedulers plus ``PIPELINE_FILL_CYCLES``, paid per tile a program touches. grad_weight runs stream-K on
+    ``programs`` programs (default: one wave of the resident slots) and adds the partials' reduction (a second
+    launch reading every partial slot).
     """
     w, v = _size(dtype), _size(video_dtype or dtype)
     cost = kernel_cost(kernel, grid, dtype, video_dtype)
     floor = cost.floor_us(device.tflops(kind), device.hbm_tbps)
     if kernel == "grad_rows":
         return Estimate(floor, 0.0, 0.0, 0.0, floor, floor, 0, 0)
-    programs, tile_flops, tile_l2 = _tile_work(kernel, grid, cfg, w, v, splits)
     ctas = max(1, cfg.ctas_per_sm)
+    if programs is None:
+        programs = device.sms * ctas
+    programs, tile_flops, tile_l2, segments, pieces = _tile_work(kernel, grid, cfg, w, v, programs)
     waves = math.ceil(programs / (device.sms * ctas))
     sm_tflops = device.tflops(kind) / device.sms
     mma_us = waves * ctas * tile_flops / (sm_tflops * 1e6)
     fixed_cycles = TILE_OUTSIDE_LOOP_INSTRUCTIONS * cfg.num_warps / 4 + PIPELINE_FILL_CYCLES
-    fixed_us = waves * fixed_cycles / (device.clock_ghz * 1e3) / ctas
+    fixed_us = waves * segments * fixed_cycles / (device.clock_ghz * 1e3) / ctas
     l2_us = programs * tile_l2 / (device.l2_tbps * 1e6)
     dram_bytes = cost.bytes_total
     extra_us = 0.0
-    if kernel == "grad_weight" and splits > 1:
-        partials = splits * grid.embed_dim * grid.patch_dim * 4
+    if pieces > 1:
+        partials = pieces * grid.embed_dim * grid.patch_dim * 4
         dram_bytes += partials  # written by the kernel
         extra_us = LAUNCH_US + (partials + grid.embed_dim * grid.patch_dim * (4 + w)) / (device.hbm_tbps * 1e6)
     dram_us = dram_bytes / (device.hbm_tbps * 1e6)

@@ -111,13 +111,21 @@ def test_uint8_video_grad_weight():
     check_grads(got, ref64, ref64, torch.uint8, mask)
 
 
-@pytest.mark.parametrize("splits", [1, 3])
-def test_split_reductions_and_explicit_configs(splits):
-    """grad_weight and the row sums split their reductions; ragged splits and small tiles give the same sums."""
-    video, weight, grid = make_case(torch.float32, "BTCHW", strided=True)
+RAGGED = ((3, 2, 3, 9, 20), 200, (2, 3, 5))  # 36 tokens, E = 200, K = 90: every edge of a 16 x 16 tile ragged
+WHOLE = ((3, 2, 3, 12, 20), 192, (2, 4, 4))  # 45 tokens, E = 192, K = 96: whole tiles of E and K
+
+
+@pytest.mark.parametrize("splits, programs, case", [(1, 1, RAGGED), (3, 7, RAGGED), (3, 50, RAGGED), (2, 50, WHOLE)])
+def test_split_reductions_and_explicit_configs(splits, programs, case):
+    """grad_weight's stream-K grid and the row sums' splits give the same sums: 3 token steps of 16 (the last
+    ragged) x tiles of 16 x 16; one program walking every tile, 7 programs each spanning tiles, or 50 programs
+    of 4 or 5 steps (tiles shared by one or two programs, the unfilled slot zeroed); E and K ragged or whole
+    tiles (the loads in the loop masked on tokens only)."""
+    shape, e, tubelet = case
+    video, weight, grid = make_case(torch.float32, "BTCHW", strided=True, shape=shape, e=e, tubelet=tubelet)
     grad_tokens = torch.randn(grid.output_shape, device=DEVICE)
     cfg = KernelConfig(16, 16, 16, group_m=3, num_warps=1, num_stages=1)
-    got = triton_backend.grad_weight(grad_tokens, video, weight, True, config=cfg, splits=splits)
+    got = triton_backend.grad_weight(grad_tokens, video, weight, True, config=cfg, programs=programs)
     ref = reference.backward(grad_tokens.double(), video.double(), weight.double(), 0, False, True, [0, 1, 0, 0, 0])
     assert (got.double() - ref[1]).abs().max() <= 1e-5 * ref[1].abs().max()
 

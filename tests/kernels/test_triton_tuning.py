@@ -48,18 +48,35 @@ def test_cost_model_terms():
     assert one_wave.waves == 1 and one_wave.us >= one_wave.floor_us
 
 
-def test_grad_weight_splits_fill_the_resident_slots():
-    """72 tiles of 128 x 128 on 132 SMs x 2 CTAs: the model picks a split count whose program count fills whole
-    waves (a lone tail wave costs a full tile time) without drowning in float32 partials."""
+def test_grad_weight_stream_k_fills_the_resident_slots():
+    """72 tiles of 128 x 128 on 132 SMs x 2 CTAs: the model picks a stream-K grid of an exact multiple of the 264
+    resident slots (one wave of equal programs), faster than the old token splits (7 x 72 = 504 programs, 1.9
+    waves) or a lone tail wave (4 x 72 = 288)."""
     grid = _grid(32)
     cfg = tuning.candidate_configs("grad_weight", 90, "16bit")[0]
-    splits = tuning.best_splits(grid, cfg, tuning.H100, torch.bfloat16)
-    programs = 72 * splits
     slots = 132 * cfg.ctas_per_sm
-    assert programs % slots == 0 or programs / (-(-programs // slots) * slots) >= 0.9
-    four = tuning.estimate("grad_weight", grid, cfg, torch.bfloat16, splits=4)  # 288 programs on 264 slots
-    best = tuning.estimate("grad_weight", grid, cfg, torch.bfloat16, splits=splits)
-    assert best.us < four.us
+    programs = tuning.best_programs(grid, cfg, tuning.H100, torch.bfloat16)
+    best = tuning.estimate("grad_weight", grid, cfg, torch.bfloat16, programs=programs)
+    assert programs % slots == 0 and best.programs == programs and best.waves == programs // slots
+    for old in (288, 504):  # one program per (tile, split): 4 and 7 splits
+        assert best.us < tuning.estimate("grad_weight", grid, cfg, torch.bfloat16, programs=old).us
+
+
+def test_stream_k_schedule_covers_every_step_once():
+    """The schedule the kernel walks: runs of S // P or S // P + 1 steps; slots per tile and tiles per program
+    from the same partition (checked by brute force)."""
+    for tiles, tile_steps, programs in ((72, 784, 264), (78, 3, 50), (5, 7, 3), (4, 2, 100), (1, 9, 4)):
+        plan = tuning.stream_k(tiles, tile_steps, programs)
+        total = tiles * tile_steps
+        assert plan.programs == min(programs, total)
+        owner = []
+        short, longer = divmod(total, plan.programs)
+        for p in range(plan.programs):
+            owner += [p] * (short + (p < longer))
+        assert len(owner) == total and plan.steps_per_program == max(owner.count(p) for p in range(plan.programs))
+        per_tile = [len(set(owner[t * tile_steps : (t + 1) * tile_steps])) for t in range(tiles)]
+        per_program = [len({s // tile_steps for s, o in enumerate(owner) if o == p}) for p in range(plan.programs)]
+        assert plan.pieces == max(per_tile) and plan.segments == max(per_program)
 
 
 def test_every_pick_fits_the_device_shared_memory():
