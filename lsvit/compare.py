@@ -25,7 +25,7 @@ from benchmarks.machine import busy_warning, load_average
 from lsvit.data import ClipTransform, decode_frames, default_resize_size, frames_to_rgb, segment_indices
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, build_config, model_overrides
 from lsvit.synth import render_video
-from lsvit_kernels import PatchEmbed2d, PatchEmbed3d, token_counts
+from lsvit_kernels import FusedPatchConv2d, FusedPatchConv3d, token_counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,10 +117,11 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     for tubelet in [1, *args.tubelets]:
         three_d = tubelet > 1
         config = base.model_copy(update={"use_3d_patch_embed": three_d, "tubelet_size": tubelet if three_d else 2})
-        embed_cls = PatchEmbed3d if three_d else PatchEmbed2d
-        extra = {"tubelet_size": tubelet} if three_d else {}
-        embed = embed_cls(
-            config.in_channels, config.embed_dim, config.patch_size, backend=config.kernel_backend, **extra
+        p = config.patch_size
+        embed = (
+            FusedPatchConv3d(config.in_channels, config.embed_dim, (tubelet, p, p), backend=config.kernel_backend)
+            if three_d
+            else FusedPatchConv2d(config.in_channels, config.embed_dim, p, backend=config.kernel_backend)
         )
         embed = embed.to(device, dtype).eval()
         row: dict[str, Any] = {
@@ -128,10 +129,10 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
             "tokens": token_counts(num_frames, config.image_size, patch_size=config.patch_size, tubelet_size=tubelet),
         }
         with torch.no_grad():
-            tokens = embed(clip)
+            tokens = embed.tokens(clip, layout="BTCHW")
             row["embed_shape"] = list(tokens.shape)
             row["embed_params"] = parameter_count(embed)
-            _timed(row, "embed", lambda embed=embed: embed(clip), device, args)
+            _timed(row, "embed", lambda embed=embed: embed.tokens(clip, layout="BTCHW"), device, args)
             if not args.skip_model:
                 torch.manual_seed(0)
                 model = LSViTForAction(config, num_frames=num_frames).to(device, dtype).eval()
