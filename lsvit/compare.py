@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from benchmarks.machine import busy_warning, load_average
+from lsvit.config import ModelConfig
 from lsvit.data import ClipTransform, decode_frames, default_resize_size, frames_to_rgb, segment_indices
+from lsvit.errors import UserError, add_debug_argument, run_guarded
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, build_config, model_overrides
 from lsvit.synth import render_video
 from lsvit_kernels import FusedPatchConv2d, FusedPatchConv3d, token_counts
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     add_compare_arguments(parser)
+    add_debug_argument(parser)
     return parser
 
 
@@ -53,8 +56,6 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_fields() -> list[str]:
-    from lsvit.config import ModelConfig
-
     return list(ModelConfig.model_fields)
 
 
@@ -110,13 +111,15 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     num_frames = base.num_frames or 16
     for tubelet in args.tubelets:
         if num_frames % tubelet:
-            raise SystemExit(f"error: num_frames={num_frames} is not divisible by tubelet {tubelet}")
+            raise UserError(f"num_frames={num_frames} is not divisible by tubelet {tubelet}")
     clip = sample_clip(base, num_frames, args.batch_size, args.video).to(device, dtype)
     load_start = load_average()
     rows = []
     for tubelet in [1, *args.tubelets]:
         three_d = tubelet > 1
-        config = base.model_copy(update={"use_3d_patch_embed": three_d, "tubelet_size": tubelet if three_d else 2})
+        config = ModelConfig(
+            **{**base.model_dump(), "use_3d_patch_embed": three_d, "tubelet_size": tubelet if three_d else 2}
+        )
         p = config.patch_size
         embed = (
             FusedPatchConv3d(config.in_channels, config.embed_dim, (tubelet, p, p), backend=config.kernel_backend)
@@ -199,8 +202,8 @@ def run(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Console-script entry point (returns None so the exit status is 0)."""
-    run(argv)
+    """Console-script entry point: errors print one line (``--debug``: the traceback); returns None (exit 0)."""
+    run_guarded(compare, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from lsvit import checkpoint as ckpt
 from lsvit import data_guards, formats
 from lsvit.data import ClipTransform, SkipLog, collate_clips
-from lsvit.errors import add_debug_argument, run_guarded
+from lsvit.errors import UserError, add_debug_argument, run_guarded
 from lsvit.infer_report import per_class_accuracy, plot_confusion, print_summary, write_predictions
 from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, env_settings
 from lsvit.views import MultiViewDataset, video_id, view_probabilities
@@ -41,7 +41,6 @@ log = logging.getLogger("lsvit.infer")
 
 # What fixes the weights' shapes: these may be stated (to check) but never changed at inference.
 ARCHITECTURE_CHECKED = ("use_3d_patch_embed", "tubelet_size", "patch_size")
-TRUE_WORDS = ("1", "true", "yes", "on")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,9 +127,12 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_env(name: str, text: str) -> Any:
-    if name == "use_3d_patch_embed":
-        return text.strip().lower() in TRUE_WORDS
-    return int(text)
+    """The value pydantic-settings would give field ``name`` for the variable's ``text`` (ValueError if none)."""
+    from pydantic import TypeAdapter
+
+    from lsvit.config import ModelConfig
+
+    return TypeAdapter(ModelConfig.model_fields[name].annotation).validate_python(text)
 
 
 def architecture_conflicts(config, args: argparse.Namespace) -> list[str]:
@@ -139,7 +141,7 @@ def architecture_conflicts(config, args: argparse.Namespace) -> list[str]:
     for name, text in env_settings(ARCHITECTURE_CHECKED).items():
         try:
             stated[name] = (_parse_env(name, text), f"env APPCONFIG__{name.upper()}={text}")
-        except ValueError:
+        except ValueError:  # not a value of the field's type: contradicts whatever the checkpoint holds
             stated[name] = (text, f"env APPCONFIG__{name.upper()}={text}")
     for name in ARCHITECTURE_CHECKED:
         value = getattr(args, name, None)
@@ -162,13 +164,13 @@ def load_model(checkpoint: dict[str, Any], args: argparse.Namespace, device: tor
     config = ModelConfig.from_checkpoint_dict(checkpoint["model_config"])
     conflicts = architecture_conflicts(config, args)
     if conflicts:
-        raise SystemExit(
-            f"error: {args.checkpoint} was trained with {describe_patching(config)}; you asked for "
+        raise UserError(
+            f"{args.checkpoint} was trained with {describe_patching(config)}; you asked for "
             f"{', '.join(conflicts)}. The checkpoint decides the architecture: drop those settings (unset the "
             f"environment variables), or use a checkpoint trained that way."
         )
     if args.kernel_backend is not None:
-        config = config.model_copy(update={"kernel_backend": args.kernel_backend})
+        config = ModelConfig(**{**config.model_dump(), "kernel_backend": args.kernel_backend})
     trained_frames = checkpoint["data"]["num_frames"]
     num_frames = args.num_frames or trained_frames
     image_size = args.image_size or checkpoint["data"]["image_size"]
@@ -191,14 +193,14 @@ def check_inference_shape(config, trained_frames: int, num_frames: int, image_si
     stride = config.temporal_stride
     if num_frames < 1 or num_frames % stride:
         below, above = max(stride, num_frames // stride * stride), (num_frames // stride + 1) * stride
-        raise SystemExit(
-            f"error: --num_frames {num_frames}: {name} uses {stride}-frame tubelets, so clips need a multiple of "
+        raise UserError(
+            f"--num_frames {num_frames}: {name} uses {stride}-frame tubelets, so clips need a multiple of "
             f"{stride} frames (e.g. {below} or {above}; trained with {trained_frames})"
         )
     p = config.patch_size
     if image_size < p or image_size % p:
-        raise SystemExit(
-            f"error: --image_size {image_size} is not a multiple of the patch size {p}; use "
+        raise UserError(
+            f"--image_size {image_size} is not a multiple of the patch size {p}; use "
             f"{max(p, image_size // p * p)} or {(image_size // p + 1) * p} (trained with {config.image_size})"
         )
 
@@ -211,7 +213,7 @@ def infer(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = ckpt.load_checkpoint(args.checkpoint, map_location="cpu")
     if args.weights == "ema" and "model_ema" not in checkpoint:
-        raise SystemExit(f"error: --weights ema: {args.checkpoint} has no EMA weights (trained without --model_ema)")
+        raise UserError(f"--weights ema: {args.checkpoint} has no EMA weights (trained without --model_ema)")
     model, config, num_frames, image_size = load_model(checkpoint, args, device)
     classes = list(checkpoint["classes"])
     data_info = checkpoint["data"]

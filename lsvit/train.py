@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lsvit import data_guards
+from lsvit.config import ModelConfig
 from lsvit.data import SkipLog, collate_clips, to_model_input
 from lsvit.distributed import all_reduce_sum, any_rank, setup_distributed
 from lsvit.errors import add_debug_argument, run_guarded
@@ -85,7 +86,7 @@ class Trainer:
         seed_everything(args.seed)  # identical initial weights on every rank
         self.config = resolve_config(args, resumed, self.resume_from)
         self.data = build_data(args, self.config, self.info, resumed)
-        self.config = self.config.model_copy(update={"num_classes": len(self.data.classes)})
+        self.config = ModelConfig(**{**self.config.model_dump(), "num_classes": len(self.data.classes)})
         from lsvit.model import LSViTForAction  # the model module pulls in the kernels; import when needed
 
         self.model = LSViTForAction(self.config).to(self.device)

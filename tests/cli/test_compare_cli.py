@@ -8,6 +8,7 @@ import json
 import pytest
 
 from lsvit import cli, compare
+from lsvit.errors import EXIT_ERROR, UserError
 from lsvit.options import build_config, model_overrides
 
 from .conftest import run_module
@@ -49,8 +50,19 @@ def test_compare_prints_spread_and_warns_when_busy(monkeypatch, capsys):
 
 
 def test_compare_rejects_indivisible_frames():
-    with pytest.raises(SystemExit, match="num_frames=6 is not divisible by tubelet 4"):
-        compare.run(["--image_size", "32", "--patch_size", "8", "--num_frames", "6", "--skip_model", "--repeats", "1"])
+    argv = ["--image_size", "32", "--patch_size", "8", "--num_frames", "6", "--skip_model", "--repeats", "1"]
+    with pytest.raises(UserError, match="num_frames=6 is not divisible by tubelet 4"):
+        compare.run(argv)
+
+
+def test_compare_command_line_error_is_one_line_with_exit_status_2(capsys):
+    argv = ["--image_size", "32", "--patch_size", "8", "--num_frames", "6", "--skip_model", "--repeats", "1"]
+    for main, args in ((compare.main, argv), (cli.main, ["compare", *argv])):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == EXIT_ERROR
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: num_frames=6 is not divisible by tubelet 4"), err
 
 
 def _all_parsers(parser: argparse.ArgumentParser):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lsvit import infer
+from lsvit.errors import EXIT_ERROR, UserError
 from lsvit.synth import render_video, write_mp4
 
 from .conftest import CI_CLASSES
@@ -68,7 +69,7 @@ def test_conflicting_architecture_stops_with_the_trained_settings(
     out, _ = trained_3d
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(UserError) as stop:
         infer.run(["--checkpoint", str(out / "last.pt"), "--data_root", str(synth_root / "val.txt"), *flags])
     message = str(stop.value)
     assert "was trained with 3D patch embedding, tubelet_size=2, patch_size=8" in message
@@ -106,5 +107,26 @@ def test_other_clip_length_and_size_resample_the_tables(trained_3d, synth_root, 
 )
 def test_impossible_clip_shapes_are_refused(trained_3d, synth_root, flags, message):
     out, _ = trained_3d
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(UserError, match=message):
         infer.run(["--checkpoint", str(out / "best.pt"), "--data_root", str(synth_root), "--split", "val", *flags])
+
+
+def test_command_line_errors_are_one_line_with_exit_status_2(trained_3d, synth_root, capsys):
+    out, _ = trained_3d
+    with pytest.raises(SystemExit) as stop:
+        infer.main(["--checkpoint", str(out / "best.pt"), "--data_root", str(synth_root), "--split", "val",
+                    "--image_size", "36"])  # fmt: skip
+    assert stop.value.code == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: --image_size 36 is not a multiple of the patch size 8; use 32 or 40"), err
+
+
+def test_an_invalid_kernel_backend_is_refused_before_the_model_is_built(trained_3d, synth_root, capsys):
+    out, _ = trained_3d
+    with pytest.raises(SystemExit) as stop:
+        infer.main(["--checkpoint", str(out / "best.pt"), "--data_root", str(synth_root), "--split", "val",
+                    "--kernel_backend", "bogus"])  # fmt: skip
+    assert stop.value.code == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kernel_backend='bogus' is not a registered backend" in err[0], err
