@@ -50,7 +50,7 @@ def test_cost_model_terms():
 
 def test_grad_weight_stream_k_fills_the_resident_slots():
     """72 tiles of 128 x 128 on 132 SMs x 2 CTAs: the model picks a stream-K grid of an exact multiple of the 264
-    resident slots (one wave of equal programs), faster than the old token splits (7 x 72 = 504 programs, 1.9
+    resident slots (one wave of equal programs), faster than splitting the tokens (7 x 72 = 504 programs, 1.9
     waves) or a lone tail wave (4 x 72 = 288)."""
     grid = _grid(32)
     cfg = tuning.candidate_configs("grad_weight", 90, "16bit")[0]
