@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -401,19 +401,27 @@ class VideoClipDataset(Dataset):
         return clip
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        item = {
-            "video": None, "label": record.label, "index": index, "path": str(record.path), "error": None,
-            "partial": None,
-        }  # fmt: skip
-        try:
+        def load() -> tuple[torch.Tensor, Optional[str]]:
             clip = self.load_clip(index)
-            item["video"], item["partial"] = clip.frames, clip.partial
-        except VideoError as error:
-            item["error"] = str(error)
-        except Exception as error:  # noqa: BLE001  (a bad file must not stop the run; the reason is reported)
-            item["error"] = f"unreadable: {type(error).__name__}: {error}"
-        return item
+            return clip.frames, clip.partial
+
+        return guarded_item(self.records[index], index, load)
+
+
+def guarded_item(record: VideoRecord, index: int, load: Callable[[], tuple[Any, Optional[str]]]) -> dict[str, Any]:
+    """A dataset item: ``load()``'s ``(video, partial)``, or the reason it failed in ``error`` (a bad file must
+    not stop the run; ``collate_clips`` counts it as skipped)."""
+    item = {
+        "video": None, "label": record.label, "index": index, "path": str(record.path), "error": None,
+        "partial": None,
+    }  # fmt: skip
+    try:
+        item["video"], item["partial"] = load()
+    except VideoError as error:
+        item["error"] = str(error)
+    except Exception as error:  # noqa: BLE001  (a bad file must not stop the run; the reason is reported)
+        item["error"] = f"unreadable: {type(error).__name__}: {error}"
+    return item
 
 
 def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lsvit.data import ClipTransform, VideoRecord, resize_uint8, to_model_input
+from lsvit.data import ClipTransform, VideoRecord, guarded_item, resize_uint8, to_model_input
 from lsvit.decode import VideoError, read_clip, resolve_decoder
 
 CROP_CHOICES = (1, 3)
@@ -103,18 +103,7 @@ class MultiViewDataset(Dataset):
         return torch.stack(views), clip.partial
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        item = {
-            "video": None, "label": record.label, "index": index, "path": str(record.path), "error": None,
-            "partial": None,
-        }  # fmt: skip
-        try:
-            item["video"], item["partial"] = self.load_views(index)
-        except VideoError as error:
-            item["error"] = str(error)
-        except Exception as error:  # noqa: BLE001  (a bad file must not stop the run; the reason is reported)
-            item["error"] = f"unreadable: {type(error).__name__}: {error}"
-        return item
+        return guarded_item(self.records[index], index, lambda: self.load_views(index))
 
 
 def view_probabilities(
