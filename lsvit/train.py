@@ -33,7 +33,7 @@ from tqdm import tqdm
 from lsvit import data_guards
 from lsvit.config import ModelConfig
 from lsvit.data import SkipLog, collate_clips, to_model_input
-from lsvit.distributed import all_reduce_sum, any_rank, setup_distributed
+from lsvit.distributed import all_reduce_sum, any_rank, end_worker_process, setup_distributed
 from lsvit.errors import add_debug_argument, run_guarded
 from lsvit.finetune import build_ema, build_mixup, enable_grad_checkpointing, load_backbone, soft_cross_entropy
 from lsvit.interrupt import Interrupted, StopRequest, ignore_in_worker
@@ -299,7 +299,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     configure_logging(int(os.environ.get("RANK", "0")))
     trainer = Trainer(args)
     try:
-        return trainer.run()
+        results = trainer.run()
     except Interrupted as stop:
         if trainer.info.main:
             print(stop.report(trainer, getattr(args, "command_line", None)), file=sys.stderr, flush=True)
@@ -307,6 +307,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if trainer.info.enabled and dist.is_initialized():
             dist.destroy_process_group()
+    if trainer.info.enabled:
+        end_worker_process()
+    return results
 
 
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
