@@ -116,7 +116,10 @@ def test_torchrun_two_processes_match_one_process(synth_root, small_list, tmp_pa
             # up to a full lr-sized step. Compare the query and value biases only.
             e = tensor.shape[0] // 3
             got, tensor = torch.cat([got[:e], got[2 * e :]]), torch.cat([tensor[:e], tensor[2 * e :]])
-        torch.testing.assert_close(got, tensor, rtol=1e-4, atol=1e-5, msg=f"{name} differs")
+        # Adam divides every gradient by its own running scale, so a rounding difference in a small gradient
+        # becomes a difference of a fraction of one lr-sized step (1e-3 here); how large a fraction depends on the
+        # CPU's GEMM kernels. Other samples or a missed all-reduce move weights by whole steps.
+        torch.testing.assert_close(got, tensor, rtol=1e-4, atol=1e-4, msg=f"{name} differs")
     # The per-epoch numbers are reduced over both ranks: same as one process up to float rounding.
     for row_one, row_two in zip(one["history"], two["history"], strict=True):
         assert row_two["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-4)
