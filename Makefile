@@ -35,10 +35,10 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 gpu-validate: setup
-	$(BIN)/python -m benchmarks.gpu_validate
+	$(BIN)/python -m lsvit.bench.gpu_validate
 
 gpu-audit: setup
-	$(BIN)/python -m benchmarks.gpu_audit
+	$(BIN)/python -m lsvit.bench.gpu_audit
 
 # clang-format comes with the test extra; without it (another venv) the C++ check is skipped with a note.
 CLANG_FORMAT ?= $(firstword $(wildcard $(BIN)/clang-format) $(shell command -v clang-format))

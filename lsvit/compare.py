@@ -6,7 +6,7 @@ token counts, output shapes, parameter counts and forward latency (median and in
 ``--repeats`` timed runs after ``--warmup`` untimed ones), with the reduction of each 3D variant relative to 2D.
 Same machine, same process, same clip: the numbers are comparable with each other, not with other machines. A
 warning line follows the table when the machine was busy (load average at or above one per core) or the spread
-exceeds a quarter of the median, the rule of ``lsvit-bench`` (benchmarks/machine.py).
+exceeds a quarter of the median, the rule of ``lsvit-bench`` (lsvit/bench/machine.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from benchmarks.machine import busy_warning, load_average
+from lsvit.bench.machine import busy_warning, load_average
 from lsvit.config import ModelConfig
 from lsvit.data import ClipTransform, decode_frames, default_resize_size, frames_to_rgb, segment_indices
 from lsvit.errors import UserError, add_debug_argument, run_guarded
@@ -74,8 +74,8 @@ def sample_clip(config, num_frames: int, batch: int, video: Optional[str]) -> to
 
 
 def latency_ms(run: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    """Median and spread of ``repeats`` timed calls after ``warmup`` untimed ones (benchmarks.harness.summarize)."""
-    from benchmarks.harness import summarize
+    """Median and spread of ``repeats`` timed calls after ``warmup`` untimed ones (lsvit.bench.harness.summarize)."""
+    from lsvit.bench.harness import summarize
 
     def synced():
         out = run()

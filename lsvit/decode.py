@@ -7,7 +7,7 @@ Two backends behind one call, :func:`read_clip`:
   forward, and only the wanted frames are converted (by swscale, straight to the output size) and kept. PyAV's
   wheels carry their own FFmpeg, so it works everywhere.
 - ``torchcodec`` (``VideoDecoder(seek_mode="exact").get_frames_at``, resized by its decoder-native ``Resize``):
-  measured no faster on CPU (benchmarks/decode.py, docs/training.md), so it is used when asked for. It needs the
+  measured no faster on CPU (lsvit/bench/decode.py, docs/training.md), so it is used when asked for. It needs the
   system FFmpeg libraries; asked for without them, it stops with the fix.
 
 Frame ``i`` is the ``i``-th frame in presentation order, the same frame full decoding yields at position ``i``.

@@ -44,7 +44,7 @@ class KernelConfig:
     num_stages: int = 3
     # CTAs of this config resident per SM on its architecture (at least; a uint8 video can need more registers
     # than a 16-bit one), from its compiled registers and shared memory: the cost model's occupancy, checked
-    # against every compiled variant by the audit (benchmarks.gpu_audit).
+    # against every compiled variant by the audit (lsvit.bench.gpu_audit).
     ctas_per_sm: int = 1
     # Register cap given to ptxas (``maxnreg``), so ``ctas_per_sm`` CTAs fit the 64 K registers of an SM:
     # 128 for two 8-warp CTAs. None lets ptxas choose (up to 255).
@@ -333,7 +333,7 @@ def roofline_floor_us(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Cost model (docs/triton.md): the roofline above plus what a tile-by-tile kernel adds to it. Estimates, not
-# measurements: ``benchmarks.gpu_validate`` puts them next to measured times on the first GPU.
+# measurements: ``lsvit.bench.gpu_validate`` puts them next to measured times on the first GPU.
 
 
 @dataclass(frozen=True)

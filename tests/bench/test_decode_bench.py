@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from benchmarks.decode import PeakRSS, make_video, measure_cell
+from lsvit.bench.decode import PeakRSS, make_video, measure_cell
 
 
 def test_peak_rss_sees_a_temporary_allocation():

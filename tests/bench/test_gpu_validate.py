@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import gpu_validate, suite
+from lsvit.bench import gpu_validate, suite
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

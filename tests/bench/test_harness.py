@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import cases, harness
+from lsvit.bench import cases, harness
 
 
 def test_relative_error_and_check():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.machine import BUSY_LOAD_PER_CORE, NOISY_SPREAD, busy_warning
+from lsvit.bench.machine import BUSY_LOAD_PER_CORE, NOISY_SPREAD, busy_warning
 
 
 def test_quiet_machine_gets_no_warning():

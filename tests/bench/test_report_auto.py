@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.report import auto_dispatch_rows, auto_dispatch_table
+from lsvit.bench.report import auto_dispatch_rows, auto_dispatch_table
 
 
 def _record(name: str, ms: float, status: str = "ok") -> dict:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import lsvit_kernels as lk
-from benchmarks import report, suite
-from benchmarks.contestants import CaseInputs, Contestant, Prepared, make_ours
+from lsvit.bench import report, suite
+from lsvit.bench.contestants import CaseInputs, Contestant, Prepared, make_ours
 
 
 def _wrong_tokens(inputs: CaseInputs) -> Prepared:

@@ -98,7 +98,7 @@ def test_pyav_serves_auto_and_torchcodec_that_cannot_load_is_a_clear_error(monke
 MEMORY_SCRIPT = """
 import json, sys
 from pathlib import Path
-from benchmarks.decode import PeakRSS
+from lsvit.bench.decode import PeakRSS
 from lsvit.decode import read_clip, read_all_frames
 path, decoder = Path(sys.argv[1]), sys.argv[2]
 read_clip(path, lambda n: [0], decoder, 64)  # libraries loaded and warm
@@ -126,7 +126,7 @@ def long_1080p(tmp_path_factory):
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_memory_is_bounded_by_the_clip_not_the_video(long_1080p, decoder):
     """8 frames of a 1080p video of 90 frames: full decoding holds 560 MB of RGB frames, the sparse read a few MB
-    (resident memory sampled every millisecond, benchmarks.decode.PeakRSS)."""
+    (resident memory sampled every millisecond, lsvit.bench.decode.PeakRSS)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-c", MEMORY_SCRIPT, str(long_1080p), decoder],

@@ -1,7 +1,7 @@
-"""The static audit of the Triton kernels' compiled code (benchmarks/gpu_audit.py), no GPU needed.
+"""The static audit of the Triton kernels' compiled code (lsvit/bench/gpu_audit.py), no GPU needed.
 
 Every variant the tuning can pick at the benchmark shapes is compiled for sm_90a and sm_80 in two subprocesses
-(``python -m benchmarks.gpu_audit --json --part triton --shard i/2``: the test process interprets Triton, and
+(``python -m lsvit.bench.gpu_audit --json --part triton --shard i/2``: the test process interprets Triton, and
 interpreted kernels cannot be compiled) and read back with ptxas / cuobjdump. Triton's cache and the audit's
 ptxas/SASS cache (``~/.cache/lsvit/sass``) make reruns take seconds; a cold run compiles about 80 variants (~1.5 min
 on 2 cores). The SASS-parsing helpers are tested on fixed text, so their rules are checked without compiling
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_audit, sass
+from lsvit.bench import gpu_audit, sass
 
 pytest.importorskip("triton")
 from lsvit_kernels.backends import triton_tuning  # noqa: E402
@@ -33,7 +33,7 @@ def audited() -> list[dict]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.gpu_audit", "--json", "--part", "triton", "--shard", f"{i}/{SHARDS}"],
+            [sys.executable, "-m", "lsvit.bench.gpu_audit", "--json", "--part", "triton", "--shard", f"{i}/{SHARDS}"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -207,7 +207,7 @@ def test_check_flags_each_rule():
 
 
 def test_video_load_bits_follow_the_strides():
-    from lsvit_kernels.backends import triton_aot
+    from lsvit.bench import triton_aot
 
     def bits(shape, video_dtype, layout="contiguous"):
         cfg = triton_tuning.candidate_configs("forward", 90, "16bit")[0]
@@ -236,7 +236,7 @@ def test_command_without_cuda_kernels_says_so_and_prints_the_triton_part():
     """One Triton variant (compiled by the audit above, so cached) with the library's CUDA part hidden."""
     code = (
         "from lsvit_kernels.backends import native; native._has_cuda_kernels = lambda: False; "
-        "from benchmarks import gpu_audit; raise SystemExit(gpu_audit.main(['--filter', 'grad_rows sm_90']))"
+        "from lsvit.bench import gpu_audit; raise SystemExit(gpu_audit.main(['--filter', 'grad_rows sm_90']))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import cuda_audit, sass
+from lsvit.bench import cuda_audit, sass
 from lsvit_kernels.backends import native
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def test_cuda_kernels_are_registered():
 
 @pytest.fixture(scope="module")
 def kernels() -> list[sass.KernelCode]:
-    """Every kernel of the built library, per architecture (benchmarks/sass.py)."""
+    """Every kernel of the built library, per architecture (lsvit/bench/sass.py)."""
     path, why = cuda_audit.library()
     if path is None:
         pytest.skip(why)
@@ -156,7 +156,7 @@ def test_index_kernels_have_no_slow_paths(kernels, arch):
 
 
 def test_every_cuda_kernel_passes_the_audit(kernels):
-    """The rows `python -m benchmarks.gpu_audit` prints for the library: one per kernel and architecture, each
+    """The rows `python -m lsvit.bench.gpu_audit` prints for the library: one per kernel and architecture, each
     passing its rules, and the main loop built as designed (LDGSTS.128 loads, LDSM, no calls in loops)."""
     rows = [cuda_audit.audit_kernel(k) for k in kernels]
     assert len(rows) == len(kernels) and {r["arch"] for r in rows} >= set(ARCHES)
@@ -207,7 +207,7 @@ def test_cuda_audit_rules_flag_each_problem():
 
 
 def test_gpu_audit_says_in_one_line_when_the_library_has_no_cuda_kernels(monkeypatch, capsys):
-    from benchmarks import gpu_audit
+    from lsvit.bench import gpu_audit
 
     monkeypatch.setattr(native, "_has_cuda_kernels", lambda: False)
     monkeypatch.setattr(native, "_has_ext", lambda: True)

@@ -156,7 +156,7 @@ def test_tf32_follows_torch_matmul_precision():
 
 
 def test_sweep_times_every_candidate():
-    from lsvit_kernels.backends import triton_sweep
+    from lsvit.bench import triton_sweep
 
     grid = lk.patch_grid((2, 4, 3, 64, 64), (E, 3, *TUBELET), has_cls=True)
     rows = triton_sweep.sweep(grid, torch.bfloat16)

@@ -1,4 +1,4 @@
-"""First run on a GPU, one command: ``python -m benchmarks.gpu_validate`` (``make gpu-validate``).
+"""First run on a GPU, one command: ``python -m lsvit.bench.gpu_validate`` (``make gpu-validate``).
 
 1. runs the GPU test subset (``pytest -m gpu tests``) and records every outcome (JUnit XML + log);
 2. times every Triton config of the tuning tables (and a few outside them) at the headline shape, bf16 and
@@ -10,7 +10,7 @@
    ``torch.compile``, the GEMM floor, the roofline of this run's measured ceilings and, when the Triton backend
    exposes one (``triton_tuning.roofline_floor_us``), its own bytes-and-FLOPs roofline.
 
-Extra arguments after ``--`` go to the suite, e.g. ``python -m benchmarks.gpu_validate -- --full``.
+Extra arguments after ``--`` go to the suite, e.g. ``python -m lsvit.bench.gpu_validate -- --full``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from . import suite
 from .cases import Case
 from .report import best_ours, render_markdown
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_gpu_tests(out_dir: Path, extra: Sequence[str] = ()) -> dict:
@@ -77,10 +77,10 @@ def run_gpu_tests(out_dir: Path, extra: Sequence[str] = ()) -> dict:
 
 def run_triton_sweep() -> dict:
     """Every Triton config at the headline shape (B=32, T=16, 224, tubelet 2, E=768), bf16 and uint8 video:
-    measured time, modeled time and floor per config (``lsvit_kernels.backends.triton_sweep``)."""
+    measured time, modeled time and floor per config (``lsvit.bench.triton_sweep``)."""
     try:
+        from lsvit.bench import triton_sweep
         from lsvit_kernels import geometry
-        from lsvit_kernels.backends import triton_sweep
     except ImportError as exc:
         return {"error": f"triton sweep unavailable: {exc}"}
     grid = geometry.patch_grid((32, 16, 3, 224, 224), (768, 3, 2, 16, 16), has_cls=True)
@@ -253,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cut = argv.index("--")
         argv, suite_extra = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu_validate",
+        prog="python -m lsvit.bench.gpu_validate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,8 +1,8 @@
 """``lsvit-bench``: the benchmark suite. Markdown table on stdout; results.json, results.md and PNG plots in --out.
 
-Every contestant (see benchmarks/contestants.py) is checked against a float64 reference before it is timed, on
+Every contestant (see lsvit/bench/contestants.py) is checked against a float64 reference before it is timed, on
 the same inputs; a wrong one is marked FAILED and not timed. The default case list fits about five minutes on a
-2-core CPU; ``--full`` runs the full grid; axis flags build a custom grid (see benchmarks/cases.py).
+2-core CPU; ``--full`` runs the full grid; axis flags build a custom grid (see lsvit/bench/cases.py).
 """
 
 from __future__ import annotations

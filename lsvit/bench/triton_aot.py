@@ -5,7 +5,7 @@ config. ``launch_of`` builds the wrapper's own ``Launch`` on ``meta`` tensors (s
 k order, the weight permutation and every flag are the wrapper's), and ``compile_variant`` turns it into
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` with the argument specialization Triton's
 launcher applies (integers equal to 1 become constants, multiples of 16 and tensor pointers are marked
-16-divisible). ``benchmarks.gpu_audit`` reads the result with ptxas / cuobjdump.
+16-divisible). ``lsvit.bench.gpu_audit`` reads the result with ptxas / cuobjdump.
 
 ``TRITON_INTERPRET`` must be unset: interpreted kernels cannot be compiled (tests run this in a subprocess).
 """
@@ -19,10 +19,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .. import geometry
-from . import triton_kernels as kernels
-from . import triton_patch_embed as backend
-from . import triton_tuning as tuning
+from lsvit_kernels import geometry
+from lsvit_kernels.backends import triton_kernels as kernels
+from lsvit_kernels.backends import triton_patch_embed as backend
+from lsvit_kernels.backends import triton_tuning as tuning
 
 ARCHS = (90, 80)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "u8": torch.uint8}

@@ -1,7 +1,7 @@
 """Clip decoding throughput and peak memory: the full-decode path against sparse decoding, in one run.
 
-``python -m benchmarks.decode`` (default: 720p and 1080p videos of 10 s, 8- and 16-frame clips, about two
-minutes on 2 cores) and the full run ``python -m benchmarks.decode --durations 10 60`` (adds 60-s videos). The
+``python -m lsvit.bench.decode`` (default: 720p and 1080p videos of 10 s, 8- and 16-frame clips, about two
+minutes on 2 cores) and the full run ``python -m lsvit.bench.decode --durations 10 60`` (adds 60-s videos). The
 H.264 videos (30 fps, a keyframe every 2 s, B-frames, moving texture) are generated once under ``--video_dir``.
 
 Each cell (video x clip length x method) runs in its own worker process, so its peak resident memory is its own:
@@ -132,7 +132,7 @@ def frame_count(path: Path) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.decode", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lsvit.bench.decode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS))
     parser.add_argument("--durations", nargs="+", type=int, default=[10], help="video lengths in seconds")

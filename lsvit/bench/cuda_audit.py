@@ -1,7 +1,7 @@
-"""The compiled library's CUDA kernels in the static audit (no GPU): ``python -m benchmarks.gpu_audit`` prints them
+"""The compiled library's CUDA kernels in the static audit (no GPU): ``python -m lsvit.bench.gpu_audit`` prints them
 after the Triton variants.
 
-Every kernel of every architecture in ``lsvit_kernels/_C*.so`` is read with ``cuobjdump`` (``benchmarks/sass.py``:
+Every kernel of every architecture in ``lsvit_kernels/_C*.so`` is read with ``cuobjdump`` (``lsvit/bench/sass.py``:
 SASS and resource usage) and becomes one row: registers, shared memory, CTAs per SM at its launch shape, the
 main loop (the loop with the most HMMA, else FFMA) with its instructions per MMA, LDSM and global loads by width,
 local memory and calls in any loop. ``check`` holds the rules a row must meet (the design in docs/native.md):

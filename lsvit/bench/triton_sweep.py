@@ -2,7 +2,7 @@
 
 The heuristic in ``triton_tuning.py`` was written without a GPU; this is the tool to check and re-tune it:
 
-    python -m lsvit_kernels.backends.triton_sweep --batch 32 --frames 16 --size 224 --dtype bf16 [--explore]
+    python -m lsvit.bench.triton_sweep --batch 32 --frames 16 --size 224 --dtype bf16 [--explore]
 
 prints, per kernel and config, the median time (``triton.testing.do_bench``), the cost model's estimate
 (``triton_tuning.estimate``), the floor from ``roofline_floor_us`` and which config the heuristic picks.
@@ -18,10 +18,10 @@ from typing import Optional
 
 import torch
 
-from .. import geometry
-from . import triton_patch_embed as backend
-from . import triton_tuning as tuning
-from .triton_tuning import KernelConfig
+from lsvit_kernels import geometry
+from lsvit_kernels.backends import triton_patch_embed as backend
+from lsvit_kernels.backends import triton_tuning as tuning
+from lsvit_kernels.backends.triton_tuning import KernelConfig
 
 C = KernelConfig
 EXPLORE = {

@@ -1,8 +1,9 @@
-"""pytest-benchmark suite for the core cases, run on demand: ``pytest benchmarks/`` (not part of ``pytest``).
+"""pytest-benchmark suite for the core cases, run on demand (not part of ``pytest``):
+``pytest tests/perf/bench_patch_embed.py``.
 
 Each test checks the contestant against the float64 reference first (a wrong result fails the test instead of
 being timed), then lets pytest-benchmark time it, cycling the input sets. Compare runs with
-``pytest benchmarks/ --benchmark-autosave`` and ``pytest-benchmark compare``.
+``pytest tests/perf/bench_patch_embed.py --benchmark-autosave`` and ``pytest-benchmark compare``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import pytest
 import torch
 
 import lsvit_kernels as lk
-from benchmarks.cases import Case
-from benchmarks.contestants import ContestantSkipped, baseline_contestants, make_inputs, make_ours
-from benchmarks.harness import check
+from lsvit.bench.cases import Case
+from lsvit.bench.contestants import ContestantSkipped, baseline_contestants, make_inputs, make_ours
+from lsvit.bench.harness import check
 
 CPU_CASES = [
     Case(1, 8, 112, 1),

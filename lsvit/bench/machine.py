@@ -23,7 +23,7 @@ def _cpu_model() -> str:
 
 
 def _git(*args: str) -> Optional[str]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):

@@ -13,7 +13,7 @@ Tools: ``ptxas``, ``cuobjdump`` from the Triton wheel (``<site-packages>/triton/
 - ``ctas_per_sm``: resident CTAs per SM from registers, shared memory and threads (the occupancy rules of the
   CUDA programming guide for sm_80 and sm_90).
 
-Used by ``benchmarks.gpu_audit`` for the Triton kernels and ``benchmarks.cuda_audit`` for the library's CUDA
+Used by ``lsvit.bench.gpu_audit`` for the Triton kernels and ``lsvit.bench.cuda_audit`` for the library's CUDA
 kernels.
 """
 

@@ -1,4 +1,4 @@
-"""Render the suite's JSON as Markdown: ``python -m benchmarks.report bench_out/results.json``.
+"""Render the suite's JSON as Markdown: ``python -m lsvit.bench.report bench_out/results.json``.
 
 Every number in the tables comes from the JSON; nothing is typed by hand. The suite prints the same Markdown.
 """
@@ -338,7 +338,7 @@ def render_markdown(results: dict, sections: Sequence[str] = SECTIONS) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lsvit.bench.report", description=__doc__)
     parser.add_argument("results", type=Path, help="results.json written by lsvit-bench")
     parser.add_argument("-o", "--output", type=Path, help="write the Markdown here instead of stdout")
     parser.add_argument(

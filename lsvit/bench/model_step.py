@@ -11,7 +11,7 @@ threads), and the patch backend the op picked. The
 backend is whatever automatic dispatch picks (``--backend`` forces one), so running this script under two builds
 of the compiled library, alternately, measures what a user of each build gets (docs/performance.md):
 
-    python -m benchmarks.model_step [--threads 2] [--repeats 5] [--items train,vitb2d,vitb3d]
+    python -m lsvit.bench.model_step [--threads 2] [--repeats 5] [--items train,vitb2d,vitb3d]
 """
 
 from __future__ import annotations

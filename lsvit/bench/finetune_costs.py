@@ -1,6 +1,6 @@
 """Cost per training step of each fine-tuning feature, measured side by side in one process.
 
-    PYTHONPATH=. python benchmarks/finetune_costs.py [--rounds 5] [--steps 10] [--threads 1]
+    python -m lsvit.bench.finetune_costs [--rounds 5] [--steps 10] [--threads 1]
 
 The docs' synthetic model (64x64 clips, patch 8, embed 96, depth 4, 4 heads, T=8, 2D patching, batch 16) on CPU:
 median ms per optimizer step over ``rounds`` rounds, the variants interleaved within each round so machine load

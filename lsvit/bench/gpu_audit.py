@@ -1,8 +1,8 @@
-"""Static audit of the GPU kernels' compiled code, no GPU needed: ``python -m benchmarks.gpu_audit``.
+"""Static audit of the GPU kernels' compiled code, no GPU needed: ``python -m lsvit.bench.gpu_audit``.
 
 Every variant the tuning can pick at the benchmark shapes (``triton_aot.variants``) is compiled for sm_90a and
 sm_80 exactly as the launch wrapper would launch it, assembled with the wheel's ``ptxas -v`` and read back with
-``cuobjdump -sass`` (``benchmarks/sass.py``). Per variant the audit reports and ``check`` asserts:
+``cuobjdump -sass`` (``lsvit/bench/sass.py``). Per variant the audit reports and ``check`` asserts:
 
 - no ptxas performance advisory (e.g. C7515, wgmma serialized);
 - no local-memory traffic (STL/LDL) and no slow-path call (CALL) inside the main loop (the loop with the MMAs);
@@ -17,7 +17,7 @@ sm_80 exactly as the launch wrapper would launch it, assembled with the wheel's 
   model assumes).
 
 Then the cost model's estimate per benchmark shape (``triton_tuning.estimate``, an estimate, not a measurement)
-next to the roofline floor. Last, the compiled library's CUDA kernels (``benchmarks/cuda_audit.py``), one row per
+next to the roofline floor. Last, the compiled library's CUDA kernels (``lsvit/bench/cuda_audit.py``), one row per
 kernel and architecture with the same columns where they apply; a library built without them gets one line
 saying so. ``--json`` prints one JSON object per variant and kernel instead (the tests read those), ``--part``
 audits one half.
@@ -95,7 +95,7 @@ def other_load_bits(variant) -> int:
 
 def audit_variant(variant) -> dict:
     """Compile ``variant`` and read its code (module docstring); one flat dict."""
-    from lsvit_kernels.backends import triton_aot
+    from lsvit.bench import triton_aot
 
     start = time.perf_counter()
     compiled = triton_aot.compile_variant(variant)
@@ -216,7 +216,7 @@ def estimates() -> list[dict]:
     """The cost model at each benchmark shape on a nominal H100, bf16 (and uint8 video for the forward)."""
     import torch
 
-    from lsvit_kernels.backends import triton_aot
+    from lsvit.bench import triton_aot
     from lsvit_kernels.backends import triton_tuning as tuning
 
     rows = []
@@ -289,7 +289,7 @@ def render(rows: list[dict], model: list[dict]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_audit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lsvit.bench.gpu_audit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per variant / kernel instead of tables")
     parser.add_argument("--part", choices=("all", "triton", "cuda"), default="all", help="audit only these kernels")
     parser.add_argument("--shard", default="0/1", help="I/N: audit every N-th Triton variant starting at I")
@@ -314,7 +314,7 @@ def triton_part(args) -> Optional[list[dict]]:
         print("Triton kernels: not audited: unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
         return None
     try:
-        from lsvit_kernels.backends import triton_aot
+        from lsvit.bench import triton_aot
     except ImportError as exc:
         print(f"Triton kernels: not audited: needs triton ({exc}); install it with `pip install triton`")
         return None
