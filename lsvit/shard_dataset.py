@@ -362,8 +362,10 @@ def build_shard_data(args, config, info, resumed: Optional[dict[str, Any]]):
     """The trainer's data from ``--train_shards`` (and ``--val_shards``); the dataset is its own sampler."""
     from lsvit.train_setup import TrainData, build_transforms, check_resumed_classes, data_record
 
-    if args.data_root:
-        raise DataError("--data_root is not read with --train_shards: drop it (validation comes from --val_shards)")
+    given = [f"--{name}" for name in ("data_root", "train_list", "val_list") if getattr(args, name, None)]
+    if given:
+        raise DataError(f"{' / '.join(given)} not read with --train_shards: drop it (validation comes from "
+                        f"--val_shards)")  # fmt: skip
     if args.val_num_clips > 1 or args.val_num_crops > 1:
         raise DataError("--val_num_clips / --val_num_crops > 1 need a file-tree validation set (--data_root)")
     shards = open_shards(args.train_shards, "--train_shards")

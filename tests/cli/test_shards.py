@@ -154,7 +154,7 @@ def test_dataloader_workers_deliver_batches_in_order_and_resume_exactly(small_sh
 
 
 def test_training_on_shards_takes_the_file_tree_steps_and_resumes_mid_epoch_exactly(
-    small_shards, synth_root, small_list, tmp_path
+    small_shards, synth_root, small_list, tmp_path, capsys
 ):
     flags = ["--epochs", "2", "--batch_size", "4", "--seed", "4"]
     tree = quick_train(synth_root, small_list, tmp_path / "tree", *flags)
@@ -174,6 +174,11 @@ def test_training_on_shards_takes_the_file_tree_steps_and_resumes_mid_epoch_exac
     for name, tensor in expected["model"].items():
         assert torch.equal(final["model"][name], tensor), f"{name} differs after resume"
     assert final["history"][-1]["train_loss"] == expected["history"][-1]["train_loss"]
+    # Another worker count reads another split for the rest of the epoch: said, with its bound, and the run ends.
+    capsys.readouterr()
+    other = train_shards(tmp_path / "other", *shard_flags, "--num_workers", "1", "--resume", str(mid))
+    assert "up to 20 of its samples are seen twice or not at all" in capsys.readouterr().out
+    assert other["history"][-1]["step"] == 16
 
 
 def train_shards(out: Path, *flags: str) -> dict:
@@ -244,6 +249,8 @@ def test_missing_shards_empty_patterns_and_too_few_shards_fail_with_one_line(sma
     with pytest.raises(DataError, match=r"8 shards cannot feed 2 rank\(s\) x 5 DataLoader worker\(s\) = 10 readers.*"
                                         r"--max_count 3\) or use --num_workers 4"):  # fmt: skip
         ShardClipDataset(shards, 4, eval_transform(), world=2, num_workers=5)
+    with pytest.raises(DataError, match="--data_root not read with --train_shards"):
+        train_shards(tmp_path / "both", "--train_shards", str(small_shards), "--data_root", str(tmp_path))
     result = run_module("lsvit.cli", "train", "--train_shards", str(folder), *QUICK_FLAGS, "--epochs", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: --train_shards: 1 of the 8 shards are missing")
