@@ -174,6 +174,8 @@ def test_training_on_shards_takes_the_file_tree_steps_and_resumes_mid_epoch_exac
     for name, tensor in expected["model"].items():
         assert torch.equal(final["model"][name], tensor), f"{name} differs after resume"
     assert final["history"][-1]["train_loss"] == expected["history"][-1]["train_loss"]
+    with pytest.raises(ValueError, match="--shuffle_buffer 5 would shift the data position"):
+        train_shards(tmp_path / "buffer", *shard_flags, "--shuffle_buffer", "5", "--resume", str(mid))
     # Another worker count reads another split for the rest of the epoch: said, with its bound, and the run ends.
     capsys.readouterr()
     other = train_shards(tmp_path / "other", *shard_flags, "--num_workers", "1", "--resume", str(mid))
