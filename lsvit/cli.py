@@ -2,6 +2,7 @@
 
     lsvit data synth --out data/synth          make the embedded synthetic motion dataset (no download)
     lsvit data check --data_root data/ucf101   report unreadable / too short / duplicate videos, class counts
+    lsvit data shard --data_root data/k700 --out shards/k700   pack videos into tar shards for streaming
     lsvit train --data_root data/synth ...     train (torchrun --nproc_per_node N -m lsvit.train ... for DDP)
     lsvit infer --checkpoint runs/x/best.pt --data_root data/synth --split val
     lsvit compare --num_frames 16 ...          2D vs 3D patch embedding: tokens, shapes, params, latency
@@ -17,7 +18,7 @@ from typing import Optional
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lsvit import compare, data_check, infer, synth, train
+    from lsvit import compare, data_check, infer, shards, synth, train
     from lsvit.errors import add_debug_argument
     from lsvit.options import HelpFormatter
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
             data_check.add_arguments,
             data_check.run,
         ),  # fmt: skip
+        (data_commands, "shard", "pack a dataset into tar shards", shards, shards.add_arguments, shards.run),
         (commands, "train", "train a model", train, train.add_train_arguments, train.train),
         (commands, "infer", "score a checkpoint on videos", infer, infer.add_infer_arguments, infer.infer),
         (

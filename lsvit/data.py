@@ -389,16 +389,8 @@ class VideoClipDataset(Dataset):
     def load_clip(self, index: int) -> Clip:
         """The sampled frames, cropped, uint8 ``(T, C, H, W)`` in ``Clip.frames``."""
         record = self.records[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.transform.train else None
-        clip = read_clip(
-            record.path,
-            lambda available: segment_indices(available, self.num_frames, rng),
-            self.decoder,
-            self.transform.resize_size,
-            record.frames,
-        )
-        clip.frames = self.transform.crop_clip(clip.frames, rng)
-        return clip
+        return sample_clip(record.path, index, self.num_frames, self.transform, self.seed, self.epoch, self.decoder,
+                           record.frames)  # fmt: skip
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         def load() -> tuple[torch.Tensor, Optional[str]]:
@@ -406,6 +398,31 @@ class VideoClipDataset(Dataset):
             return clip.frames, clip.partial
 
         return guarded_item(self.records[index], index, load)
+
+
+def sample_clip(
+    source: Path | bytes,
+    index: int,
+    num_frames: int,
+    transform: ClipTransform,
+    seed: int,
+    epoch: int,
+    decoder: str = "pyav",
+    frames: Optional[int] = None,
+) -> Clip:
+    """Clip ``index`` of a dataset from a file, frame folder or encoded bytes: TSN-sampled frames, decoded sparsely
+    and cropped, uint8 ``(T, C, H, W)`` in ``Clip.frames``. Training randomness comes from ``(seed, epoch, index)``
+    only, so the clip does not depend on which worker, process or storage (file tree or shard) loads it."""
+    rng = np.random.default_rng([seed, epoch, index]) if transform.train else None
+    clip = read_clip(
+        source,
+        lambda available: segment_indices(available, num_frames, rng),
+        decoder,
+        transform.resize_size,
+        frames,
+    )
+    clip.frames = transform.crop_clip(clip.frames, rng)
+    return clip
 
 
 def guarded_item(record: VideoRecord, index: int, load: Callable[[], tuple[Any, Optional[str]]]) -> dict[str, Any]:

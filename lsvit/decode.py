@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import io
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -134,9 +135,11 @@ def output_size(height: int, width: int, shorter_side: Optional[int]) -> tuple[i
 # ----------------------------------------------------------------------------------------------- PyAV
 
 
-def _open_pyav(path: Path):
+def _open_pyav(path: Path | bytes):
+    """``path`` a file, or the encoded video itself (``bytes``: a tar shard's member, decoded from memory)."""
+    source = io.BytesIO(path) if isinstance(path, (bytes, bytearray, memoryview)) else str(path)
     try:
-        container = av.open(str(path))
+        container = av.open(source)
     except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
         raise VideoError(f"unreadable: {error}") from None
     if not container.streams.video:
@@ -241,7 +244,7 @@ def _pyav_forward(container, stream, wanted: Sequence[int], size, stop_early: bo
 
 
 class _PyAVReader:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | bytes) -> None:
         self.container, self.stream = _open_pyav(path)
         try:
             self.timestamps, self.keyframes = _packet_table(self.container, self.stream)
@@ -377,8 +380,13 @@ class _FrameFolderReader:
 # ------------------------------------------------------------------------------------------------ public
 
 
-def open_reader(path: Path, decoder: str = "auto", shorter_side: Optional[int] = None, frames: Optional[int] = None):
-    """A reader for a video file or a frame folder; raises :class:`VideoError` with the reason."""
+def open_reader(
+    path: Path | bytes, decoder: str = "auto", shorter_side: Optional[int] = None, frames: Optional[int] = None
+):
+    """A reader for a video file, a frame folder, or an encoded video in memory (``bytes``, always read by PyAV:
+    its container opens a file object); raises :class:`VideoError` with the reason."""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        return _PyAVReader(path)
     path = Path(path)
     require_openable(path)
     if path.is_dir():
@@ -403,7 +411,7 @@ def _stack(found: dict[int, np.ndarray], indices: Sequence[int]) -> torch.Tensor
 
 
 def read_clip(
-    path: Path,
+    path: Path | bytes,
     choose: Callable[[int], list[int]],
     decoder: str = "auto",
     shorter_side: Optional[int] = None,
@@ -411,8 +419,9 @@ def read_clip(
 ) -> Clip:
     """Decode the frames ``choose(available)`` picks, resized so the shorter side is ``shorter_side``.
 
-    ``choose`` raises :class:`VideoError` when ``available`` is too few. ``frames`` caps the frame count of a
-    frame folder (the count an annotation list states).
+    ``path`` a file, a frame folder, or the encoded bytes of a video. ``choose`` raises :class:`VideoError` when
+    ``available`` is too few. ``frames`` caps the frame count of a frame folder (the count an annotation list
+    states).
     """
     reader = open_reader(path, decoder, shorter_side, frames)
     try:

@@ -14,7 +14,7 @@ from lsvit.config import ModelConfig
 # The lr schedule is a function of the step: it is recomputed from the step reached with the new values.
 SCHEDULE = ("lr", "min_lr", "epochs", "warmup_epochs")
 # Change the data position inside an epoch: allowed at an epoch boundary (schedule recomputed), not mid-epoch.
-EPOCH_BOUNDARY_ONLY = ("batch_size", "accum_steps")
+EPOCH_BOUNDARY_ONLY = ("batch_size", "accum_steps", "shuffle_buffer")
 # Fixed for the whole run.
 FIXED = {
     "seed": "the data order and random streams continue from the checkpoint",

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from lsvit import data_guards
@@ -126,7 +126,7 @@ class Trainer:
         return DataLoader(
             dataset,
             batch_size=self.args.batch_size,
-            sampler=sampler,
+            sampler=None if isinstance(dataset, IterableDataset) else sampler,  # shard streams order themselves
             num_workers=self.args.num_workers,
             collate_fn=collate_clips,
             pin_memory=self.device.type == "cuda",

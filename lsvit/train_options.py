@@ -13,10 +13,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_dashed(
         data,
         "data_root",
-        required=True,
-        help="dataset folder: <root>/train.txt + <root>/val.txt annotation lists, or <root>/train/<class>/ and "
-        "<root>/val/<class>/ folders, or class folders directly under <root> (then no validation split), or any "
-        "--data_format below (UCF101/HMDB51 splits, Kinetics CSV, SSv2 JSON, mmaction2 lists)",
+        default=None,
+        help="dataset folder (or --train_shards): <root>/train.txt + <root>/val.txt annotation lists, or "
+        "<root>/train/<class>/ and <root>/val/<class>/ folders, or class folders directly under <root> (then no "
+        "validation split), or any --data_format below (UCF101/HMDB51 splits, Kinetics CSV, SSv2 JSON, mmaction2 "
+        "lists)",
     )
     add_dashed(data, "train_list", default=None, help="training annotation list or class-folder root (overrides)")
     add_dashed(data, "val_list", default=None, help="validation annotation list or class-folder root (overrides)")
@@ -30,6 +31,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(left/right classes), else on",
     )
     add_dashed(data, "num_workers", type=int, default=2, help="DataLoader worker processes per rank")
+    add_dashed(
+        data,
+        "train_shards",
+        default=None,
+        metavar="SHARDS",
+        help="stream training clips from tar shards written by lsvit data shard instead of --data_root: a "
+        "manifest.json, its folder, or a shard pattern (dir/shard-{000000..000099}.tar), local or any fsspec URL "
+        "(docs/data.md)",
+    )
+    add_dashed(data, "val_shards", default=None, metavar="SHARDS", help="validation shards (as --train_shards)")
+    add_dashed(
+        data,
+        "shuffle_buffer",
+        type=int,
+        default=128,
+        help="with --train_shards: encoded videos each DataLoader worker holds to shuffle the stream (0 = off)",
+    )
     formats.add_data_arguments(data, training=True)
 
     model = parser.add_argument_group("model (ModelConfig; flags override APPCONFIG__* env, which overrides code)")
@@ -181,6 +199,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def check_train_arguments(args: argparse.Namespace) -> None:
     """Values no flag type can reject, checked before any work; each error names the flag and a value that works."""
     problems = []
+    if not args.data_root and not getattr(args, "train_shards", None):
+        problems.append("pass --data_root DIR (a dataset) or --train_shards SHARDS (from lsvit data shard)")
+    if getattr(args, "shuffle_buffer", 0) < 0:
+        problems.append(f"--shuffle_buffer {args.shuffle_buffer} must be >= 0 (0 = off)")
     if args.accum_steps < 1 or args.batch_size < 1 or args.epochs < 0:
         problems.append("--accum_steps and --batch_size must be >= 1 and --epochs >= 0")
     if not 0 < args.layer_decay <= 1:

@@ -87,11 +87,8 @@ class TrainData:
     horizontal_flip: bool
 
 
-def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[dict[str, Any]]) -> TrainData:
-    if config.num_frames is None:
-        raise ValueError("num_frames is not set: pass --num_frames (e.g. --num_frames 16)")
-    train_split, val_split = formats.training_splits(args)  # --data_format, --video_root, --split_number
-    metadata = read_metadata(Path(args.data_root))
+def build_transforms(args: argparse.Namespace, config, metadata: dict[str, Any]):
+    """(training transform, evaluation transform, resize size, horizontal flip on) from the flags."""
     horizontal_flip = flip_enabled(args.horizontal_flip, metadata)
     resize = args.resize_size or default_resize_size(config.image_size)
     train_transform = ClipTransform(config.image_size, resize, train=True, horizontal_flip=horizontal_flip)
@@ -107,12 +104,41 @@ def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[d
             randaugment=tuple(args.randaugment) if args.randaugment else None,
         )
     eval_transform = ClipTransform(config.image_size, resize, train=False)
+    return train_transform, eval_transform, resize, horizontal_flip
+
+
+def data_record(config, resize: int, horizontal_flip: bool) -> dict[str, Any]:
+    """The checkpoint's "data" entry: how clips are made."""
+    return {
+        "num_frames": config.num_frames,
+        "image_size": config.image_size,
+        "resize_size": resize,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "horizontal_flip": horizontal_flip,
+    }
+
+
+def check_resumed_classes(resumed: Optional[dict[str, Any]], classes) -> None:
+    if resumed is not None and list(resumed["classes"]) != list(classes):
+        raise ValueError(f"--resume: the checkpoint's classes {resumed['classes']} differ from the dataset's {classes}")
+
+
+def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[dict[str, Any]]) -> TrainData:
+    if config.num_frames is None:
+        raise ValueError("num_frames is not set: pass --num_frames (e.g. --num_frames 16)")
+    if getattr(args, "train_shards", None):
+        from lsvit.shard_dataset import build_shard_data
+
+        return build_shard_data(args, config, info, resumed)
+    train_split, val_split = formats.training_splits(args)  # --data_format, --video_root, --split_number
+    metadata = read_metadata(Path(args.data_root))
+    train_transform, eval_transform, resize, horizontal_flip = build_transforms(args, config, metadata)
     train_set = VideoClipDataset(
         train_split.records, train_split.classes, config.num_frames, train_transform, args.seed, args.decoder
     )
     classes = train_set.classes
-    if resumed is not None and list(resumed["classes"]) != list(classes):
-        raise ValueError(f"--resume: the checkpoint's classes {resumed['classes']} differ from the dataset's {classes}")
+    check_resumed_classes(resumed, classes)
     val_set = None
     if val_split is not None:
         if args.val_num_clips > 1 or args.val_num_crops > 1:
@@ -127,14 +153,7 @@ def build_data(args: argparse.Namespace, config, info: Dist, resumed: Optional[d
     for dataset, name in ((train_set, "training"), (val_set, "validation")):
         if dataset is not None:  # no usable video, or too many missing: stop before any work
             data_guards.preflight(dataset.records, config.num_frames, args.max_skip_fraction, args.decoder, name)
-    record = {
-        "num_frames": config.num_frames,
-        "image_size": config.image_size,
-        "resize_size": resize,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "horizontal_flip": horizontal_flip,
-    }
+    record = data_record(config, resize, horizontal_flip)
     sampler = ResumableSampler(train_set, info.world, info.rank, args.seed)
     if info.main:
         log.info(
