@@ -117,19 +117,28 @@ def uint8_video(shape, layout):
 
 
 @pytest.mark.parametrize(
-    "layout, words", [("contiguous", True), ("channels_last", True), ("unaligned", False), ("padded_rows", False)]
+    "layout, words, wide",
+    [
+        ("contiguous", True, False),
+        ("contiguous", True, True),
+        ("channels_last", True, False),
+        ("unaligned", False, False),
+        ("padded_rows", False, False),
+    ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_grad_weight_reads_uint8_video_as_words(layout, words, dtype):
-    """The int32-word path (unpacked to the 4 pixels of each word in registers) where the layout allows it, the
-    byte path where not: both against the float64 reference, ragged K, E and token tiles."""
+def test_grad_weight_reads_uint8_video_as_words(layout, words, wide, dtype, monkeypatch):
+    """The int32-word path (unpacked to the 4 pixels of each word in registers) where the layout allows it, also
+    with int64 offsets, the byte path where not: against the float64 reference, ragged K, E and token tiles."""
+    if wide:
+        monkeypatch.setattr(triton_backend, "_wide", lambda *tensors: True)
     shape, e, tubelet = WORDS_SHAPE
     video = uint8_video(shape, layout)
     weight = (torch.randn(e, shape[2], *tubelet, device=DEVICE) * 0.2).to(dtype)
     grid = lk.patch_grid(shape, weight.shape, has_cls=True)
     grad_tokens = torch.randn(grid.output_shape, device=DEVICE).to(dtype)
     launch, _ = triton_backend.grad_weight_launch(grad_tokens, video, weight, True, WORDS, programs=3)
-    assert launch.meta["VIDEO_WORDS"] is words
+    assert launch.meta["VIDEO_WORDS"] is words and launch.meta["WIDE"] is wide
     got = triton_backend.grad_weight(grad_tokens, video, weight, True, config=WORDS, programs=3)
     ref64 = reference.backward(grad_tokens.double(), video.double(), weight.double(), 0, False, True, [0, 1, 0, 0, 0])
     err, scale = (got.double() - ref64[1]).abs().max().item(), ref64[1].abs().max().item()
