@@ -152,22 +152,6 @@ def audit_variant(variant) -> dict:
     return row
 
 
-# Variants whose uint8 video tile is copied 8 pixels (8 bytes) per cp.async although its runs are 16-byte aligned
-# (read off Triton 3.8's TTGIR, docs/triton.md): on sm_80 grad_weight's video tile is an MN-major mma.sync operand
-# and the pipeliner gives the i8 tile that operand's swizzled shared layout, vec = 8 elements, which caps the
-# cp.async width; the exact-fp32 config's 32 x 32 i8 tile spread over 128 threads is 8 bytes per thread in all.
-# Listed with the width they reach, so the audit fails if they get narrower; delete an entry when its variant
-# reaches 128.
-KNOWN_NARROW_UINT8 = {
-    ("grad_weight", 80, "16bit"): 64,
-    ("grad_weight", 80, "tf32"): 64,
-    ("grad_weight", 80, "ieee"): 64,
-    ("grad_weight", 90, "ieee"): 64,
-    ("forward", 80, "ieee"): 64,
-    ("forward", 90, "ieee"): 64,
-}
-
-
 def issue_bound(row: dict) -> float:
     """The largest ``ISSUE_BOUNDS`` entry whose class ``row`` belongs to."""
     classes = ["base"]
@@ -199,8 +183,6 @@ def check(row: dict) -> list[str]:
         return problems
     ldg, ldgsts = row.get("loop_ldg_bits", []), row.get("loop_ldgsts_bits", [])
     want = min(row["other_load_bits"], row["video_load_bits"] or 128)
-    if row["video_dtype"] == "u8" and row["shape"] != "2d-p14":
-        want = min(want, KNOWN_NARROW_UINT8.get((row["kernel"], row["arch"], row["kind"]), want))
     narrowest = min(ldg + ldgsts) if ldg or ldgsts else 0
     if narrowest < want:
         problems.append(f"main-loop global loads of {narrowest} bits where the strides allow {want}")

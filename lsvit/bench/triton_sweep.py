@@ -77,7 +77,7 @@ def sweep(
         if kernel == "grad_video" and video_dtype == torch.uint8:
             continue
         picked = backend._config(kernel, g, dtype, video_dtype, device)
-        configs = list(tuning.candidate_configs(kernel, tuning.arch_of(capability), kind))
+        configs = list(tuning.candidate_configs(kernel, tuning.arch_of(capability), kind, video_dtype))
         configs += [c for c in EXPLORE.get(kernel, ()) if explore and c not in configs]
         floor = tuning.kernel_cost(kernel, g, dtype, video_dtype).floor_us(
             model_device.tflops(kind), model_device.hbm_tbps

@@ -129,6 +129,18 @@ def rounded_to(x, dtype: tl.constexpr, INTERPRET_BF16: tl.constexpr):
     return x.to(dtype)
 
 
+@triton.jit
+def unpacked_bytes(words, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """The ``(ROWS, COLS)`` bytes of a ``(ROWS, COLS // 4)`` int32 tile, little-endian: byte ``i`` of word ``j``
+    is column ``4 j + i``. Values 0..255, as int32."""
+    b0 = words & 0xFF
+    b1 = (words >> 8) & 0xFF
+    b2 = (words >> 16) & 0xFF
+    b3 = (words >> 24) & 0xFF
+    # join stacks on a new last axis: [..., j, a, p] = byte 2 a + p of word j, which flattens to column 4 j + 2 a + p
+    return tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (ROWS, COLS))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Forward
 
@@ -312,6 +324,7 @@ def patch_embed_grad_weight_kernel(
     WIDE: tl.constexpr,  # some offset of this launch passes 2^31 - 1: int64 offsets
     DOT_PRECISION: tl.constexpr,
     INTERPRET_BF16: tl.constexpr,
+    VIDEO_WORDS: tl.constexpr,  # uint8 video read as int32 words of 4 pixels (below; the wrapper checks it can be)
     EVEN_N: tl.constexpr,  # embed_dim % BLOCK_N == 0: the loads in the loop are masked on the tokens only
     BLOCK_M: tl.constexpr,  # tokens per reduction step
     BLOCK_N: tl.constexpr,  # rows of grad_weight (E)
@@ -355,6 +368,25 @@ def patch_embed_grad_weight_kernel(
     stop = start + short + (pid < longer).to(tl.int32)
     slot_size = tl.cast(embed_dim, tl.int64) * PATCH_DIM
     compute_dtype = tl.float32 if INTERPRET_BF16 else grad_ptr.dtype.element_ty
+    # The video's loads: elements, or int32 words of 4 pixels (VIDEO_WORDS): the same video seen with patch rows
+    # (runs of PATCH_W pixels, or PATCH_W * CHANNELS interleaved ones) and every stride a quarter as long (the
+    # wrapper checks the runs and strides are multiples of 4 and the pointer 4-byte aligned). The word tile is
+    # unpacked in registers, so it has no MMA-operand shared layout to inherit and its copies are as wide as the
+    # runs: 16 bytes, where the swizzled layout of an MN-major uint8 mma.sync operand (sm_80: 8-element vectors)
+    # caps a byte tile's at 8.
+    if VIDEO_WORDS:
+        VEC: tl.constexpr = 4
+        V_CHANNELS: tl.constexpr = 1 if CHANNELS_LAST else CHANNELS
+        V_PATCH_W: tl.constexpr = (PATCH_W * CHANNELS if CHANNELS_LAST else PATCH_W) // 4
+        v_ptr = video_ptr.to(tl.pointer_type(tl.int32))
+        v_stride_b, v_stride_t, v_stride_h, v_stride_w = stride_b // 4, stride_t // 4, stride_h // 4, 1
+        v_stride_c = 1 if CHANNELS_LAST else stride_c // 4
+    else:
+        VEC: tl.constexpr = 1
+        V_CHANNELS: tl.constexpr = CHANNELS
+        V_PATCH_W: tl.constexpr = PATCH_W
+        v_ptr = video_ptr
+        v_stride_b, v_stride_t, v_stride_c, v_stride_h, v_stride_w = stride_b, stride_t, stride_c, stride_h, stride_w
     for tile in tl.range(start // tile_steps, tl.cdiv(stop, tile_steps), flatten=True):
         tile_first = tile * tile_steps
         lo = tl.maximum(start, tile_first) - tile_first
@@ -376,9 +408,14 @@ def patch_embed_grad_weight_kernel(
             n_mask = tl.full((BLOCK_N,), 1, tl.int1)
         if PATCH_DIM % BLOCK_K == 0:
             k_mask = tl.full((BLOCK_K,), 1, tl.int1)
+        offs_v = pid_k * (BLOCK_K // VEC) + tl.arange(0, BLOCK_K // VEC)  # the tile's video columns (or words)
+        v_mask = offs_v < PATCH_DIM // VEC
+        if PATCH_DIM % BLOCK_K == 0:
+            v_mask = tl.full((BLOCK_K // VEC,), 1, tl.int1)
         inner = k_offset(
-            offs_k, stride_t, stride_c, stride_h, stride_w, CHANNELS, PATCH_T, PATCH_H, PATCH_W, CHANNELS_LAST, WIDE
-        )
+            offs_v, v_stride_t, v_stride_c, v_stride_h, v_stride_w, V_CHANNELS, PATCH_T, PATCH_H, V_PATCH_W,
+            CHANNELS_LAST, WIDE,
+        )  # fmt: skip
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for step in range(lo, hi):
             offs_m = step * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -391,9 +428,12 @@ def patch_embed_grad_weight_kernel(
                 other=0.0,
             )  # (BLOCK_N, BLOCK_M) = G^T tile
             origin = tubelet_offset(
-                token, stride_b, stride_t, stride_h, stride_w, GRID_H, GRID_W, STEPS, PATCH_T, PATCH_H, PATCH_W, WIDE
-            )
-            x = tl.load(video_ptr + (origin[:, None] + inner[None, :]), mask=m_mask[:, None] & k_mask[None, :], other=0)
+                token, v_stride_b, v_stride_t, v_stride_h, v_stride_w, GRID_H, GRID_W, STEPS, PATCH_T, PATCH_H,
+                V_PATCH_W, WIDE,
+            )  # fmt: skip
+            x = tl.load(v_ptr + (origin[:, None] + inner[None, :]), mask=m_mask[:, None] & v_mask[None, :], other=0)
+            if VIDEO_WORDS:
+                x = unpacked_bytes(x, BLOCK_M, BLOCK_K)
             acc = tl.dot(g.to(compute_dtype), x.to(compute_dtype), acc, input_precision=DOT_PRECISION)
 
         tile_offs = offs_n[:, None] * PATCH_DIM + offs_k[None, :]

@@ -257,6 +257,23 @@ def forward(
 # Backward
 
 
+def _word_aligned(video: Tensor, grid: geometry.PatchGrid, channels_last: bool) -> bool:
+    """True when every run of 4 reduction indices starting at a multiple of 4 is 4 consecutive bytes at a 4-byte
+    aligned address: the patch rows (``pw`` pixels, or ``pw C`` interleaved ones) are contiguous and a multiple of
+    4 long, every other stride (of a dimension longer than 1) a multiple of 4, the data pointer 4-byte aligned."""
+    strides = dict(zip(_VIDEO_STRIDES, video.stride(), strict=True))
+    sizes = dict(zip(_VIDEO_STRIDES, video.shape, strict=True))
+    inner = "stride_c" if channels_last else "stride_w"
+    run = grid.patch_w * grid.channels if channels_last else grid.patch_w
+    others = [n for n in _VIDEO_STRIDES if n != inner and not (channels_last and n == "stride_w")]
+    return (
+        run % 4 == 0
+        and strides[inner] == 1
+        and all(strides[n] % 4 == 0 for n in others if sizes[n] > 1)
+        and video.data_ptr() % 4 == 0
+    )
+
+
 def grad_weight_launch(
     grad_tokens: Tensor, video: Tensor, weight: Tensor, has_cls: bool, cfg: KernelConfig, programs: int
 ) -> tuple[Launch, bool]:
@@ -287,6 +304,7 @@ def grad_weight_launch(
     meta = {
         **_common_meta(grid, weight.dtype, _wide(video, grad_tokens, partial), channels_last),
         "EVEN_N": e % cfg.block_n == 0,
+        "VIDEO_WORDS": cfg.video_words and video.dtype == torch.uint8 and _word_aligned(video, grid, channels_last),
         **cfg.meta(),
     }
     return Launch("patch_embed_grad_weight_kernel", (plan.programs,), args, meta, cfg), channels_last

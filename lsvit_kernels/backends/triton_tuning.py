@@ -49,6 +49,12 @@ class KernelConfig:
     # Register cap given to ptxas (``maxnreg``), so ``ctas_per_sm`` CTAs fit the 64 K registers of an SM:
     # 128 for two 8-warp CTAs. None lets ptxas choose (up to 255).
     max_registers: Optional[int] = None
+    # grad_weight: read a uint8 video as int32 words of 4 pixels, unpacked in registers (triton_kernels), when its
+    # layout allows (the wrapper checks). On sm_80 the video tile is an MN-major mma.sync operand, and Triton gives
+    # a uint8 one a shared layout of 8-element vectors, so its cp.async copies are 8 bytes; the words' are 16. On
+    # both architectures the main loop is shorter (docs/triton.md, audit). Not for exact float32: at its tile the
+    # FMA loop keeps a spill on sm_90.
+    video_words: bool = False
 
     def meta(self) -> dict:
         return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k, "GROUP_M": self.group_m}
@@ -79,10 +85,17 @@ _TABLE: dict[tuple[str, int, str], tuple[KernelConfig, ...]] = {
     # grad_weight (E x K tile, reduce over tokens)
     # one config on sm_90: 64 x 128 x 64 with 4 warps spends 1.1 issue cycles per tensor cycle (audit); the
     # stream-K grid (best_programs) gives the parallelism
-    ("grad_weight", 90, "16bit"): (C(64, 128, 128, 8, 8, 3, 2, 128),),
-    ("grad_weight", 90, "tf32"): (C(32, 128, 128, 8, 8, 3, 2, 128), C(32, 64, 128, 8, 4, 3, 2)),
-    ("grad_weight", 80, "16bit"): (C(32, 128, 128, 8, 8, 3, 1), C(32, 128, 64, 8, 4, 4, 2)),
-    ("grad_weight", 80, "tf32"): (C(32, 128, 128, 8, 8, 3, 1),),  # 32x64x64: 1.05 issue cycles per MMA cycle
+    ("grad_weight", 90, "16bit"): (C(64, 128, 128, 8, 8, 3, 2, 128, video_words=True),),
+    ("grad_weight", 90, "tf32"): (
+        C(32, 128, 128, 8, 8, 3, 2, 128, video_words=True),
+        C(32, 64, 128, 8, 4, 3, 2, video_words=True),
+    ),
+    ("grad_weight", 80, "16bit"): (
+        C(32, 128, 128, 8, 8, 3, 1, video_words=True),
+        C(32, 128, 64, 8, 4, 4, 2, video_words=True),
+    ),
+    # sm_80 tf32, one config: 32 x 64 x 64 spends 1.05 issue cycles per MMA cycle
+    ("grad_weight", 80, "tf32"): (C(32, 128, 128, 8, 8, 3, 1, video_words=True),),
     # grad_video (token x K tile, reduce over E)
     ("grad_video", 90, "16bit"): (
         C(128, 128, 64, 8, 8, 3, 2, 128),
@@ -97,6 +110,14 @@ _TABLE: dict[tuple[str, int, str], tuple[KernelConfig, ...]] = {
 for _kernel in ("forward", "grad_weight", "grad_video"):
     for _arch in (80, 90):
         _TABLE[(_kernel, _arch, "ieee")] = (C(32, 64, 32, 8, 4, 2, 2),)
+# A uint8 video under exact float32: the config above holds a 32 x 32-byte video tile, 8 bytes per thread of 4
+# warps, too few for a 16-byte cp.async. These tiles hold 64 x 32 (forward) and 32 x 64 (grad_weight) bytes at the
+# same FMAs per iteration. The float32 video keeps its config: at 32 x 32 x 64 its sm_90 grad_weight loop spends
+# 1.42 issue cycles per FMA cycle (the audit's bound is 1.4); the uint8 one spills in the loop at 32 x 64 x 64.
+_UINT8_TABLE: dict[tuple[str, int, str], tuple[KernelConfig, ...]] = {}
+for _arch in (80, 90):
+    _UINT8_TABLE[("forward", _arch, "ieee")] = (C(64, 32, 32, 8, 4, 2, 2),)
+    _UINT8_TABLE[("grad_weight", _arch, "ieee")] = (C(32, 32, 64, 8, 4, 2, 2),)
 # Row sums: a bandwidth-bound reduction, no dot; one config everywhere.
 for _arch in (80, 90):
     for _kind in ("16bit", "tf32", "ieee"):
@@ -125,8 +146,13 @@ def operand_kind(dtype: torch.dtype, precision: str) -> str:
     return "tf32" if precision == "tf32" else "ieee"
 
 
-def candidate_configs(kernel: str, arch: int, kind: str) -> tuple[KernelConfig, ...]:
-    """Every config the heuristic can pick for ``kernel`` on ``arch`` (80 or 90) with operands of ``kind``."""
+def candidate_configs(
+    kernel: str, arch: int, kind: str, video_dtype: Optional[torch.dtype] = None
+) -> tuple[KernelConfig, ...]:
+    """Every config the heuristic can pick for ``kernel`` on ``arch`` (80 or 90) with operands of ``kind`` and a
+    video of ``video_dtype`` (None: the operands' dtype)."""
+    if video_dtype == torch.uint8 and (kernel, arch, kind) in _UINT8_TABLE:
+        return _UINT8_TABLE[(kernel, arch, kind)]
     return _TABLE[(kernel, arch, kind)]
 
 
@@ -168,7 +194,7 @@ def pick_config(
 ) -> KernelConfig:
     """The heuristic (module docstring): of the configs that fit, the one with the lowest modeled time."""
     kind = operand_kind(dtype, precision)
-    configs = candidate_configs(kernel, arch_of(capability), kind)
+    configs = candidate_configs(kernel, arch_of(capability), kind, video_dtype)
     operand_bytes = torch.empty(0, dtype=dtype).element_size()
     video_bytes = torch.empty(0, dtype=video_dtype).element_size()
     fitting = [c for c in configs if smem_bytes(kernel, c, operand_bytes, video_bytes) <= smem_limit]

@@ -110,6 +110,19 @@ def test_grad_weight_loop_is_short(audited):
     assert row["loop_mma"] == 4 and row["loop_instructions"] <= 230  # 419 with runtime divisions
 
 
+def test_uint8_video_copies_are_16_bytes_where_the_strides_allow(audited):
+    """sm_80's grad_weight reads a uint8 video as int32 words (16-byte cp.async instead of 8, and a shorter loop:
+    332 instructions per 32 HMMA before); exact float32 takes tiles with 16 bytes of video per thread."""
+    rows = [r for r in audited if r["video_dtype"] == "u8" and r["video_load_bits"] == 128]
+    assert len(rows) >= 20
+    for row in rows:  # 128-bit copies only, but for the other operand where it is narrower (sm_90 tf32 grad)
+        widths = row["loop_ldgsts_bits"]
+        assert row["loop_ldg_bits"] == [] and max(widths) == 128, row["variant"]
+        assert min(widths) == row["other_load_bits"], row["variant"]
+    row = _one(audited, "grad_weight sm_80 3d-p16 u8->bf16/16bit 32x128x128 w8 s3")
+    assert row["loop_mma"] == 32 and row["loop_instructions"] <= 260
+
+
 def test_channels_last_and_p14_keep_vector_copies(audited):
     for arch in (90, 80):
         for kernel in ("forward", "grad_weight"):

@@ -97,6 +97,28 @@ def test_backward_real_size(dtype):
         _check(g, r, s, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_uint8_grad_weight_real_size(dtype, channels_last):
+    """grad_weight of a uint8 video at the headline geometry: read as int32 words on tensor cores (bf16), with the
+    exact-fp32 uint8 tile (float32)."""
+    video = _video(2, "BTCHW", torch.uint8)
+    if channels_last:
+        video = video.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    grid = lk.patch_grid(video.shape, (E, 3, *TUBELET), has_cls=True)
+    weight = _params(dtype, grid)["weight"]
+    grad_tokens = torch.randn(grid.output_shape, device="cuda").to(dtype)
+    backend = _backend()
+    cfg = backend._config("grad_weight", grid, dtype, torch.uint8, video.device)
+    launch, _ = backend.grad_weight_launch(grad_tokens, video, weight, True, cfg, programs=132)
+    assert launch.meta["VIDEO_WORDS"] is (dtype == torch.bfloat16)
+    got = backend.grad_weight(grad_tokens, video, weight, True)
+    mask = [False, True, False, False, False]
+    ref64 = reference.backward(grad_tokens.double(), video.double(), weight.double(), 0, False, True, mask)[1]
+    same = reference.backward(grad_tokens, video.to(dtype), weight, 0, False, True, mask)[1]
+    _check(got, ref64, same, dtype)
+
+
 def test_no_patch_matrix_in_forward_or_backward():
     """Peak memory above the inputs: forward allocates only the tokens; backward (weight, bias, pos grads) only the
     float32 partial sums and the results; both far below the patch matrix the reference builds."""

@@ -1,7 +1,7 @@
 """The kernels' k orders and operand placements against the float64 reference, in Triton's interpreter (or on a
 GPU when present), at odd sizes: channels-last videos (k walked as (dt, dh, dw, c), weight permuted to match),
-odd patch widths (P=7 rows start unaligned, as P=14 does), uint8 videos (the video tile as the dot's B operand)
-and the tuning tables' own block shapes shrunk to interpreter size."""
+odd patch widths (P=7 rows start unaligned, as P=14 does), uint8 videos (the video tile as the dot's B operand;
+grad_weight's int32-word reads) and the tuning tables' own block shapes shrunk to interpreter size."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from lsvit_kernels import registry
 from lsvit_kernels.backends import reference
 
 triton_backend = pytest.importorskip("lsvit_kernels.backends.triton_patch_embed")
+from lsvit_kernels.backends import triton_tuning  # noqa: E402
 from lsvit_kernels.backends.triton_tuning import KernelConfig  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -93,6 +94,77 @@ def test_backward_channels_last_and_odd_patches(name):
     got_v = triton_backend.grad_video(grad_tokens, video, weight, True, config=SMALL, out=out)
     assert not got_v.isnan().any()
     assert (got_v.double() - ref[0]).abs().max() <= 1e-5 * ref[0].abs().max()
+
+
+# patch rows of 8 pixels (24 interleaved bytes channels-last): grad_weight may read a uint8 video as int32 words;
+# K = 144 (4.5 tiles of 32), a 3 x 3 grid, T' = 2, E = 40
+WORDS_SHAPE = ((2, 4, 3, 9, 24), 40, (2, 3, 8))
+WORDS = KernelConfig(16, 32, 32, group_m=2, num_warps=1, num_stages=1, video_words=True)
+
+
+def uint8_video(shape, layout):
+    """A uint8 video whose layout allows 4-pixel words (contiguous, channels_last) or not (a pointer 1 byte past
+    alignment, rows padded to an odd width)."""
+    b, t, c, h, w = shape
+    if layout == "channels_last":
+        return channels_last_video(shape, torch.uint8)
+    if layout == "unaligned":
+        flat = torch.randint(0, 256, (b * t * c * h * w + 1,), dtype=torch.uint8, device=DEVICE)
+        return flat[1:].view(shape)
+    if layout == "padded_rows":
+        return torch.randint(0, 256, (b, t, c, h, w + 1), dtype=torch.uint8, device=DEVICE)[..., :w]
+    return torch.randint(0, 256, shape, dtype=torch.uint8, device=DEVICE)
+
+
+@pytest.mark.parametrize(
+    "layout, words, wide",
+    [
+        ("contiguous", True, False),
+        ("contiguous", True, True),
+        ("channels_last", True, False),
+        ("unaligned", False, False),
+        ("padded_rows", False, False),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grad_weight_reads_uint8_video_as_words(layout, words, wide, dtype, monkeypatch):
+    """The int32-word path (unpacked to the 4 pixels of each word in registers) where the layout allows it, also
+    with int64 offsets, the byte path where not: against the float64 reference, ragged K, E and token tiles."""
+    if wide:
+        monkeypatch.setattr(triton_backend, "_wide", lambda *tensors: True)
+    shape, e, tubelet = WORDS_SHAPE
+    video = uint8_video(shape, layout)
+    weight = (torch.randn(e, shape[2], *tubelet, device=DEVICE) * 0.2).to(dtype)
+    grid = lk.patch_grid(shape, weight.shape, has_cls=True)
+    grad_tokens = torch.randn(grid.output_shape, device=DEVICE).to(dtype)
+    launch, _ = triton_backend.grad_weight_launch(grad_tokens, video, weight, True, WORDS, programs=3)
+    assert launch.meta["VIDEO_WORDS"] is words and launch.meta["WIDE"] is wide
+    got = triton_backend.grad_weight(grad_tokens, video, weight, True, config=WORDS, programs=3)
+    ref64 = reference.backward(grad_tokens.double(), video.double(), weight.double(), 0, False, True, [0, 1, 0, 0, 0])
+    err, scale = (got.double() - ref64[1]).abs().max().item(), ref64[1].abs().max().item()
+    if dtype == torch.float32:
+        assert err <= 1e-5 * scale
+    else:
+        same = reference.backward(grad_tokens, video.to(dtype), weight, 0, False, True, [0, 1, 0, 0, 0])
+        assert err <= 2 * (same[1].double() - ref64[1]).abs().max().item() + 2e-3 * scale
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_uint8_exact_float32_tiles(arch):
+    """The uint8-video tiles of exact float32 (forward 64 x 32 x 32, grad_weight 32 x 32 x 64), as compiled, at
+    odd sizes: K = 90 and E = 72 against tiles of 32 and 64, 64 tokens in steps of 32."""
+    weight, bias, pos, cls, grid = params("tubelet", torch.float32)
+    shape = SHAPES["tubelet"][0]
+    video = torch.randint(0, 256, shape, dtype=torch.uint8, device=DEVICE)
+    fwd = triton_tuning.candidate_configs("forward", arch, "ieee", torch.uint8)[0]
+    got = triton_backend.forward(video, weight, bias, pos, cls, config=fwd)
+    ref = reference.forward(video.double(), weight.double(), bias.double(), pos.double(), cls.double())
+    assert (got.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    grad_tokens = torch.randn(grid.output_shape, device=DEVICE)
+    gw = triton_tuning.candidate_configs("grad_weight", arch, "ieee", torch.uint8)[0]
+    got_w = triton_backend.grad_weight(grad_tokens, video, weight, True, config=gw, programs=5)
+    ref_w = reference.backward(grad_tokens.double(), video.double(), weight.double(), 0, False, True, [0, 1, 0, 0, 0])
+    assert (got_w.double() - ref_w[1]).abs().max() <= 1e-5 * ref_w[1].abs().max()
 
 
 @pytest.mark.parametrize("kernel", ["forward", "grad_video"])

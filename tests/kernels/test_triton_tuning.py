@@ -97,6 +97,25 @@ def test_tf32_and_exact_float32_use_their_own_tables():
     assert tf32 in tuning.candidate_configs("forward", 80, "tf32")
 
 
+def test_uint8_video_tables():
+    """Exact float32 with a uint8 video takes tiles holding >= 2 KB of video (16 bytes per thread of 4 warps); every
+    other pick is the operands' table; grad_weight on tensor cores reads a uint8 video as int32 words."""
+    for device, arch in ((H100, 90), (A100, 80)):
+        for kernel in ("forward", "grad_weight"):
+            exact = tuning.pick_config(kernel, _grid(8), torch.float32, torch.uint8, *device, "ieee")
+            assert exact in tuning.candidate_configs(kernel, arch, "ieee", torch.uint8)
+            assert exact not in tuning.candidate_configs(kernel, arch, "ieee")
+            video_tile = exact.block_m * exact.block_k  # forward and grad_weight: tokens x K
+            assert video_tile >= 16 * 32 * exact.num_warps
+            for dtype, precision in ((torch.bfloat16, "ieee"), (torch.float32, "tf32")):
+                kind = tuning.operand_kind(dtype, precision)
+                assert tuning.candidate_configs(kernel, arch, kind, torch.uint8) == tuning.candidate_configs(
+                    kernel, arch, kind
+                )
+    for (kernel, _arch, kind), configs in tuning._TABLE.items():
+        assert all(c.video_words == (kernel == "grad_weight" and kind != "ieee") for c in configs)
+
+
 def test_splits_reach_two_waves_and_keep_enough_work_per_split():
     assert tuning.splits_for(programs=72, reduction_steps=196, sm_count=132) == 4  # 288 programs >= 264
     assert tuning.splits_for(programs=500, reduction_steps=196, sm_count=132) == 1
