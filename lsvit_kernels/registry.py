@@ -1,9 +1,13 @@
 """Backend registry: which implementation computes the op, chosen per call by device and availability.
 
-Precedence, highest first: the op's ``backend=`` argument, the innermost ``use_backend(...)`` context, the
-``LSVIT_BACKEND`` environment variable, then the automatic order for the tensor's device. An explicitly named
-backend that cannot run raises ``BackendUnavailableError`` saying why; only automatic selection falls back, and
-it logs the first fallback once.
+Choosing by hand happens here and only here (``requested_backend``), once per call, in the caller's thread,
+before the op runs; precedence, highest first: the call's ``backend=`` argument, this thread's innermost
+``use_backend(...)`` block, the ``LSVIT_BACKEND`` environment variable (read once, when this module is
+imported). The name travels with the op's arguments to its kernels and to its backward (ops.py), so the
+backward always runs on the forward's backend. With no name, the op's kernel for the tensors' device takes the
+first backend of ``AUTO_ORDER`` that can run the weight's dtype here. A backend named explicitly that cannot
+run raises ``BackendUnavailableError`` saying why; only automatic selection falls back, and it logs the first
+fallback once.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import torch
 log = logging.getLogger("lsvit_kernels")
 
 ENV_VAR = "LSVIT_BACKEND"
+ENV_BACKEND: Optional[str] = os.environ.get(ENV_VAR, "").strip() or None  # read once: no lookup per call
 
-# Automatic order per device type: the fastest available backend first.
+# Automatic order per device type, the fastest available backend first; the op has one dispatcher kernel per
+# device type listed here (ops.py), and every other device runs FALLBACK_ORDER.
 AUTO_ORDER = {
     "cuda": ("triton", "cuda", "reference"),
     "cpu": ("cpu", "reference"),
@@ -114,13 +120,16 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
 
 
 def requested_backend(explicit: Optional[str] = None) -> Optional[str]:
-    """The backend named by the call, the context or the environment, or None for automatic."""
+    """The backend named by the call, this thread's ``use_backend`` block or ``LSVIT_BACKEND``; None: automatic.
+
+    Traced by ``torch.compile``, which guards on this thread's ``use_backend`` state, so a compiled model
+    recompiles for another choice instead of reusing the traced one.
+    """
     if explicit:
         return explicit
     if _state.stack and _state.stack[-1] is not None:
         return _state.stack[-1]
-    env = os.environ.get(ENV_VAR, "").strip()
-    return env or None
+    return ENV_BACKEND
 
 
 def resolve(device_type: str, explicit: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> Backend:
