@@ -94,26 +94,20 @@ def backward(*args) -> tuple[Optional[Tensor], ...]:
     return tuple(g if m else None for g, m in zip(grads, output_mask, strict=True))
 
 
-CPU_BACKEND = register_backend(
-    Backend(
-        name="cpu",
-        devices=("cpu",),
-        forward=forward,
-        backward=backward,
-        unavailable_reason=_cpu_unavailable,
-        description="compiled C++: blocked gather into an L2 panel + BLAS GEMM onto bias + pos, parallel over blocks",
-        dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.float64),
-    )
-)
-
-CUDA_BACKEND = register_backend(
-    Backend(
-        name="cuda",
-        devices=("cuda",),
-        forward=forward,
-        backward=backward,
-        unavailable_reason=_cuda_unavailable,
-        description="compiled CUDA: implicit GEMM, tubelets gathered into shared memory, tensor cores for 16-bit",
-        dtypes=(torch.float32, torch.bfloat16, torch.float16),
+CPU_BACKEND, CUDA_BACKEND = (
+    register_backend(Backend(name, (name,), forward, backward, unavailable, description, dtypes))
+    for name, unavailable, description, dtypes in (
+        (
+            "cpu",
+            _cpu_unavailable,
+            "compiled C++: blocked gather into an L2 panel + BLAS GEMM onto bias + pos, parallel over blocks",
+            (torch.float32, torch.bfloat16, torch.float16, torch.float64),
+        ),
+        (
+            "cuda",
+            _cuda_unavailable,
+            "compiled CUDA: implicit GEMM, tubelets gathered into shared memory, tensor cores for 16-bit",
+            (torch.float32, torch.bfloat16, torch.float16),
+        ),
     )
 )
