@@ -210,6 +210,13 @@ def grid_of(video_shape: Sequence[int], weight_shape: Sequence[int], has_cls: bo
     return PatchGrid(b, t, c, h, w, e, tubelet, ph, pw, 1 if has_cls else 0)
 
 
+def check_pos_embed_shape(pos_shape: Sequence[int], embed_dim: int) -> None:
+    """``pos_embed`` must be ``(rows, E)`` (a leading 1 removed by the caller); its row count is checked by
+    ``patch_grid``."""
+    if len(pos_shape) != 2 or pos_shape[1] != embed_dim:
+        raise ValueError(f"pos_embed must be (rows, E={embed_dim}) or (1, rows, E); got {list(pos_shape)}")
+
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 

@@ -376,10 +376,7 @@ def patch_embed(
     if pos_embed is not None:
         if pos_embed.dim() == 3 and pos_embed.shape[0] == 1:
             pos_embed = pos_embed[0]
-        if pos_embed.dim() != 2 or pos_embed.shape[1] != weight.shape[0]:
-            raise ValueError(
-                f"pos_embed must be (rows, E={weight.shape[0]}) or (1, rows, E); got {list(pos_embed.shape)}"
-            )
+        geometry.check_pos_embed_shape(pos_embed.shape, weight.shape[0])
     if cls_token is not None:
         cls_token = cls_token.reshape(-1)
     geometry.patch_grid(
