@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 log = logging.getLogger("lsvit_kernels")
 
@@ -34,6 +35,12 @@ AUTO_ORDER = {
     "cpu": ("cpu", "reference"),
 }
 FALLBACK_ORDER = ("reference",)
+
+
+# forward(video, weight, bias, pos_embed, cls_token) -> tokens
+ForwardFn = Callable[[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]], Tensor]
+# backward(grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask) -> 5 gradients, None where masked
+BackwardFn = Callable[[Tensor, Tensor, Tensor, int, bool, bool, list[bool]], tuple[Optional[Tensor], ...]]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -54,8 +61,8 @@ class Backend:
 
     name: str
     devices: tuple[str, ...]
-    forward: Callable
-    backward: Callable
+    forward: ForwardFn
+    backward: BackwardFn
     # Returns None when the backend can run on this device type, else the reason it cannot.
     unavailable_reason: Callable[[str], Optional[str]]
     description: str = ""
