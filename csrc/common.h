@@ -1,6 +1,6 @@
-// Host-side pieces shared by the CPU and CUDA implementations: invariant checks (the arguments were validated by
-// lsvit_kernels/geometry.py; these only keep a direct call in bounds), the geometry of a call, the cheap reductions of the backward pass,
-// and the per-device entry points that register.cpp binds to the dispatcher.
+// Host-side pieces shared by the CPU and CUDA implementations: invariant checks (the arguments were validated
+// by lsvit_kernels/geometry.py; these only keep a direct call in bounds), the geometry of a call, the cheap
+// reductions of the backward pass, and the per-device entry points that register.cpp binds to the dispatcher.
 #pragma once
 
 #include <ATen/core/Tensor.h>
