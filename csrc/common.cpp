@@ -1,6 +1,4 @@
-// Argument checks and backward reductions shared by both devices (see common.h). The messages repeat
-// lsvit_kernels/geometry.py and ops.py word for word, so a direct call of the kernel-level op fails the way the
-// public function does.
+// Invariant checks and backward reductions shared by both devices (see common.h).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "common.h"
 
@@ -12,85 +10,36 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <sstream>
-#include <string>
 #include <vector>
 
 namespace lsvit {
 namespace {
 
-std::string dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kByte: return "torch.uint8";
-    default: {
-      std::string s = c10::toString(t);
-      for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-      return "torch." + s;
-    }
-  }
-}
-
-std::string valid_multiples(int64_t value, int64_t divisor) {
-  const int64_t below = (value / divisor) * divisor, above = below + divisor;
-  std::ostringstream out;
-  if (below > 0) out << below << " or ";
-  out << above;
-  return out.str();
-}
-
-void check_divisible(const char* name, int64_t value, const char* divisor_name, int64_t divisor) {
-  TORCH_CHECK_VALUE(divisor >= 1, divisor_name, "=", divisor, " must be >= 1");
-  if (value % divisor == 0) return;
-  const bool is_tubelet = std::string(divisor_name) == "tubelet_size";
-  TORCH_CHECK_VALUE(false, name, "=", value, " is not divisible by ", divisor_name, "=", divisor, "; use ",
-                    valid_multiples(value, divisor), is_tubelet ? ", or tubelet_size=1" : "");
-}
-
-void check_like_weight(const char* name, const at::Tensor& t, const at::Tensor& weight) {
-  TORCH_CHECK_VALUE(t.device() == weight.device(), name, " is on ", t.device(), " but weight is on ", weight.device(),
-                    "; move both to one device");
-  TORCH_CHECK_TYPE(t.scalar_type() == weight.scalar_type(), name, " has dtype ", dtype_name(t.scalar_type()),
-                   " but weight has ", dtype_name(weight.scalar_type()), "; cast ", name, " to ",
-                   dtype_name(weight.scalar_type()));
+// The arguments were validated by lsvit_kernels/geometry.py before the op ran; these checks only keep a direct
+// call of the kernel-level op from reading out of bounds, with terse messages (the user-facing ones live in
+// Python alone).
+void check_like_weight(const at::Tensor& t, const at::Tensor& weight) {
+  TORCH_CHECK(t.device() == weight.device() && t.scalar_type() == weight.scalar_type(),
+              "lsvit kernel: operand device/dtype differs from the weight's");
 }
 
 CallPlan describe(const at::Tensor& video, const at::Tensor& weight, bool has_cls,
                   c10::ArrayRef<at::ScalarType> allowed) {
-  TORCH_CHECK_VALUE(video.dim() == 5, "video must be 5D (B, T, C, H, W) here; got shape ", video.sizes());
-  TORCH_CHECK_VALUE(weight.dim() == 4 || weight.dim() == 5,
-                    "weight must have nn.Conv3d layout (E, C, t, P, P) or nn.Conv2d layout (E, C, P, P); got ",
-                    weight.dim(), " dims with shape ", weight.sizes());
-  bool dtype_ok = false;
-  std::string names;
-  for (auto t : allowed) {
-    dtype_ok |= weight.scalar_type() == t;
-    names += (names.empty() ? "" : ", ") + dtype_name(t);
-  }
-  TORCH_CHECK_TYPE(dtype_ok, "weight must be one of ", names, " on ", weight.device().type(), "; got ",
-                   dtype_name(weight.scalar_type()));
-  TORCH_CHECK_VALUE(video.device() == weight.device(), "video is on ", video.device(), " but weight is on ",
-                    weight.device(), "; move both to one device");
-  TORCH_CHECK_TYPE(video.scalar_type() == weight.scalar_type() || video.scalar_type() == at::kByte, "video has dtype ",
-                   dtype_name(video.scalar_type()), " but weight has ", dtype_name(weight.scalar_type()),
-                   "; cast the video to ", dtype_name(weight.scalar_type()), " (or pass uint8 pixels with mean/std)");
+  TORCH_CHECK(video.dim() == 5 && (weight.dim() == 4 || weight.dim() == 5), "lsvit kernel: video/weight rank");
+  TORCH_CHECK(std::find(allowed.begin(), allowed.end(), weight.scalar_type()) != allowed.end(),
+              "lsvit kernel: weight dtype ", weight.scalar_type(), " not supported on ", weight.device().type());
+  TORCH_CHECK(video.device() == weight.device(), "lsvit kernel: video and weight on different devices");
+  TORCH_CHECK(video.scalar_type() == weight.scalar_type() || video.scalar_type() == at::kByte,
+              "lsvit kernel: video dtype must be the weight's or uint8");
 
   // (E, C, t, ph, pw); a Conv2d weight (E, C, ph, pw) has t = 1.
   const bool is_2d = weight.dim() == 4;
   const int64_t e = weight.size(0), wc = weight.size(1), tubelet = is_2d ? 1 : weight.size(2);
   const int64_t ph = weight.size(is_2d ? 2 : 3), pw = weight.size(is_2d ? 3 : 4);
-  TORCH_CHECK_VALUE(e >= 1 && wc >= 1 && tubelet >= 1 && ph >= 1 && pw >= 1, "weight shape ", weight.sizes(),
-                    " has an empty dimension");
   const int64_t b = video.size(0), t = video.size(1), c = video.size(2), h = video.size(3), wd = video.size(4);
-  TORCH_CHECK_VALUE(c == wc, "video has C=", c, " channels but weight expects C=", wc, " (weight shape ",
-                    weight.sizes(), "); check the layout argument ('BTCHW' vs 'BCTHW') or the model's in_channels");
-  check_divisible("num_frames", t, "tubelet_size", tubelet);
-  check_divisible("video height", h, "patch height", ph);
-  check_divisible("video width", wd, "patch width", pw);
-  TORCH_CHECK_VALUE(t != 0 && h != 0 && wd != 0, "video shape ", video.sizes(), " has no frames or no pixels");
+  TORCH_CHECK(e >= 1 && tubelet >= 1 && ph >= 1 && pw >= 1 && c == wc, "lsvit kernel: weight shape");
+  TORCH_CHECK(t > 0 && h > 0 && wd > 0 && t % tubelet == 0 && h % ph == 0 && wd % pw == 0,
+              "lsvit kernel: video not divisible into tubelets");
 
   CallPlan plan;
   plan.geometry = make_geometry(b, t, c, h, wd, e, tubelet, ph, pw, has_cls ? 1 : 0);
@@ -99,14 +48,10 @@ CallPlan describe(const at::Tensor& video, const at::Tensor& weight, bool has_cl
   return plan;
 }
 
-void check_pos_rows(int64_t pos_rows, bool has_cls, CallPlan& plan) {
+void check_pos_rows(int64_t pos_rows, CallPlan& plan) {
   const auto& g = plan.geometry;
   const int64_t per_slot = g.tokens_per_step, per_token = g.steps * g.tokens_per_step;
-  TORCH_CHECK_VALUE(pos_rows == per_slot || pos_rows == per_token, "pos_embed has ", pos_rows,
-                    " rows but this video has ", g.tokens_per_step, " tokens per time step",
-                    has_cls ? " (CLS slot included)" : "", " and ", g.steps, " time steps: give ", per_slot,
-                    " rows (one per slot, broadcast over time) or ", per_token,
-                    " rows (one per token); interpolate the positional embedding if the resolution changed");
+  TORCH_CHECK(pos_rows == per_slot || pos_rows == per_token, "lsvit kernel: pos_embed rows");
   plan.pos_per_token = pos_rows != per_slot;
 }
 
@@ -145,33 +90,34 @@ CallPlan check_forward_args(const at::Tensor& video, const at::Tensor& weight, c
   CallPlan plan = describe(video, weight, has_cls, allowed);
   const int64_t e = plan.geometry.embed_dim;
   if (bias.has_value() && bias->defined()) {
-    check_like_weight("bias", *bias, weight);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == e, "bias must have shape (", e, ",) to match embed_dim=", e,
-                      "; got ", bias->sizes());
+    check_like_weight(*bias, weight);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == e, "lsvit kernel: bias shape");
   }
   if (has_cls) {
-    check_like_weight("cls_token", *cls_token, weight);
-    TORCH_CHECK_VALUE(cls_token->numel() == e, "cls_token must have ", e, " elements (embed_dim); got ",
-                      cls_token->numel());
+    check_like_weight(*cls_token, weight);
+    TORCH_CHECK(cls_token->numel() == e, "lsvit kernel: cls_token size");
   }
   if (pos_embed.has_value() && pos_embed->defined()) {
-    check_like_weight("pos_embed", *pos_embed, weight);
-    TORCH_CHECK_VALUE(pos_embed->dim() == 2 && pos_embed->size(1) == e, "pos_embed must be (rows, E=", e,
-                      ") or (1, rows, E); got ", pos_embed->sizes());
-    check_pos_rows(pos_embed->size(0), has_cls, plan);
+    check_like_weight(*pos_embed, weight);
+    TORCH_CHECK(pos_embed->dim() == 2 && pos_embed->size(1) == e, "lsvit kernel: pos_embed shape");
+    check_pos_rows(pos_embed->size(0), plan);
   }
   return plan;
 }
 
 CallPlan check_backward_args(const at::Tensor& grad_tokens, const at::Tensor& video, const at::Tensor& weight,
-                             int64_t pos_rows, bool has_cls, c10::ArrayRef<at::ScalarType> allowed) {
+                             int64_t pos_rows, bool has_bias, bool has_cls, std::array<bool, 5>& mask,
+                             c10::ArrayRef<at::ScalarType> allowed) {
   CallPlan plan = describe(video, weight, has_cls, allowed);
+  mask[2] = mask[2] && has_bias;
+  mask[3] = mask[3] && pos_rows > 0;
+  mask[4] = mask[4] && has_cls;
+  TORCH_CHECK(!mask[0] || video.scalar_type() != at::kByte, "lsvit kernel: no gradient for a uint8 video");
   const auto& g = plan.geometry;
-  if (pos_rows > 0) check_pos_rows(pos_rows, has_cls, plan);
-  check_like_weight("grad_tokens", grad_tokens, weight);
-  TORCH_CHECK_VALUE(grad_tokens.sizes() == at::IntArrayRef({g.batch, g.steps, g.tokens_per_step, g.embed_dim}),
-                    "grad_tokens must have the output's shape (", g.batch, ", ", g.steps, ", ", g.tokens_per_step, ", ",
-                    g.embed_dim, "); got ", grad_tokens.sizes());
+  if (pos_rows > 0) check_pos_rows(pos_rows, plan);
+  check_like_weight(grad_tokens, weight);
+  TORCH_CHECK(grad_tokens.sizes() == at::IntArrayRef({g.batch, g.steps, g.tokens_per_step, g.embed_dim}),
+              "lsvit kernel: grad_tokens shape");
   return plan;
 }
 

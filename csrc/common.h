@@ -1,6 +1,6 @@
-// Host-side pieces shared by the CPU and CUDA implementations: argument checks (same errors, same wording as
-// lsvit_kernels/geometry.py and ops.py), the geometry of a call, the cheap reductions of the backward pass,
-// and the per-device entry points that register.cpp binds to the dispatcher.
+// Host-side pieces shared by the CPU and CUDA implementations: invariant checks (the arguments were validated
+// by lsvit_kernels/geometry.py; these only keep a direct call in bounds), the geometry of a call, the cheap
+// reductions of the backward pass, and the per-device entry points that register.cpp binds to the dispatcher.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,14 +22,17 @@ struct CallPlan {
   bool pos_per_token = false;
 };
 
-// Validates the forward arguments (raises ValueError/TypeError like the Python side) and describes the call.
+// Checks the forward arguments' invariants (terse RuntimeError) and describes the call.
 // `weight` may be (E, C, t, ph, pw) or (E, C, ph, pw); `allowed` lists the float dtypes this device supports.
 CallPlan check_forward_args(const at::Tensor& video, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                             const c10::optional<at::Tensor>& pos_embed, const c10::optional<at::Tensor>& cls_token,
                             c10::ArrayRef<at::ScalarType> allowed);
 
+// The same for the backward; also clears the entries of `mask` (grad_video, grad_weight, grad_bias, grad_pos,
+// grad_cls) that the call has nothing to compute for.
 CallPlan check_backward_args(const at::Tensor& grad_tokens, const at::Tensor& video, const at::Tensor& weight,
-                             int64_t pos_rows, bool has_cls, c10::ArrayRef<at::ScalarType> allowed);
+                             int64_t pos_rows, bool has_bias, bool has_cls, std::array<bool, 5>& mask,
+                             c10::ArrayRef<at::ScalarType> allowed);
 
 // grad_bias, grad_pos, grad_cls from grad_tokens (B, T', S + N, E) with one fp32 pass over it (ATen ops);
 // undefined where not asked for. Device-agnostic.

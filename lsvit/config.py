@@ -204,7 +204,7 @@ class ModelConfig(BaseSettings):
         frames = self.num_frames if num_frames is None else num_frames
         if frames is None:
             raise ValueError("num_frames is None: pass the clip length")
-        check_divisible("num_frames", frames, "tubelet_size", self.temporal_stride)
+        check_divisible("num_frames", frames, "tubelet_size", self.temporal_stride, alternative="tubelet_size=1")
         return frames // self.temporal_stride
 
     def num_patch_tokens(self, num_frames: Optional[int] = None) -> int:

@@ -166,7 +166,7 @@ class LSViTForAction(nn.Module):
         if config.use_3d_patch_embed:
             if frames is None:
                 raise ValueError("num_frames must be specified when using 3D patch embedding")
-            check_divisible("num_frames", frames, "tubelet_size", config.tubelet_size)
+            check_divisible("num_frames", frames, "tubelet_size", config.tubelet_size, alternative="tubelet_size=1")
         self.num_frames = frames
         if num_frames is not None:
             self.config.num_frames = num_frames  # so model.config.model_dump() rebuilds this very model

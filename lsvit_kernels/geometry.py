@@ -1,6 +1,9 @@
-"""Patch geometry: grids, token counts, shape validation and its error messages.
+"""Patch geometry: grids, token counts, and the op's argument checks (shapes, dtypes, devices) with their messages.
 
-This is the only place that knows how a video is cut into patches. Every backend, module and model asks it.
+This is the only place that knows how a video is cut into patches, and the only place that validates the op's
+arguments: ``patch_embed`` calls ``patch_grid`` and ``check_operands`` once, at the public boundary; kernels and
+fake implementations take the already checked arguments' grid from ``grid_of`` and keep only short invariant
+checks of their own.
 
 Conventions (see docs/op.md):
 - The op sees the video in *logical* ``(B, T, C, H, W)`` order with any strides; a ``(B, C, T, H, W)`` video is
@@ -17,6 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Optional
+
+import torch
 
 LAYOUTS = ("BTCHW", "BCTHW")
 
@@ -95,7 +101,7 @@ def token_counts(
     (3136, 1568)
     """
     width = height if width is None else width
-    check_divisible("num_frames", frames, "tubelet_size", tubelet_size)
+    check_divisible("num_frames", frames, "tubelet_size", tubelet_size, alternative="tubelet_size=1")
     check_divisible("image height", height, "patch_size", patch_size)
     check_divisible("image width", width, "patch_size", patch_size)
     return (frames // tubelet_size) * (height // patch_size) * (width // patch_size)
@@ -108,14 +114,12 @@ def _valid_multiples(value: int, divisor: int) -> str:
     return " or ".join(choices)
 
 
-def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> None:
-    """Raise ``ValueError`` naming both numbers and the nearest valid choices."""
+def check_divisible(name: str, value: int, divisor_name: str, divisor: int, alternative: str | None = None) -> None:
+    """Raise ``ValueError`` naming both numbers and the nearest valid choices (and ``alternative``, another fix)."""
     if divisor < 1:
         raise ValueError(f"{divisor_name}={divisor} must be >= 1")
     if value % divisor:
-        hint = f"use {_valid_multiples(value, divisor)}"
-        if divisor_name == "tubelet_size":
-            hint += ", or tubelet_size=1"
+        hint = f"use {_valid_multiples(value, divisor)}" + (f", or {alternative}" if alternative else "")
         raise ValueError(f"{name}={value} is not divisible by {divisor_name}={divisor}; {hint}")
 
 
@@ -175,12 +179,12 @@ def patch_grid(
             f"video has C={c} channels but weight expects C={wc} (weight shape {list(weight_shape)}); "
             f"check the layout argument ('BTCHW' vs 'BCTHW') or the model's in_channels"
         )
-    check_divisible("num_frames", t, "tubelet_size", tubelet)
+    check_divisible("num_frames", t, "tubelet_size", tubelet, alternative="tubelet_size=1")
     check_divisible("video height", h, "patch height", ph)
     check_divisible("video width", w, "patch width", pw)
     if t == 0 or h == 0 or w == 0:
         raise ValueError(f"video shape {list(video_shape)} has no frames or no pixels")
-    grid = PatchGrid(b, t, c, h, w, e, tubelet, ph, pw, 1 if has_cls else 0)
+    grid = grid_of(video_shape, weight_shape, has_cls)
     check_index_range(grid)
     if bias_shape is not None and tuple(bias_shape) != (e,):
         raise ValueError(f"bias must have shape ({e},) to match embed_dim={e}; got {list(bias_shape)}")
@@ -197,6 +201,55 @@ def patch_grid(
                 f"resolution changed"
             )
     return grid
+
+
+def grid_of(video_shape: Sequence[int], weight_shape: Sequence[int], has_cls: bool = False) -> PatchGrid:
+    """The grid of a logical ``(B, T, C, H, W)`` video and a weight that ``patch_grid`` has validated: no checks."""
+    b, t, c, h, w = video_shape
+    e, _, tubelet, ph, pw = normalize_weight_shape(weight_shape)
+    return PatchGrid(b, t, c, h, w, e, tubelet, ph, pw, 1 if has_cls else 0)
+
+
+def check_pos_embed_shape(pos_shape: Sequence[int], embed_dim: int) -> None:
+    """``pos_embed`` must be ``(rows, E)`` (a leading 1 removed by the caller); its row count is checked by
+    ``patch_grid``."""
+    if len(pos_shape) != 2 or pos_shape[1] != embed_dim:
+        raise ValueError(f"pos_embed must be (rows, E={embed_dim}) or (1, rows, E); got {list(pos_shape)}")
+
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_operands(
+    video: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    pos_embed: Optional[torch.Tensor] = None,
+    cls_token: Optional[torch.Tensor] = None,
+) -> float:
+    """Check the op's dtypes and devices; return the pixel scale (1/255 for uint8 video, else 1).
+
+    The weight must be float32/float16/bfloat16/float64, the video the weight's dtype or uint8, and every tensor
+    on the weight's device, bias, pos_embed and cls_token in the weight's dtype.
+    """
+    if weight.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"weight must be float32, float16, bfloat16 or float64; got {weight.dtype}: cast it with "
+            f"weight.float() (or .half(), .bfloat16(), .double())"
+        )
+    if video.device != weight.device:
+        raise ValueError(f"video is on {video.device} but weight is on {weight.device}; move both to one device")
+    if video.dtype not in (torch.uint8, weight.dtype):
+        raise TypeError(
+            f"video has dtype {video.dtype} but weight has {weight.dtype}; cast the video to {weight.dtype} "
+            f"(or pass uint8 pixels with mean/std)"
+        )
+    for name, t in (("bias", bias), ("pos_embed", pos_embed), ("cls_token", cls_token)):
+        if t is not None and t.device != weight.device:
+            raise ValueError(f"{name} is on {t.device} but weight is on {weight.device}; move both to one device")
+        if t is not None and t.dtype != weight.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but weight has {weight.dtype}; cast {name} to {weight.dtype}")
+    return 1.0 / 255.0 if video.dtype == torch.uint8 else 1.0
 
 
 INDEX_MAX = 2**63 - 1  # the largest element index a tensor (and every kernel, which indexes in int64) can hold

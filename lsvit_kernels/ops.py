@@ -1,9 +1,32 @@
-"""The patch-embedding op: schema (declared once), fake implementation, autograd, and the public function.
+"""The patch-embedding op in one file: schema, per-device kernels, fake, autograd, autocast, public function.
 
-``lsvit::patch_embed`` and ``lsvit::patch_embed_backward`` are Python custom ops whose implementation asks the
-backend registry which kernel computes the call. The compiled library's kernels are registered by C++ on the
+How one call runs::
+
+    patch_embed(video, weight, ..., backend=None)            validates once (geometry), folds mean/std, reads
+      |                                                      the backend asked for by name (registry)
+      v
+    torch.ops.lsvit.patch_embed(video, weight, bias, pos, cls, backend)          the op, declared once below
+      |  dispatcher: Autocast* kernel (casts, then redispatches), Autograd (``_setup_context`` / ``_backward``)
+      v
+    the op's kernel for the tensors' device (``_register_kernels``)       CPU: backends "cpu", "reference";
+      |                                                                   CUDA: "triton", "cuda", "reference";
+      v                                                                   any other device: "reference"
+    registry.resolve(device, backend, dtype).forward(...)   the named backend, else the first that can run
+      v
+    backends/*.py: the Triton launch, torch.ops.lsvit.native_* (csrc/), or the PyTorch reference
+
+The backward is ``lsvit::patch_embed_backward``, dispatched the same way, with the forward's ``backend``
+argument: the backend is named once, by the caller's thread, before the op is called, and the op's arguments
+carry it to the backward (under ``torch.compile`` it is a constant of the traced graph, and the guard on the
+thread's ``use_backend`` state recompiles for another choice), so the backward always runs where the forward
+ran. With ``backend=None`` both pick the device's first available backend for the weight's dtype, a fixed
+choice per process.
+
+The compiled library's kernels are registered by C++ (``TORCH_LIBRARY_IMPL``, csrc/register.cpp) on the
 kernel-level schemas ``lsvit::native_patch_embed_forward`` / ``_backward``, declared here too, so that every
-schema of the package lives in this file and the package imports without the library.
+schema of the package lives in this file and the package imports without the library. They stay separate
+from ``lsvit::patch_embed`` because the op's CPU and CUDA kernels also run other backends by name (tests,
+benchmarks, users) and fall back to the reference when the library is not built.
 """
 
 from __future__ import annotations
@@ -18,8 +41,6 @@ from torch import Tensor
 
 from . import geometry, onnx, registry
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
 # Kernel-level schemas implemented by csrc/ (TORCH_LIBRARY_IMPL for CPU and CUDA).
 _lib = torch.library.Library("lsvit", "FRAGMENT")
 _lib.define(
@@ -32,18 +53,13 @@ _lib.define(
 )
 
 
-def _grid_of(video: Tensor, weight: Tensor, pos_embed: Optional[Tensor], cls_token: Optional[Tensor]):
-    return geometry.patch_grid(
-        video.shape,
-        geometry.normalize_weight_shape(weight.shape),
-        has_cls=cls_token is not None,
-        pos_rows=None if pos_embed is None else pos_embed.shape[0],
-    )
+def _grid_of(video: Tensor, weight: Tensor, cls_token: Optional[Tensor]) -> geometry.PatchGrid:
+    return geometry.grid_of(video.shape, weight.shape, has_cls=cls_token is not None)
 
 
 def _fake_tokens(video, weight, bias, pos_embed, cls_token, backend=None):
     """Fake forward (shapes for FakeTensor / torch.compile) of ``patch_embed`` and the kernel-level op."""
-    return weight.new_empty(_grid_of(video, weight, pos_embed, cls_token).output_shape)
+    return weight.new_empty(_grid_of(video, weight, cls_token).output_shape)
 
 
 def _fake_grads(video, weight, pos_rows, has_bias, has_cls, output_mask) -> list[Optional[Tensor]]:
@@ -69,6 +85,30 @@ torch.library.register_fake(
 )
 
 
+def _run_forward(device_type, video, weight, bias, pos_embed, cls_token, backend):
+    grid = _grid_of(video, weight, cls_token)
+    if grid.batch == 0:
+        return weight.new_empty(grid.output_shape)
+    chosen = registry.resolve(device_type, backend, weight.dtype)
+    out = chosen.forward(video, weight, bias, pos_embed, cls_token)
+    registry.mark_ran(chosen.name)
+    return out
+
+
+def _run_backward(device_type, grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask, backend):
+    mask = [bool(m) for m in output_mask]
+    mask[2] &= has_bias
+    mask[3] &= pos_rows > 0
+    mask[4] &= has_cls
+    chosen = registry.resolve(device_type, backend, weight.dtype)
+    grads = chosen.backward(grad_tokens.contiguous(), video, weight, pos_rows, has_bias, has_cls, mask)
+    registry.mark_ran(chosen.name)
+    placeholder = weight.new_empty(0)
+    return [g if (m and g is not None) else placeholder.clone() for g, m in zip(grads, mask)]
+
+
+# The op and its backward. The decorated functions are the default kernels (CompositeExplicitAutograd): any
+# device without a kernel of its own (meta, mps, xpu, ...) runs the reference there.
 @torch.library.custom_op("lsvit::patch_embed", mutates_args=())
 def _patch_embed(
     video: Tensor,
@@ -79,16 +119,55 @@ def _patch_embed(
     backend: Optional[str],
 ) -> Tensor:
     """Tokens (B, T', S + N, E) of a logical (B, T, C, H, W) video; see docs/op.md."""
-    grid = _grid_of(video, weight, pos_embed, cls_token)
-    if grid.batch == 0:
-        return weight.new_empty(grid.output_shape)
-    chosen = registry.resolve(video.device.type, backend, weight.dtype)
-    out = chosen.forward(video, weight, bias, pos_embed, cls_token)
-    registry.mark_ran(chosen.name)
-    return out
+    return _run_forward(video.device.type, video, weight, bias, pos_embed, cls_token, backend)
 
 
+@torch.library.custom_op("lsvit::patch_embed_backward", mutates_args=())
+def _patch_embed_backward(
+    grad_tokens: Tensor,
+    video: Tensor,
+    weight: Tensor,
+    pos_rows: int,
+    has_bias: bool,
+    has_cls: bool,
+    output_mask: Sequence[bool],
+    backend: Optional[str],
+) -> list[Tensor]:
+    """(grad_video, grad_weight, grad_bias, grad_pos, grad_cls); an empty tensor where not asked for."""
+    return _run_backward(
+        video.device.type, grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask, backend
+    )
+
+
+def _register_kernels(forward_op, backward_op, run_forward, run_backward) -> None:
+    """Register one forward and one backward kernel per device type of ``registry.AUTO_ORDER`` with the
+    dispatcher (``custom_op.register_kernel``, PyTorch's CPU / CUDA dispatch keys).
+
+    Each kernel runs the backend its call names, else the first backend of its device's list that can run the
+    weight's dtype here (``registry.resolve``). A sibling op follows the same pattern: declare it with
+    ``torch.library.custom_op`` (its body is the default kernel for other devices), write ``run_forward(device_type,
+    *args)`` / ``run_backward(...)``, and call this.
+    """
+    for device_type in registry.AUTO_ORDER:
+
+        def forward_kernel(*args, _device=device_type):
+            return run_forward(_device, *args)
+
+        def backward_kernel(*args, _device=device_type):
+            return run_backward(_device, *args)
+
+        forward_op.register_kernel(device_type)(forward_kernel)
+        backward_op.register_kernel(device_type)(backward_kernel)
+
+
+_register_kernels(_patch_embed, _patch_embed_backward, _run_forward, _run_backward)
 _patch_embed.register_fake(_fake_tokens)
+
+
+@_patch_embed_backward.register_fake
+def _patch_embed_backward_fake(grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask, backend):
+    grads = _fake_grads(video, weight, pos_rows, has_bias, has_cls, output_mask)
+    return [g if g is not None else weight.new_empty(0) for g in grads]
 
 
 # Autocast: a kernel of its own on each autocast dispatch key (torchvision's csrc/ops/autocast), so every caller
@@ -119,42 +198,13 @@ for _device_type, _key in _AUTOCAST_KEYS.items():
         _lib.impl("patch_embed", _autocast_kernel(_device_type), _key)
 
 
-@torch.library.custom_op("lsvit::patch_embed_backward", mutates_args=())
-def _patch_embed_backward(
-    grad_tokens: Tensor,
-    video: Tensor,
-    weight: Tensor,
-    pos_rows: int,
-    has_bias: bool,
-    has_cls: bool,
-    output_mask: Sequence[bool],
-    backend: Optional[str],
-) -> list[Tensor]:
-    """(grad_video, grad_weight, grad_bias, grad_pos, grad_cls); an empty tensor where not asked for."""
-    mask = [bool(m) for m in output_mask]
-    mask[2] &= has_bias
-    mask[3] &= pos_rows > 0
-    mask[4] &= has_cls
-    chosen = registry.resolve(video.device.type, backend, weight.dtype)
-    grads = chosen.backward(grad_tokens.contiguous(), video, weight, pos_rows, has_bias, has_cls, mask)
-    registry.mark_ran(chosen.name)
-    placeholder = weight.new_empty(0)
-    return [g if (m and g is not None) else placeholder.clone() for g, m in zip(grads, mask)]
-
-
-@_patch_embed_backward.register_fake
-def _patch_embed_backward_fake(grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask, backend):
-    grads = _fake_grads(video, weight, pos_rows, has_bias, has_cls, output_mask)
-    return [g if g is not None else weight.new_empty(0) for g in grads]
-
-
 def _setup_context(ctx, inputs, output):
     video, weight, bias, pos_embed, cls_token, backend = inputs
     ctx.save_for_backward(video, weight)  # the video itself, never a patch matrix
     ctx.pos_rows = 0 if pos_embed is None else pos_embed.shape[0]
     ctx.has_bias = bias is not None
     ctx.has_cls = cls_token is not None
-    ctx.backend = registry.requested_backend(backend)  # backward runs where forward was asked to run
+    ctx.backend = backend  # named by the caller before the op ran: the backward runs on the same backend
 
 
 def _backward(ctx, grad_tokens):
@@ -281,15 +331,6 @@ def channel_values(name: str, values: Sequence[float] | Tensor, channels: int) -
     return tuple(floats)
 
 
-def _check_tensor(name: str, t: Optional[Tensor], weight: Tensor) -> None:
-    if t is None:
-        return
-    if t.device != weight.device:
-        raise ValueError(f"{name} is on {t.device} but weight is on {weight.device}; move both to one device")
-    if t.dtype != weight.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but weight has {weight.dtype}; cast {name} to {weight.dtype}")
-
-
 def patch_embed(
     video: Tensor,
     weight: Tensor,
@@ -331,32 +372,11 @@ def patch_embed(
     weight5 = weight.unsqueeze(2) if weight.dim() == 4 else weight
     geometry.normalize_weight_shape(weight.shape)
 
-    if not weight.is_floating_point() or weight.dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"weight must be float32, float16, bfloat16 or float64; got {weight.dtype}: cast it with "
-            f"weight.float() (or .half(), .bfloat16(), .double())"
-        )
-    if video.device != weight.device:
-        raise ValueError(f"video is on {video.device} but weight is on {weight.device}; move both to one device")
-    if video.dtype == torch.uint8:
-        pixel_scale = 1.0 / 255.0
-    elif video.dtype == weight.dtype:
-        pixel_scale = 1.0
-    else:
-        raise TypeError(
-            f"video has dtype {video.dtype} but weight has {weight.dtype}; cast the video to {weight.dtype} "
-            f"(or pass uint8 pixels with mean/std)"
-        )
-    for name, tensor in (("bias", bias), ("pos_embed", pos_embed), ("cls_token", cls_token)):
-        _check_tensor(name, tensor, weight)
-
+    pixel_scale = geometry.check_operands(video, weight, bias, pos_embed, cls_token)
     if pos_embed is not None:
         if pos_embed.dim() == 3 and pos_embed.shape[0] == 1:
             pos_embed = pos_embed[0]
-        if pos_embed.dim() != 2 or pos_embed.shape[1] != weight.shape[0]:
-            raise ValueError(
-                f"pos_embed must be (rows, E={weight.shape[0]}) or (1, rows, E); got {list(pos_embed.shape)}"
-            )
+        geometry.check_pos_embed_shape(pos_embed.shape, weight.shape[0])
     if cls_token is not None:
         cls_token = cls_token.reshape(-1)
     geometry.patch_grid(
@@ -382,5 +402,8 @@ def patch_embed(
         None if cls_token is None else cls_token.contiguous(),
     )
     # ONNX has no fused patch embedding: the dynamo exporter traces the same tokens in standard operators.
-    out = onnx.decomposition(*args) if onnx.exporting_with_dynamo() else _patch_embed(*args, backend)
+    if onnx.exporting_with_dynamo():
+        out = onnx.decomposition(*args)
+    else:  # the backend asked for by this call, this thread's use_backend or LSVIT_BACKEND; None: automatic
+        out = _patch_embed(*args, registry.requested_backend(backend))
     return out[:, 0] if is_image else out

@@ -1,9 +1,13 @@
 """Backend registry: which implementation computes the op, chosen per call by device and availability.
 
-Precedence, highest first: the op's ``backend=`` argument, the innermost ``use_backend(...)`` context, the
-``LSVIT_BACKEND`` environment variable, then the automatic order for the tensor's device. An explicitly named
-backend that cannot run raises ``BackendUnavailableError`` saying why; only automatic selection falls back, and
-it logs the first fallback once.
+Choosing by hand happens here and only here (``requested_backend``), once per call, in the caller's thread,
+before the op runs; precedence, highest first: the call's ``backend=`` argument, this thread's innermost
+``use_backend(...)`` block, the ``LSVIT_BACKEND`` environment variable (read once, when this module is
+imported). The name travels with the op's arguments to its kernels and to its backward (ops.py), so the
+backward always runs on the forward's backend. With no name, the op's kernel for the tensors' device takes the
+first backend of ``AUTO_ORDER`` that can run the weight's dtype here. A backend named explicitly that cannot
+run raises ``BackendUnavailableError`` saying why; only automatic selection falls back, and it logs the first
+fallback once.
 """
 
 from __future__ import annotations
@@ -17,17 +21,26 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 log = logging.getLogger("lsvit_kernels")
 
 ENV_VAR = "LSVIT_BACKEND"
+ENV_BACKEND: Optional[str] = os.environ.get(ENV_VAR, "").strip() or None  # read once: no lookup per call
 
-# Automatic order per device type: the fastest available backend first.
+# Automatic order per device type, the fastest available backend first; the op has one dispatcher kernel per
+# device type listed here (ops.py), and every other device runs FALLBACK_ORDER.
 AUTO_ORDER = {
     "cuda": ("triton", "cuda", "reference"),
     "cpu": ("cpu", "reference"),
 }
 FALLBACK_ORDER = ("reference",)
+
+
+# forward(video, weight, bias, pos_embed, cls_token) -> tokens
+ForwardFn = Callable[[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]], Tensor]
+# backward(grad_tokens, video, weight, pos_rows, has_bias, has_cls, output_mask) -> 5 gradients, None where masked
+BackwardFn = Callable[[Tensor, Tensor, Tensor, int, bool, bool, list[bool]], tuple[Optional[Tensor], ...]]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -48,8 +61,8 @@ class Backend:
 
     name: str
     devices: tuple[str, ...]
-    forward: Callable
-    backward: Callable
+    forward: ForwardFn
+    backward: BackwardFn
     # Returns None when the backend can run on this device type, else the reason it cannot.
     unavailable_reason: Callable[[str], Optional[str]]
     description: str = ""
@@ -114,13 +127,16 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
 
 
 def requested_backend(explicit: Optional[str] = None) -> Optional[str]:
-    """The backend named by the call, the context or the environment, or None for automatic."""
+    """The backend named by the call, this thread's ``use_backend`` block or ``LSVIT_BACKEND``; None: automatic.
+
+    Traced by ``torch.compile``, which guards on this thread's ``use_backend`` state, so a compiled model
+    recompiles for another choice instead of reusing the traced one.
+    """
     if explicit:
         return explicit
     if _state.stack and _state.stack[-1] is not None:
         return _state.stack[-1]
-    env = os.environ.get(ENV_VAR, "").strip()
-    return env or None
+    return ENV_BACKEND
 
 
 def resolve(device_type: str, explicit: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> Backend:

@@ -543,13 +543,9 @@ at::Tensor forward(const at::Tensor& video, const at::Tensor& weight, const c10:
 
 Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video, const at::Tensor& weight, int64_t pos_rows,
                bool has_bias, bool has_cls, std::array<bool, 5> mask) {
-  const CallPlan plan = check_backward_args(grad_tokens_in, video, weight, pos_rows, has_cls, cpu_dtypes());
+  const CallPlan plan =
+      check_backward_args(grad_tokens_in, video, weight, pos_rows, has_bias, has_cls, mask, cpu_dtypes());
   const auto& g = plan.geometry;
-  mask[2] = mask[2] && has_bias;
-  mask[3] = mask[3] && pos_rows > 0;
-  mask[4] = mask[4] && has_cls;
-  TORCH_CHECK_TYPE(!mask[0] || video.scalar_type() != at::kByte,
-                   "a uint8 video has no gradient; pass output_mask[0]=False");
   const at::Tensor grad_tokens = grad_tokens_in.contiguous();
   const at::Tensor w5 = weight_5d(weight);
   Grads grads;

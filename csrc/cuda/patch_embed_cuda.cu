@@ -667,8 +667,8 @@ void launch_forward(const CallPlan& plan, const at::Tensor& video, const at::Ten
   }
 }
 
-const at::Tensor& check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor for the cuda backend; got ", t.device());
+const at::Tensor& check_cuda(const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), "lsvit kernel: video not on a CUDA device");
   return t;
 }
 
@@ -681,7 +681,7 @@ unsigned row_threads(int64_t patch_dim) {
 
 at::Tensor forward(const at::Tensor& video_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                    const c10::optional<at::Tensor>& pos_embed, const c10::optional<at::Tensor>& cls_token) {
-  CallPlan plan = check_forward_args(check_cuda(video_in, "video"), weight, bias, pos_embed, cls_token, cuda_dtypes());
+  CallPlan plan = check_forward_args(check_cuda(video_in), weight, bias, pos_embed, cls_token, cuda_dtypes());
   const auto& g = plan.geometry;
   const c10::cuda::CUDAGuard guard(video_in.device());
   at::Tensor out = at::empty({g.batch, g.steps, g.tokens_per_step, g.embed_dim}, weight.options());
@@ -719,14 +719,9 @@ at::Tensor forward(const at::Tensor& video_in, const at::Tensor& weight, const c
 
 Grads backward(const at::Tensor& grad_tokens_in, const at::Tensor& video_in, const at::Tensor& weight, int64_t pos_rows,
                bool has_bias, bool has_cls, std::array<bool, 5> mask) {
-  CallPlan plan =
-      check_backward_args(grad_tokens_in, check_cuda(video_in, "video"), weight, pos_rows, has_cls, cuda_dtypes());
+  CallPlan plan = check_backward_args(grad_tokens_in, check_cuda(video_in), weight, pos_rows, has_bias, has_cls, mask,
+                                      cuda_dtypes());
   const auto& g = plan.geometry;
-  mask[2] = mask[2] && has_bias;
-  mask[3] = mask[3] && pos_rows > 0;
-  mask[4] = mask[4] && has_cls;
-  TORCH_CHECK_TYPE(!mask[0] || video_in.scalar_type() != at::kByte,
-                   "a uint8 video has no gradient; pass output_mask[0]=False");
   const c10::cuda::CUDAGuard guard(video_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(video_in.get_device());
   const at::Tensor grad_tokens = grad_tokens_in.contiguous();

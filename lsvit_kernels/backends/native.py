@@ -82,51 +82,32 @@ def _cuda_unavailable(device_type: str) -> Optional[str]:
     return None
 
 
-def forward(
-    video: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    pos_embed: Optional[Tensor],
-    cls_token: Optional[Tensor],
-) -> Tensor:
-    return torch.ops.lsvit.native_patch_embed_forward(video, weight, bias, pos_embed, cls_token)
+def forward(*args) -> Tensor:
+    """The kernel-level forward; arguments as ``Backend.forward``'s (``torch.ops`` dispatches on the device)."""
+    return torch.ops.lsvit.native_patch_embed_forward(*args)
 
 
-def backward(
-    grad_tokens: Tensor,
-    video: Tensor,
-    weight: Tensor,
-    pos_rows: int,
-    has_bias: bool,
-    has_cls: bool,
-    output_mask: list[bool],
-) -> tuple[Optional[Tensor], ...]:
-    grads = torch.ops.lsvit.native_patch_embed_backward(
-        grad_tokens, video, weight, pos_rows, has_bias, has_cls, [bool(m) for m in output_mask]
-    )
+def backward(*args) -> tuple[Optional[Tensor], ...]:
+    """The kernel-level backward; arguments as ``Backend.backward``'s, None where ``output_mask`` is False."""
+    *leading, output_mask = args
+    grads = torch.ops.lsvit.native_patch_embed_backward(*leading, [bool(m) for m in output_mask])
     return tuple(g if m else None for g, m in zip(grads, output_mask, strict=True))
 
 
-CPU_BACKEND = register_backend(
-    Backend(
-        name="cpu",
-        devices=("cpu",),
-        forward=forward,
-        backward=backward,
-        unavailable_reason=_cpu_unavailable,
-        description="compiled C++: blocked gather into an L2 panel + BLAS GEMM onto bias + pos, parallel over blocks",
-        dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.float64),
-    )
-)
-
-CUDA_BACKEND = register_backend(
-    Backend(
-        name="cuda",
-        devices=("cuda",),
-        forward=forward,
-        backward=backward,
-        unavailable_reason=_cuda_unavailable,
-        description="compiled CUDA: implicit GEMM, tubelets gathered into shared memory, tensor cores for 16-bit",
-        dtypes=(torch.float32, torch.bfloat16, torch.float16),
+CPU_BACKEND, CUDA_BACKEND = (
+    register_backend(Backend(name, (name,), forward, backward, unavailable, description, dtypes))
+    for name, unavailable, description, dtypes in (
+        (
+            "cpu",
+            _cpu_unavailable,
+            "compiled C++: blocked gather into an L2 panel + BLAS GEMM onto bias + pos, parallel over blocks",
+            (torch.float32, torch.bfloat16, torch.float16, torch.float64),
+        ),
+        (
+            "cuda",
+            _cuda_unavailable,
+            "compiled CUDA: implicit GEMM, tubelets gathered into shared memory, tensor cores for 16-bit",
+            (torch.float32, torch.bfloat16, torch.float16),
+        ),
     )
 )

@@ -33,7 +33,7 @@ def unpatch(patch_grads: Tensor, grid: geometry.PatchGrid) -> Tensor:
 
 
 def _grid(video: Tensor, weight: Tensor, has_cls: bool) -> geometry.PatchGrid:
-    return geometry.patch_grid(video.shape, weight.shape, has_cls=has_cls)
+    return geometry.grid_of(video.shape, weight.shape, has_cls)  # validated by the op's public function
 
 
 def forward(

@@ -175,7 +175,7 @@ _VIDEO_STRIDES = ("stride_b", "stride_t", "stride_c", "stride_h", "stride_w")
 def _checked_grid(video: Tensor, weight: Tensor, has_cls: bool) -> geometry.PatchGrid:
     if _IMPORT_ERROR is not None:
         raise RuntimeError(_IMPORT_ERROR)
-    grid = geometry.patch_grid(video.shape, weight.shape, has_cls=has_cls)
+    grid = geometry.grid_of(video.shape, weight.shape, has_cls)
     if weight.dtype not in BACKEND.dtypes:
         raise TypeError(f"the Triton backend supports {BACKEND.dtypes}, not {weight.dtype}; use backend='reference'")
     if video.dtype not in (weight.dtype, torch.uint8):
@@ -201,7 +201,7 @@ def forward_launch(
     cfg: KernelConfig,
 ) -> Launch:
     """The forward's launch (no GPU needed: the audit builds it on ``meta`` tensors)."""
-    grid = geometry.patch_grid(video.shape, weight.shape, has_cls=cls_token is not None)
+    grid = geometry.grid_of(video.shape, weight.shape, cls_token is not None)
     strides = tuple(video.stride())
     channels_last = channels_last_order(grid, strides)
     w = k_ordered_weight(weight, channels_last)
@@ -280,7 +280,7 @@ def grad_weight_launch(
     """grad_weight's stream-K launch and whether its partials are in the channels-last k order. ``programs`` is
     a request: the launch runs that many (at most one per step), each walking an equal run (to one step) of the
     (tile, token step) range."""
-    grid = geometry.patch_grid(video.shape, weight.shape, has_cls=has_cls)
+    grid = geometry.grid_of(video.shape, weight.shape, has_cls)
     strides = tuple(video.stride())
     channels_last = channels_last_order(grid, strides)
     num_tokens = grid.batch * grid.num_patches
@@ -340,7 +340,7 @@ def grad_weight(
 
 def grad_video_launch(grad_tokens: Tensor, weight: Tensor, out: Tensor, has_cls: bool, cfg: KernelConfig) -> Launch:
     """grad_video's launch, writing into ``out`` (any strides; channels-last k order when it interleaves)."""
-    grid = geometry.patch_grid(out.shape, weight.shape, has_cls=has_cls)
+    grid = geometry.grid_of(out.shape, weight.shape, has_cls)
     strides = tuple(out.stride())
     channels_last = channels_last_order(grid, strides)
     num_tokens = grid.batch * grid.num_patches

@@ -1,4 +1,10 @@
-"""Backend selection: automatic, env var, context manager, per call; clear errors for unavailable backends."""
+"""Backend selection: automatic, env var, context manager, per call; clear errors for unavailable backends; the
+backward on the forward's backend, eager and compiled, in several threads."""
+
+import os
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
@@ -25,13 +31,26 @@ def test_automatic_choice_is_observable():
 
 
 def test_env_var_overrides_auto(monkeypatch):
-    monkeypatch.setenv(registry.ENV_VAR, "reference")
+    monkeypatch.setattr(registry, "ENV_BACKEND", "reference")  # what LSVIT_BACKEND=reference sets at import
     _call()
     assert lk.last_backend() == "reference"
 
 
+def test_env_var_is_read_at_import():
+    code = (
+        "import os, torch, lsvit_kernels as lk\n"
+        "os.environ.pop('LSVIT_BACKEND')  # read once, at import: later changes do not count\n"
+        "lk.patch_embed(torch.randn(1, 1, 2, 4, 4), torch.randn(3, 2, 4, 4))\n"
+        "print(lk.last_backend())\n"
+    )
+    env = {**os.environ, registry.ENV_VAR: "reference", "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "reference"
+
+
 def test_context_manager_beats_env(monkeypatch):
-    monkeypatch.setenv(registry.ENV_VAR, "no-such-backend")
+    monkeypatch.setattr(registry, "ENV_BACKEND", "no-such-backend")
     with lk.use_backend("reference"):
         _call()
     assert lk.last_backend() == "reference"
@@ -83,3 +102,69 @@ def test_backward_records_backend():
     out.sum().backward()
     assert lk.last_backend() == "reference"
     assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+def _spy_on(monkeypatch, names):
+    """Record (thread name, backend, "forward"/"backward") for every call the backends ``names`` compute."""
+    calls = []
+    for name in names:
+        backend = registry.get_backend(name)
+        for kind in ("forward", "backward"):
+
+            def spy(*args, _real=getattr(backend, kind), _name=name, _kind=kind):
+                calls.append((threading.current_thread().name, _name, _kind))
+                return _real(*args)
+
+            monkeypatch.setattr(backend, kind, spy)
+    return calls
+
+
+def _embed_and_backprop(fn, backend=None):
+    p = make_problem(b=1, steps=1, t=1, gh=2, gw=2, e=4, cls=False)
+    w = p.weight.requires_grad_()
+    with lk.use_backend(backend):
+        fn(p.video, w, p.bias, p.pos_embed).sum().backward()
+    return w.grad
+
+
+@pytest.mark.skipif(registry.why_unavailable("cpu", "cpu") is not None, reason="the compiled library is not built")
+def test_compiled_backward_runs_on_the_forward_backend_in_every_thread(monkeypatch):
+    """Compiled once, called from threads that each choose a backend with use_backend: every backward runs on the
+    backend its own forward ran on, and each forward on the one its thread chose (None: the automatic cpu)."""
+    calls = _spy_on(monkeypatch, ("cpu", "reference"))
+    compiled = torch.compile(lk.patch_embed, backend="aot_eager")
+    chosen = {}
+    errors = []
+
+    def worker(backend):
+        try:
+            for _ in range(3):
+                _embed_and_backprop(compiled, backend)
+            chosen[threading.current_thread().name] = backend or "cpu"
+        except Exception as err:  # reported by the main thread
+            errors.append(err)
+
+    main = threading.Thread(target=worker, args=("cpu",), name="first")  # compiles first, with the cpu backend
+    main.start()
+    main.join()
+    choices = ("reference", None, "cpu", "reference")
+    threads = [threading.Thread(target=worker, args=(b,), name=f"worker{i}") for i, b in enumerate(choices)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(chosen) == len(threads) + 1
+    for thread, backend in chosen.items():
+        ran = [(name, kind) for where, name, kind in calls if where == thread]
+        assert ran == [(backend, "forward"), (backend, "backward")] * 3, (backend, ran)
+
+
+def test_eager_backward_runs_on_the_forward_backend_after_the_block(monkeypatch):
+    calls = _spy_on(monkeypatch, ("reference",))
+    p = make_problem(b=1, steps=1, t=1, gh=1, gw=1, e=4)
+    w = p.weight.requires_grad_()
+    with lk.use_backend("reference"):
+        out = lk.patch_embed(p.video, w)
+    out.sum().backward()  # outside the block: still the forward's backend
+    assert [kind for _, name, kind in calls if name == "reference"] == ["forward", "backward"]

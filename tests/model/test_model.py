@@ -168,11 +168,11 @@ def test_environment_backend_override(tiny, monkeypatch):
     with torch.no_grad():
         model(clip())
     assert model.patch_embed_backend == registry.resolve("cpu").name  # the op's automatic choice
-    monkeypatch.setenv("LSVIT_BACKEND", "reference")
+    monkeypatch.setattr(registry, "ENV_BACKEND", "reference")  # what LSVIT_BACKEND=reference sets at import
     with torch.no_grad():
         model(clip())
     assert model.patch_embed_backend == "reference"
-    monkeypatch.setenv("LSVIT_BACKEND", "no_such_backend")
+    monkeypatch.setattr(registry, "ENV_BACKEND", "no_such_backend")
     with pytest.raises(ValueError, match="unknown backend 'no_such_backend'"):
         model(clip())
 
