@@ -19,6 +19,8 @@ safe loader accepts it. Keys (``FORMAT_VERSION`` 2; version 1 is the same withou
     rng              one {"torch", "cuda", "numpy", "python"} generator-state dict per rank, at saving time
     history          one dict per completed epoch (the CSV rows); partial: sums of an interrupted epoch
     world_size       processes that trained it
+    launch_id        torchrun's job id (TORCHELASTIC_RUN_ID) or None: a restarted worker group resumes only
+                     from checkpoints of its own launch
     best_metric      best validation top-1 so far (-1.0 before any validation)
     train_args       the training options (primitives), for the record and for --resume's change report
 

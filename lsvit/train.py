@@ -33,7 +33,7 @@ from tqdm import tqdm
 from lsvit import data_guards
 from lsvit.config import ModelConfig
 from lsvit.data import SkipLog, collate_clips, to_model_input
-from lsvit.distributed import all_reduce_sum, any_rank, end_worker_process, setup_distributed
+from lsvit.distributed import all_reduce_sum, any_rank, end_worker_process, log_prefix, restart_count, setup_distributed
 from lsvit.errors import add_debug_argument, run_guarded
 from lsvit.finetune import build_ema, build_mixup, enable_grad_checkpointing, load_backbone, soft_cross_entropy
 from lsvit.interrupt import Interrupted, StopRequest, ignore_in_worker
@@ -72,6 +72,10 @@ class Trainer:
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         self.info, self.device = setup_distributed(args.device)
+        if self.info.enabled:
+            restarts = restart_count()
+            again = f", torchrun restart {restarts}" if restarts else ""
+            logging.getLogger("lsvit.distributed").info("%s, device %s%s", self.info.describe(), self.device, again)
         self.progress = self.info.main and not args.no_progress
         self.output_dir = Path(args.output_dir)
         if args.deterministic:
@@ -291,8 +295,12 @@ class Trainer:
 
 
 def configure_logging(rank: int) -> None:
+    """Rank 0 logs at INFO, the others warnings only; every rank says where it runs (``lsvit.distributed``).
+    Lines of a multi-process run start with the rank and node."""
     level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout, force=True)
+    form = f"%(asctime)s {log_prefix()}%(name)s: %(message)s"
+    logging.basicConfig(level=level, format=form, stream=sys.stdout, force=True)
+    logging.getLogger("lsvit.distributed").setLevel(logging.INFO)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:

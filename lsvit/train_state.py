@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from lsvit import checkpoint as ckpt
+from lsvit.distributed import launch_id
 from lsvit.resume import SCHEDULE, changed_flags, check_changes, describe_changes, train_args
 
 log = logging.getLogger("lsvit.train")
@@ -65,6 +66,7 @@ def build_payload(trainer, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         "partial": state.partial,
         "train_args": train_args(trainer.args),
         "world_size": trainer.info.world,
+        "launch_id": launch_id(),
     }
     if trainer.ema is not None:
         payload["model_ema"] = trainer.ema.module.state_dict()
