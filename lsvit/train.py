@@ -36,6 +36,7 @@ from lsvit.data import SkipLog, collate_clips, to_model_input
 from lsvit.distributed import all_reduce_sum, any_rank, end_worker_process, log_prefix, restart_count, setup_distributed
 from lsvit.errors import add_debug_argument, run_guarded
 from lsvit.finetune import build_ema, build_mixup, enable_grad_checkpointing, load_backbone, soft_cross_entropy
+from lsvit.fsdp import check_fsdp_arguments, shard_model
 from lsvit.interrupt import Interrupted, StopRequest, ignore_in_worker
 from lsvit.optim import amp_dtype, build_scheduler, param_groups, schedule_lengths, topk_correct
 from lsvit.options import HelpFormatter
@@ -83,6 +84,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         check_train_arguments(args)
+        check_fsdp_arguments(args, self.info)
+        self.fsdp = bool(args.fsdp)
         self.resume_from, resumed = open_resume(args, self.output_dir, self.info)
         if args.recipe and self.info.main:
             describe_recipe(args, self.info.world)
@@ -99,7 +102,9 @@ class Trainer:
         if args.grad_checkpointing:
             enable_grad_checkpointing(self.model)
         self.ddp_model: nn.Module = self.model
-        if self.info.enabled:
+        if self.fsdp:
+            self.model = self.ddp_model = shard_model(self.model, self.info, self.device)
+        elif self.info.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.mixup = build_mixup(args, len(self.data.classes))
@@ -169,6 +174,15 @@ class Trainer:
         if usable and self.ema is not None:
             self.ema.update(self.model, step=self.state.step)
 
+    def _gradient_sync(self, last_in_group: bool):
+        """Gradients are averaged over ranks only on the last micro-batch of an accumulation group."""
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(last_in_group)
+            return contextlib.nullcontext()
+        if last_in_group or not self.info.enabled:
+            return contextlib.nullcontext()
+        return self.ddp_model.no_sync()
+
     def _placeholder_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A zero clip for a micro-batch whose videos all failed: keeps DDP ranks in step (its loss is x0)."""
         c = self.config
@@ -199,7 +213,7 @@ class Trainer:
             group_end = min((batch_index // args.accum_steps + 1) * args.accum_steps, total_batches)
             group_size = group_end - batch_index // args.accum_steps * args.accum_steps
             last_in_group = batch_index + 1 == group_end
-            sync = contextlib.nullcontext() if (last_in_group or not self.info.enabled) else self.ddp_model.no_sync()
+            sync = self._gradient_sync(last_in_group)
             targets = None
             if self.mixup is not None and not empty:
                 video, targets = self.mixup(video, labels)

@@ -46,7 +46,7 @@ def open_resume(args: argparse.Namespace, output_dir: Path, info: Dist) -> tuple
     if args.resume != "auto":
         path = Path(args.resume)
         try:
-            return path, ckpt.load_checkpoint(path, required=ckpt.RESUME_KEYS)
+            return path, ckpt.load_checkpoint(path, required=ckpt.RESUME_KEYS, consolidate=False)
         except ckpt.CheckpointError as error:
             hint = ckpt.alternatives_hint(path) if path.parent.is_dir() else ""
             raise ckpt.CheckpointError(f"--resume: {error}{'; ' + hint if hint else ''}") from None

@@ -103,3 +103,13 @@ def one_process_run(synth_root, small_list, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one_process")
     quick_train(synth_root, small_list, out, "--epochs", "2", "--batch_size", "8", "--seed", "3")
     return out
+
+
+@pytest.fixture(scope="session")
+def two_nodes(synth_root, small_list, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The same run as ``one_process_run`` on two localhost torchrun "nodes" of one process each (DDP, batch 4
+    per process): its output folder and both launches' output."""
+    from .torchrun import run_two_nodes
+
+    out = tmp_path_factory.mktemp("two_nodes")
+    return out, run_two_nodes(synth_root, small_list, out)

@@ -8,54 +8,11 @@ import os
 import signal
 import time
 
-import pytest
 import torch
 
 from lsvit.checkpoint import load_checkpoint
 
-from .conftest import QUICK_FLAGS
-from .torchrun import TORCHRUN, assert_same_training, finish, free_port, start, stop
-
-
-def _train(synth_root, small_list, out, *extra) -> list[str]:
-    return [
-        "-m", "lsvit.train", "--data_root", str(synth_root), "--train_list", str(small_list), "--output_dir",
-        str(out), *QUICK_FLAGS, "--epochs", "2", "--batch_size", "4", "--seed", "3", *extra,
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def two_nodes(synth_root, small_list, tmp_path_factory):
-    """Two torchrun launches of one process each, joined by a c10d rendezvous on localhost; their outputs."""
-    out = tmp_path_factory.mktemp("two_nodes")
-    endpoint = f"127.0.0.1:{free_port()}"
-    launches = [
-        start(
-            [
-                *TORCHRUN,
-                "--nnodes",
-                "2",
-                "--nproc_per_node",
-                "1",
-                "--node_rank",
-                str(node),
-                "--rdzv_backend",
-                "c10d",
-                "--rdzv_endpoint",
-                endpoint,
-                "--rdzv_id",
-                "two-nodes-test",
-                "--max_restarts",
-                "0",
-                *_train(synth_root, small_list, out),
-            ]
-        )  # fmt: skip
-        for node in (0, 1)
-    ]
-    outputs = finish(launches, timeout=180)
-    for launch, output in zip(launches, outputs, strict=True):
-        assert launch.returncode == 0, output
-    return out, outputs
+from .torchrun import TORCHRUN, assert_same_training, finish, start, stop, train_command
 
 
 def test_two_nodes_match_one_process(two_nodes, one_process_run):
@@ -73,7 +30,7 @@ def test_two_nodes_match_one_process(two_nodes, one_process_run):
 def test_worker_killed_under_max_restarts_resumes_to_the_same_weights(synth_root, small_list, tmp_path, two_nodes):
     out = tmp_path / "elastic"
     launch = start([*TORCHRUN, "--standalone", "--nproc_per_node", "2", "--max_restarts", "1", "--monitor_interval",
-                    "0.5", *_train(synth_root, small_list, out, "--save_every_steps", "1")])  # fmt: skip
+                    "0.5", *train_command(synth_root, small_list, out, "--save_every_steps", "1")])  # fmt: skip
     lines, victim, killed = [], None, False
     deadline = time.monotonic() + 120
     try:

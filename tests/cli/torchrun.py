@@ -10,14 +10,56 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
 
-from .conftest import REPO_ROOT
+from .conftest import QUICK_FLAGS, REPO_ROOT
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def train_command(synth_root: Path, small_list: Path, out: Path, *extra: str) -> list[str]:
+    """``-m lsvit.train`` with the quick flags, 2 epochs, batch 4 per process, seed 3 (the two-process runs)."""
+    return [
+        "-m", "lsvit.train", "--data_root", str(synth_root), "--train_list", str(small_list), "--output_dir",
+        str(out), *QUICK_FLAGS, "--epochs", "2", "--batch_size", "4", "--seed", "3", *extra,
+    ]  # fmt: skip
+
+
+def run_two_nodes(synth_root: Path, small_list: Path, out: Path) -> list[str]:
+    """Two torchrun launches of one process each ("nodes" 0 and 1), joined by a c10d rendezvous on localhost;
+    returns their outputs."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    launches = [
+        start(
+            [
+                *TORCHRUN,
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(node),
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                endpoint,
+                "--rdzv_id",
+                "two-nodes-test",
+                "--max_restarts",
+                "0",
+                *train_command(synth_root, small_list, out),
+            ]
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    outputs = finish(launches, timeout=180)
+    for launch, output in zip(launches, outputs, strict=True):
+        assert launch.returncode == 0, output
+    return outputs
 
 
 def free_port() -> int:
