@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from lsvit import infer
 from lsvit.checkpoint import CheckpointError, load_checkpoint
 from lsvit.config import ModelConfig
 from lsvit.model import LSViTForAction
@@ -32,13 +33,19 @@ def fsdp_run(synth_root, small_list, tmp_path_factory):
     return out
 
 
-def test_fsdp_matches_ddp_and_loads_in_one_process(fsdp_run, two_nodes):
+def test_fsdp_matches_ddp_and_loads_in_one_process(fsdp_run, two_nodes, synth_root, tmp_path):
     # load_checkpoint runs here, in a process without a process group: the shards are consolidated.
     sharded, ddp = load_checkpoint(fsdp_run / "last.pt"), load_checkpoint(two_nodes[0] / "last.pt")
     assert "sharded" in sharded and sharded["world_size"] == 2
     assert_same_training(sharded, ddp)
     model = LSViTForAction(ModelConfig.from_checkpoint_dict(sharded["model_config"]))
     model.load_state_dict(sharded["model"])  # strict: every key, every shape of the unsharded model
+    # lsvit infer on the sharded checkpoint scores the validation clips as the run's last validation did.
+    metrics = infer.run(
+        ["--checkpoint", str(fsdp_run / "last.pt"), "--data_root", str(synth_root), "--split", "val",
+         "--output_dir", str(tmp_path), "--num_workers", "0", "--no_progress"]
+    )  # fmt: skip
+    assert metrics["scored"] == 48 and metrics["top1"] == pytest.approx(sharded["history"][-1]["val_top1"])
     # One shard file per rank; only the folders last.pt, previous.pt and best.pt name are kept.
     folders = sorted((fsdp_run / "sharded").iterdir())
     named = {load_checkpoint(fsdp_run / n, consolidate=False)["sharded"]["path"] for n in ("last.pt", "previous.pt")}
