@@ -98,7 +98,7 @@ def main() -> None:
 
     base = None
     print(f"{args.per_class * 4} clips, global batch {args.global_batch}, {args.epochs} epochs per run (first not "
-          f"timed), {args.rounds} rounds; load average {load_before} before, {load_after} after\n")  # fmt: skip
+          f"timed), {args.rounds} rounds; load average {load_before:.1f} before, {load_after:.1f} after\n")  # fmt: skip
     print("| configuration | samples/s (median) | step ms (median) | samples/s, every round | vs 1 process, 1 thread "
           "| CPU s per run, all processes (median) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
