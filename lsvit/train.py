@@ -1,13 +1,13 @@
 """Train LSViTForAction on a video dataset: ``python -m lsvit.train --data_root DIR [--num_frames 16 ...]``.
 
 One process or many (``torchrun --nproc_per_node N -m lsvit.train ...``, on one node or several: gloo on CPU, NCCL
-on GPU, one DistributedSampler shard per rank, rank 0 logs and checkpoints; ``--fsdp`` shards the model instead
-of replicating it; a group restarted by ``torchrun --max_restarts`` continues from its latest checkpoint). AdamW with linear warmup then cosine decay,
-gradient clipping, label smoothing, bf16 autocast on GPU, gradient accumulation, per-epoch validation, a CSV log
-and a PNG plot, and ``last.pt`` / ``best.pt`` checkpoints written atomically with a checksum every epoch (and
-every ``--save_every_steps`` optimizer steps). ``--resume`` restores everything, data position and RNG states
-included, so a resumed run ends with the weights an uninterrupted run would have (bit-identical on CPU).
-SIGINT / SIGTERM finish the current step, save ``last.pt`` and print the command that resumes.
+on GPU, one DistributedSampler shard per rank, rank 0 logs and checkpoints; ``--fsdp`` shards the model instead of
+replicating it; a group restarted by ``torchrun --max_restarts`` continues from its latest checkpoint). AdamW with
+linear warmup then cosine decay, gradient clipping, label smoothing, bf16 autocast on GPU, gradient accumulation,
+per-epoch validation, a CSV log and a PNG plot, and ``last.pt`` / ``best.pt`` checkpoints written atomically with a
+checksum every epoch (and every ``--save_every_steps`` optimizer steps). ``--resume`` restores everything, data
+position and RNG states included, so a resumed run ends with the weights an uninterrupted run would have (bit-
+identical on CPU). SIGINT / SIGTERM finish the current step, save ``last.pt`` and print the command that resumes.
 See docs/training.md.
 """
 
