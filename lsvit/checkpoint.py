@@ -19,8 +19,12 @@ safe loader accepts it. Keys (``FORMAT_VERSION`` 2; version 1 is the same withou
     rng              one {"torch", "cuda", "numpy", "python"} generator-state dict per rank, at saving time
     history          one dict per completed epoch (the CSV rows); partial: sums of an interrupted epoch
     world_size       processes that trained it
+    launch_id        torchrun's job id (TORCHELASTIC_RUN_ID) or None: a restarted worker group resumes only
+                     from checkpoints of its own launch
     best_metric      best validation top-1 so far (-1.0 before any validation)
     train_args       the training options (primitives), for the record and for --resume's change report
+    sharded          --fsdp runs only: {"format", "path", "files"}: the DCP shard folder holding model and
+                     optimizer (absent from the dict then) and every shard file's SHA-256; lsvit/sharded_checkpoint.py
 
 Every problem with a file (missing, a folder, empty, not a checkpoint, damaged, wrong keys) raises
 ``CheckpointError`` with one line naming the file and the problem.
@@ -200,7 +204,8 @@ def verify(checkpoint: dict[str, Any], path: Path, required: Iterable[str]) -> N
         raise CheckpointError(
             f"checkpoint {path} has format_version {version!r}; this lsvit reads {list(READABLE_VERSIONS)}"
         )
-    missing = [key for key in required if key not in checkpoint]
+    in_shards = ("model", "optimizer") if "sharded" in checkpoint else ()  # see lsvit/sharded_checkpoint.py
+    missing = [key for key in required if key not in checkpoint and key not in in_shards]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a complete lsvit training checkpoint")
     stored = checkpoint.get("checksum")
@@ -216,9 +221,16 @@ def verify(checkpoint: dict[str, Any], path: Path, required: Iterable[str]) -> N
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", required: Iterable[str] = INFERENCE_KEYS
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    required: Iterable[str] = INFERENCE_KEYS,
+    consolidate: bool = True,
 ) -> dict[str, Any]:
-    """Read, check keys and checksum. ``required``: ``INFERENCE_KEYS`` (default) or ``RESUME_KEYS``."""
+    """Read, check keys and checksum. ``required``: ``INFERENCE_KEYS`` (default) or ``RESUME_KEYS``.
+
+    A sharded checkpoint (``--fsdp``) has its shard files checked too; ``consolidate`` then reads the whole model
+    into ``model`` in this process (resuming ranks read their own shards instead).
+    """
     path = Path(path)
     checkpoint = read_file(path, map_location)
     if not isinstance(checkpoint, dict):
@@ -231,6 +243,12 @@ def load_checkpoint(
             f"backbone weights use lsvit train --pretrained {path}"
         )
     verify(checkpoint, path, required)
+    if "sharded" in checkpoint:
+        from lsvit import sharded_checkpoint
+
+        sharded_checkpoint.verify_shards(path, checkpoint)
+        if consolidate:
+            checkpoint["model"] = sharded_checkpoint.consolidated_model(path, checkpoint)
     return checkpoint
 
 
@@ -245,7 +263,7 @@ def find_resumable(output_dir: Path, map_location="cpu") -> tuple[Optional[Path]
     good: list[tuple[int, int, Path, dict]] = []
     for order, path in enumerate(resume_candidates(output_dir)):
         try:
-            checkpoint = load_checkpoint(path, map_location, RESUME_KEYS)
+            checkpoint = load_checkpoint(path, map_location, RESUME_KEYS, consolidate=False)
         except CheckpointError as error:
             problems.append(str(error))
             continue
@@ -263,7 +281,7 @@ def alternatives_hint(path: Path) -> str:
         if candidate.resolve() == path.resolve():
             continue
         try:
-            step = load_checkpoint(candidate, "cpu", RESUME_KEYS)["step"]
+            step = load_checkpoint(candidate, "cpu", RESUME_KEYS, consolidate=False)["step"]
         except CheckpointError:
             continue
         others.append(f"{candidate} (step {step})")

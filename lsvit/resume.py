@@ -23,7 +23,7 @@ FIXED = {
 # Where the run happens, not how it trains: never reported.
 RUN_ONLY = {
     "output_dir", "resume", "num_workers", "device", "threads", "no_progress", "save_every_steps", "deterministic",
-    "debug", "tensorboard", "command_line", "pretrained", "inflate", "recipe",
+    "debug", "tensorboard", "command_line", "pretrained", "inflate", "recipe", "fsdp",
 }  # fmt: skip
 
 

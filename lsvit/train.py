@@ -1,12 +1,13 @@
 """Train LSViTForAction on a video dataset: ``python -m lsvit.train --data_root DIR [--num_frames 16 ...]``.
 
-One process or many (``torchrun --nproc_per_node N -m lsvit.train ...``: gloo on CPU, NCCL on GPU, one
-DistributedSampler shard per rank, rank 0 logs and checkpoints). AdamW with linear warmup then cosine decay,
-gradient clipping, label smoothing, bf16 autocast on GPU, gradient accumulation, per-epoch validation, a CSV log
-and a PNG plot, and ``last.pt`` / ``best.pt`` checkpoints written atomically with a checksum every epoch (and
-every ``--save_every_steps`` optimizer steps). ``--resume`` restores everything, data position and RNG states
-included, so a resumed run ends with the weights an uninterrupted run would have (bit-identical on CPU).
-SIGINT / SIGTERM finish the current step, save ``last.pt`` and print the command that resumes.
+One process or many (``torchrun --nproc_per_node N -m lsvit.train ...``, on one node or several: gloo on CPU, NCCL
+on GPU, one DistributedSampler shard per rank, rank 0 logs and checkpoints; ``--fsdp`` shards the model instead of
+replicating it; a group restarted by ``torchrun --max_restarts`` continues from its latest checkpoint). AdamW with
+linear warmup then cosine decay, gradient clipping, label smoothing, bf16 autocast on GPU, gradient accumulation,
+per-epoch validation, a CSV log and a PNG plot, and ``last.pt`` / ``best.pt`` checkpoints written atomically with a
+checksum every epoch (and every ``--save_every_steps`` optimizer steps). ``--resume`` restores everything, data
+position and RNG states included, so a resumed run ends with the weights an uninterrupted run would have (bit-
+identical on CPU). SIGINT / SIGTERM finish the current step, save ``last.pt`` and print the command that resumes.
 See docs/training.md.
 """
 
@@ -33,9 +34,10 @@ from tqdm import tqdm
 from lsvit import data_guards
 from lsvit.config import ModelConfig
 from lsvit.data import SkipLog, collate_clips, to_model_input
-from lsvit.distributed import all_reduce_sum, any_rank, end_worker_process, setup_distributed
+from lsvit.distributed import all_reduce_sum, any_rank, end_worker_process, log_prefix, restart_count, setup_distributed
 from lsvit.errors import add_debug_argument, run_guarded
 from lsvit.finetune import build_ema, build_mixup, enable_grad_checkpointing, load_backbone, soft_cross_entropy
+from lsvit.fsdp import check_fsdp_arguments, shard_model
 from lsvit.interrupt import Interrupted, StopRequest, ignore_in_worker
 from lsvit.optim import amp_dtype, build_scheduler, param_groups, schedule_lengths, topk_correct
 from lsvit.options import HelpFormatter
@@ -72,6 +74,10 @@ class Trainer:
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         self.info, self.device = setup_distributed(args.device)
+        if self.info.enabled:
+            restarts = restart_count()
+            again = f", torchrun restart {restarts}" if restarts else ""
+            logging.getLogger("lsvit.distributed").info("%s, device %s%s", self.info.describe(), self.device, again)
         self.progress = self.info.main and not args.no_progress
         self.output_dir = Path(args.output_dir)
         if args.deterministic:
@@ -79,6 +85,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         check_train_arguments(args)
+        check_fsdp_arguments(args, self.info)
+        self.fsdp = bool(args.fsdp)
         self.resume_from, resumed = open_resume(args, self.output_dir, self.info)
         if args.recipe and self.info.main:
             describe_recipe(args, self.info.world)
@@ -95,7 +103,9 @@ class Trainer:
         if args.grad_checkpointing:
             enable_grad_checkpointing(self.model)
         self.ddp_model: nn.Module = self.model
-        if self.info.enabled:
+        if self.fsdp:
+            self.model = self.ddp_model = shard_model(self.model, self.info, self.device)
+        elif self.info.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.mixup = build_mixup(args, len(self.data.classes))
@@ -165,6 +175,15 @@ class Trainer:
         if usable and self.ema is not None:
             self.ema.update(self.model, step=self.state.step)
 
+    def _gradient_sync(self, last_in_group: bool):
+        """Gradients are averaged over ranks only on the last micro-batch of an accumulation group."""
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(last_in_group)
+            return contextlib.nullcontext()
+        if last_in_group or not self.info.enabled:
+            return contextlib.nullcontext()
+        return self.ddp_model.no_sync()
+
     def _placeholder_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A zero clip for a micro-batch whose videos all failed: keeps DDP ranks in step (its loss is x0)."""
         c = self.config
@@ -195,7 +214,7 @@ class Trainer:
             group_end = min((batch_index // args.accum_steps + 1) * args.accum_steps, total_batches)
             group_size = group_end - batch_index // args.accum_steps * args.accum_steps
             last_in_group = batch_index + 1 == group_end
-            sync = contextlib.nullcontext() if (last_in_group or not self.info.enabled) else self.ddp_model.no_sync()
+            sync = self._gradient_sync(last_in_group)
             targets = None
             if self.mixup is not None and not empty:
                 video, targets = self.mixup(video, labels)
@@ -291,8 +310,12 @@ class Trainer:
 
 
 def configure_logging(rank: int) -> None:
+    """Rank 0 logs at INFO, the others warnings only; every rank says where it runs (``lsvit.distributed``).
+    Lines of a multi-process run start with the rank and node."""
     level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout, force=True)
+    form = f"%(asctime)s {log_prefix()}%(name)s: %(message)s"
+    logging.basicConfig(level=level, format=form, stream=sys.stdout, force=True)
+    logging.getLogger("lsvit.distributed").setLevel(logging.INFO)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:

@@ -176,6 +176,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_dashed(run, "device", default=None, help="cpu, cuda, cuda:1 ... (default: this rank's GPU, else cpu)")
     add_dashed(
         run,
+        "fsdp",
+        action="store_true",
+        help="shard weights, gradients and optimizer state over the torchrun processes (FSDP2) instead of DDP, "
+        "for backbones whose training state does not fit one device; checkpoints are sharded "
+        "(torch.distributed.checkpoint) and lsvit infer reads them in one process",
+    )
+    add_dashed(
+        run,
         "deterministic",
         action="store_true",
         help="torch.use_deterministic_algorithms + no cuDNN benchmark (CPU runs are deterministic anyway)",

@@ -15,7 +15,7 @@ import torch
 from lsvit import checkpoint as ckpt
 from lsvit import data_guards, formats
 from lsvit.data import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, VideoClipDataset, default_resize_size, read_metadata
-from lsvit.distributed import Dist
+from lsvit.distributed import Dist, launch_id, restart_count
 from lsvit.options import build_config, model_overrides
 from lsvit.samplers import ResumableSampler
 
@@ -29,13 +29,24 @@ def seed_everything(seed: int) -> None:
 
 
 def open_resume(args: argparse.Namespace, output_dir: Path, info: Dist) -> tuple[Optional[Path], Optional[dict]]:
-    """The checkpoint to continue from; ``auto`` falls back to previous.pt / best.pt when last.pt is damaged."""
+    """The checkpoint to continue from; ``auto`` falls back to previous.pt / best.pt when last.pt is damaged.
+
+    A worker group that torchrun restarted (``--max_restarts``) continues from the newest checkpoint this launch
+    wrote in ``output_dir``, whatever ``--resume`` says; before its first save it starts as the first attempt did.
+    """
+    if restart_count() > 0:
+        path, checkpoint, _ = ckpt.find_resumable(output_dir)
+        if checkpoint is not None and checkpoint.get("launch_id") == launch_id():
+            if info.main:
+                log.warning("torchrun restart %d: continuing from %s (step %d)", restart_count(), path,
+                            checkpoint["step"])  # fmt: skip
+            return path, checkpoint
     if not args.resume:
         return None, None
     if args.resume != "auto":
         path = Path(args.resume)
         try:
-            return path, ckpt.load_checkpoint(path, required=ckpt.RESUME_KEYS)
+            return path, ckpt.load_checkpoint(path, required=ckpt.RESUME_KEYS, consolidate=False)
         except ckpt.CheckpointError as error:
             hint = ckpt.alternatives_hint(path) if path.parent.is_dir() else ""
             raise ckpt.CheckpointError(f"--resume: {error}{'; ' + hint if hint else ''}") from None

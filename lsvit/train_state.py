@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 from lsvit import checkpoint as ckpt
+from lsvit import sharded_checkpoint
+from lsvit.distributed import launch_id
 from lsvit.resume import SCHEDULE, changed_flags, check_changes, describe_changes, train_args
 
 log = logging.getLogger("lsvit.train")
@@ -45,15 +47,16 @@ class RunState:
 
 
 def build_payload(trainer, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
-    """The checkpoint dict; ``rng_states`` holds one entry per rank."""
+    """The checkpoint dict; ``rng_states`` holds one entry per rank. Without weights and optimizer state for a
+    sharded model: those go to the shard files."""
     state = trainer.state
+    whole = {} if trainer.fsdp else {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict()}
     payload = {
         "format_version": ckpt.FORMAT_VERSION,
-        "model": trainer.model.state_dict(),
+        **whole,
         "model_config": trainer.config.model_dump(),
         "classes": list(trainer.data.classes),
         "data": trainer.data.record,
-        "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
         "epoch": state.epoch,
@@ -65,6 +68,7 @@ def build_payload(trainer, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         "partial": state.partial,
         "train_args": train_args(trainer.args),
         "world_size": trainer.info.world,
+        "launch_id": launch_id(),
     }
     if trainer.ema is not None:
         payload["model_ema"] = trainer.ema.module.state_dict()
@@ -79,11 +83,14 @@ def save_checkpoint(trainer, best: bool = False) -> Optional[Path]:
         dist.gather_object(rng_states[0], gathered, dst=0)
         rng_states = gathered
     path = None
-    if trainer.info.main:
+    if trainer.fsdp:  # every rank writes its shards
+        path = sharded_checkpoint.save(trainer, build_payload(trainer, rng_states), best)
+    elif trainer.info.main:
         payload = ckpt.with_checksum(build_payload(trainer, rng_states))
         path = ckpt.save_atomic(payload, trainer.output_dir / "last.pt", keep_previous=True)
         if best:
             ckpt.save_atomic(payload, trainer.output_dir / "best.pt")
+    if trainer.info.main:
         # One line per checkpoint: tests and people watching a run can see where it is.
         print(
             f"checkpoint {path} epoch={trainer.state.epoch} step={trainer.state.step} "
@@ -101,10 +108,19 @@ def restore(trainer, checkpoint: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     mid_epoch = checkpoint["sampler"]["batches_done"] > 0
     changes = changed_flags(checkpoint.get("train_args", {}), args)
     check_changes(changes, mid_epoch, trainer.resume_from)
-    trainer.model.load_state_dict(checkpoint["model"])
+    if ("sharded" in checkpoint) != trainer.fsdp:
+        kind = "sharded (trained with --fsdp)" if "sharded" in checkpoint else "not sharded (trained without --fsdp)"
+        raise ValueError(
+            f"--resume {trainer.resume_from}: the checkpoint is {kind}; resume it "
+            f"{'with' if 'sharded' in checkpoint else 'without'} --fsdp (lsvit infer reads either kind)"
+        )
     # The new flags' hyper-parameters (lr, weight decay, betas ...) replace the saved ones; Adam's moments stay.
     fresh = [{k: v for k, v in group.items() if k != "params"} for group in trainer.optimizer.param_groups]
-    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    if trainer.fsdp:
+        sharded_checkpoint.load(trainer, checkpoint)
+    else:
+        trainer.model.load_state_dict(checkpoint["model"])
+        trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     for group, hyper in zip(trainer.optimizer.param_groups, fresh, strict=True):
         group.update(hyper)
     trainer.scaler.load_state_dict(checkpoint["scaler"])

@@ -24,13 +24,17 @@ def evaluate(trainer, model: nn.Module) -> dict[str, Any]:
     sampler = EvalShard(len(trainer.data.val_set), trainer.info.rank, trainer.info.world)
     loader = trainer._loader(trainer.data.val_set, sampler, 0)
     loss_sum = nll_sum = top1 = top5 = count = skipped = 0.0
-    for batch in tqdm(loader, desc="validate", disable=not trainer.progress, leave=False, dynamic_ncols=True):
-        trainer.skips.add(batch["skipped"], batch["partial"])
-        skipped += len(batch["skipped"])
+    batches = _lockstep(trainer, loader) if trainer.fsdp else loader
+    for batch in tqdm(batches, desc="validate", disable=not trainer.progress, leave=False, dynamic_ncols=True):
+        if batch is not None:
+            trainer.skips.add(batch["skipped"], batch["partial"])
+            skipped += len(batch["skipped"])
         if any_rank(trainer.stop.signum is not None, trainer.info, trainer.device):
             trainer.save()  # the epoch's training is done: the resumed run validates it again
             raise Interrupted(trainer.stop.signum or 15)
-        if batch["video"] is None:
+        if batch is None or batch["video"] is None:
+            if trainer.fsdp:  # the other ranks' forwards all-gather weights from this one too
+                _placeholder_forwards(trainer, model)
             continue
         video, labels = batch["video"], batch["label"].to(trainer.device)  # uint8 clips
         mean, std = trainer.data.record["mean"], trainer.data.record["std"]
@@ -58,3 +62,23 @@ def evaluate(trainer, model: nn.Module) -> dict[str, Any]:
         "val_clips": int(count),
         "val_views": getattr(trainer.data.val_set, "views", 1),
     }
+
+
+def _lockstep(trainer, loader):
+    """The loader's batches, then ``None`` until every rank has run out: a sharded model's forward is a
+    collective, so every rank runs as many as the rank with the most batches."""
+    batches = iter(loader)
+    while True:
+        batch = next(batches, None)
+        if not any_rank(batch is not None, trainer.info, trainer.device):
+            return
+        yield batch
+
+
+def _placeholder_forwards(trainer, model: nn.Module) -> None:
+    """As many forwards as a real batch takes (one per view), on a zero clip whose output is discarded."""
+    video, _ = trainer._placeholder_batch()
+    clip = to_model_input(video, trainer.device, trainer.data.record["mean"], trainer.data.record["std"])
+    with trainer.autocast():
+        for _ in range(getattr(trainer.data.val_set, "views", 1)):
+            model(clip)

@@ -94,3 +94,22 @@ def trained_3d(synth_root, tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def one_process_run(synth_root, small_list, tmp_path_factory) -> Path:
+    """The 2-epoch quick run with a global batch of 8 in one process (seed 3): what 2 processes of batch 4 reach.
+    Returns its output folder."""
+    out = tmp_path_factory.mktemp("one_process")
+    quick_train(synth_root, small_list, out, "--epochs", "2", "--batch_size", "8", "--seed", "3")
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_nodes(synth_root, small_list, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The same run as ``one_process_run`` on two localhost torchrun "nodes" of one process each (DDP, batch 4
+    per process): its output folder and both launches' output."""
+    from .torchrun import run_two_nodes
+
+    out = tmp_path_factory.mktemp("two_nodes")
+    return out, run_two_nodes(synth_root, small_list, out)
