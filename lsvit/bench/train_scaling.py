@@ -27,7 +27,7 @@ import torch
 from lsvit.bench.machine import load_average
 from lsvit.synth import make_dataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # The docs' synthetic model: 64x64 clips, patch 8, embed 96, depth 4, 4 heads, T=8, 3D tubelet 2.
 MODEL = [
     "--image_size", "64", "--patch_size", "8", "--embed_dim", "96", "--depth", "4", "--num_heads", "4",
