@@ -24,21 +24,14 @@ import torch
 from lsvit.bench.machine import busy_warning, load_average
 from lsvit.config import ModelConfig
 from lsvit.data import ClipTransform, decode_frames, default_resize_size, frames_to_rgb, segment_indices
-from lsvit.errors import UserError, add_debug_argument, run_guarded
-from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, build_config, model_overrides
+from lsvit.errors import UserError, run_guarded
+from lsvit.options import add_dashed, add_model_arguments, build_config, command_parser, model_overrides
 from lsvit.synth import render_video
 from lsvit_kernels import FusedPatchConv2d, FusedPatchConv3d, token_counts
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lsvit compare",
-        description=__doc__,
-        formatter_class=HelpFormatter,
-    )
-    add_compare_arguments(parser)
-    add_debug_argument(parser)
-    return parser
+    return command_parser("lsvit compare", __doc__, add_compare_arguments)
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:

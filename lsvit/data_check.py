@@ -26,7 +26,7 @@ from tqdm import tqdm
 from lsvit import formats
 from lsvit.decode import VideoError, file_kind, open_reader, probe
 from lsvit.errors import DataError
-from lsvit.options import HelpFormatter, add_dashed
+from lsvit.options import add_dashed, command_parser
 
 SPLITS = ("train", "val", "test")
 DURATION_BINS = (2, 5, 10, 30, 60, 300)  # seconds: upper edges
@@ -228,12 +228,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from lsvit.errors import add_debug_argument, run_guarded
+    from lsvit.errors import run_guarded
 
-    parser = argparse.ArgumentParser(prog="lsvit data check", description=__doc__, formatter_class=HelpFormatter)
-    add_arguments(parser)
-    add_debug_argument(parser)
-    run_guarded(run, parser.parse_args(argv))
+    run_guarded(run, command_parser("lsvit data check", __doc__, add_arguments).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from tqdm import tqdm
 from lsvit import checkpoint as ckpt
 from lsvit import data_guards, formats
 from lsvit.data import ClipTransform, SkipLog, collate_clips
-from lsvit.errors import UserError, add_debug_argument, run_guarded
+from lsvit.errors import UserError, run_guarded
 from lsvit.infer_report import per_class_accuracy, plot_confusion, print_summary, write_predictions
-from lsvit.options import HelpFormatter, add_dashed, add_model_arguments, env_settings
+from lsvit.options import add_dashed, add_model_arguments, command_parser, env_settings
 from lsvit.views import MultiViewDataset, video_id, view_probabilities
 
 log = logging.getLogger("lsvit.infer")
@@ -44,14 +44,7 @@ ARCHITECTURE_CHECKED = ("use_3d_patch_embed", "tubelet_size", "patch_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lsvit infer",
-        description=__doc__,
-        formatter_class=HelpFormatter,
-    )
-    add_infer_arguments(parser)
-    add_debug_argument(parser)
-    return parser
+    return command_parser("lsvit infer", __doc__, add_infer_arguments)
 
 
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import argparse
 import os
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
 from lsvit.config import ENV_PREFIX, ModelConfig
@@ -26,6 +26,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if action.default is None:
             return action.help or ""
         return super()._get_help_string(action)
+
+
+def command_parser(
+    prog: str, description: Optional[str], add_arguments: Callable[[argparse.ArgumentParser], None]
+) -> argparse.ArgumentParser:
+    """One subcommand's parser: this help format, the command's arguments and ``--debug``."""
+    from lsvit.errors import add_debug_argument
+
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    add_arguments(parser)
+    add_debug_argument(parser)
+    return parser
 
 
 def _optional(parse):

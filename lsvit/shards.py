@@ -243,13 +243,10 @@ def iter_samples(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from lsvit.errors import add_debug_argument, run_guarded
-    from lsvit.options import HelpFormatter
+    from lsvit.errors import run_guarded
+    from lsvit.options import command_parser
 
-    parser = argparse.ArgumentParser(prog="lsvit data shard", description=__doc__, formatter_class=HelpFormatter)
-    add_arguments(parser)
-    add_debug_argument(parser)
-    run_guarded(run, parser.parse_args(argv))
+    run_guarded(run, command_parser("lsvit data shard", __doc__, add_arguments).parse_args(argv))
 
 
 if __name__ == "__main__":

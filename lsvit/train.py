@@ -35,12 +35,12 @@ from lsvit import data_guards
 from lsvit.config import ModelConfig
 from lsvit.data import SkipLog, collate_clips, to_model_input
 from lsvit.distributed import all_reduce_sum, any_rank, end_worker_process, log_prefix, restart_count, setup_distributed
-from lsvit.errors import add_debug_argument, run_guarded
+from lsvit.errors import run_guarded
 from lsvit.finetune import build_ema, build_mixup, enable_grad_checkpointing, load_backbone, soft_cross_entropy
 from lsvit.fsdp import check_fsdp_arguments, shard_model
 from lsvit.interrupt import Interrupted, StopRequest, ignore_in_worker
 from lsvit.optim import amp_dtype, build_scheduler, param_groups, schedule_lengths, topk_correct
-from lsvit.options import HelpFormatter
+from lsvit.options import command_parser
 from lsvit.recipes import apply_recipe, describe_recipe
 from lsvit.run_log import TensorBoardLog, epoch_line, loss_label, plot_history, start_run_log, write_csv
 from lsvit.train_options import add_train_arguments, check_train_arguments
@@ -55,14 +55,7 @@ log = logging.getLogger("lsvit.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lsvit train",
-        description=__doc__,
-        formatter_class=HelpFormatter,
-    )
-    add_train_arguments(parser)
-    add_debug_argument(parser)
-    return parser
+    return command_parser("lsvit train", __doc__, add_train_arguments)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
