@@ -36,6 +36,7 @@
 
 #include "../common.h"
 #include "../patch_embed.h"
+#include "bf16_gemm.h"
 #include "gemm_cpu.h"
 
 namespace lsvit::cpu {
@@ -282,6 +283,56 @@ const void* data_or_null(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->const_data_ptr() : nullptr;
 }
 
+// Tokens per block of the bf16 micro-kernel path: a 384 KiB panel at K = 1536, which with one packed weight
+// block (147 KiB) stays in a 1 MiB L2 (docs/native.md, "bf16 micro-kernel").
+constexpr int64_t kBf16KernelBlockRows = 128;
+
+// bf16 forward on the bf16 micro-kernel (bf16_gemm.h). The weight is packed once per call; workers then pull
+// blocks of tokens from a shared counter, gather each block's tubelets straight into the kernel's A panel
+// (rows of padded_k bf16) and multiply, bias + pos (an fp32 table) added to the fp32 sums before the one
+// rounding into the tokens' output rows. CLS rows are left to the caller.
+template <typename video_t>
+void forward_bf16_kernel(const CallPlan& plan, const video_t* video_ptr, const at::Tensor& weight2d,
+                         const at::BFloat16* bias_ptr, const c10::optional<at::Tensor>& pos, at::BFloat16* out_ptr) {
+  const auto& g = plan.geometry;
+  const int64_t n = g.embed_dim, k = g.patch_dim, kp = bf16_gemm::padded_k(k);
+  const at::Tensor w = weight2d.contiguous();
+  at::Tensor packed = at::empty({bf16_gemm::packed_weight_elems(n, k)}, weight2d.options());
+  const auto* w_ptr = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>());
+  auto* packed_ptr = reinterpret_cast<uint16_t*>(packed.mutable_data_ptr<at::BFloat16>());
+  at::parallel_for(0, bf16_gemm::n_blocks(n), 1, [&](int64_t nb0, int64_t nb1) {
+    bf16_gemm::pack_weight(w_ptr, n, k, k, nb0, nb1, packed_ptr);
+  });
+  const at::Tensor table = c_row_table<at::BFloat16, float>(bias_ptr, pos, n, weight2d.options().dtype(at::kFloat));
+  const float* table_ptr = table.defined() ? table.const_data_ptr<float>() : nullptr;
+  const bool per_pos_row = pos.has_value() && pos->defined();
+  const int64_t block = block_rows_env() > 0 ? block_rows_env() : kBf16KernelBlockRows;
+  const int64_t num_blocks = (g.num_tokens + block - 1) / block;
+  std::atomic<int64_t> next_block{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_blocks));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    at::Tensor panel = at::empty({block, kp}, weight2d.options());
+    at::BFloat16* panel_ptr = panel.mutable_data_ptr<at::BFloat16>();
+    std::vector<const float*> init_rows(block);
+    std::vector<uint16_t*> out_rows(block);
+    for (int64_t i = next_block++; i < num_blocks; i = next_block++) {
+      const int64_t m0 = i * block, rows = std::min(block, g.num_tokens - m0);
+      if (kp == k) gather_panel<video_t, at::BFloat16>(video_ptr, g, plan.video_strides, m0, rows, panel_ptr);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t m = m0 + r;
+        if (kp != k) {  // odd K: rows padded with one zero
+          gather_panel<video_t, at::BFloat16>(video_ptr, g, plan.video_strides, m, 1, panel_ptr + r * kp);
+          panel_ptr[r * kp + k] = at::BFloat16(0.0f);
+        }
+        init_rows[r] = table_ptr ? table_ptr + (per_pos_row ? pos_row(m, g, plan.pos_per_token) : 0) * n : nullptr;
+        out_rows[r] = reinterpret_cast<uint16_t*>(out_ptr + output_row(m, g) * n);
+      }
+      bf16_gemm::gemm_rows(reinterpret_cast<const uint16_t*>(panel_ptr), rows, kp, packed_ptr, n, init_rows.data(),
+                           out_rows.data());
+    }
+  });
+}
+
 template <typename scalar_t, typename video_t>
 void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tensor& weight2d,
                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& pos,
@@ -304,6 +355,13 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
   const auto* pos_ptr = static_cast<const scalar_t*>(data_or_null(pos));
   at::Tensor out2d = out.view({-1, g.embed_dim});  // (B T' (S + N), E)
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    if (gemm_engine(at::kBFloat16) == GemmEngine::kBf16Kernel) {
+      forward_bf16_kernel<video_t>(plan, video_ptr, weight2d, bias_ptr, pos, out_ptr);
+      if (g.cls_slots) write_cls_rows<scalar_t>(plan, cls->const_data_ptr<scalar_t>(), pos_ptr, out_ptr);
+      return;
+    }
+  }
   const at::Tensor table = c_row_table<scalar_t, gemm_t>(bias_ptr, pos, g.embed_dim, gemm_options);
   const gemm_t* table_ptr = table.defined() ? table.const_data_ptr<gemm_t>() : nullptr;
   const bool per_pos_row = pos_ptr != nullptr;
