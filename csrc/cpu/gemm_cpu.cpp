@@ -1,8 +1,6 @@
 // See gemm_cpu.h.
 #include "gemm_cpu.h"
 
-#include "bf16_gemm.h"
-
 #include <ATen/Context.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
@@ -13,6 +11,8 @@
 
 #include <atomic>
 #include <mutex>
+
+#include "bf16_gemm.h"
 
 // Exported by libtorch_cpu (TORCH_API in ATen/native/mkldnn/Matmul.h, a header torch does not ship):
 // result = beta * result + alpha * mat1 @ mat2, all three of one dtype (fp32, bf16 or fp16). Weak, so that a

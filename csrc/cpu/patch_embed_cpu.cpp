@@ -300,9 +300,8 @@ void forward_bf16_kernel(const CallPlan& plan, const video_t* video_ptr, const a
   at::Tensor packed = at::empty({bf16_gemm::packed_weight_elems(n, k)}, weight2d.options());
   const auto* w_ptr = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>());
   auto* packed_ptr = reinterpret_cast<uint16_t*>(packed.mutable_data_ptr<at::BFloat16>());
-  at::parallel_for(0, bf16_gemm::n_blocks(n), 1, [&](int64_t nb0, int64_t nb1) {
-    bf16_gemm::pack_weight(w_ptr, n, k, k, nb0, nb1, packed_ptr);
-  });
+  at::parallel_for(0, bf16_gemm::n_blocks(n), 1,
+                   [&](int64_t nb0, int64_t nb1) { bf16_gemm::pack_weight(w_ptr, n, k, k, nb0, nb1, packed_ptr); });
   const at::Tensor table = c_row_table<at::BFloat16, float>(bias_ptr, pos, n, weight2d.options().dtype(at::kFloat));
   const float* table_ptr = table.defined() ? table.const_data_ptr<float>() : nullptr;
   const bool per_pos_row = pos.has_value() && pos->defined();
