@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LSVIT_BF16_GEMM 1
@@ -48,11 +49,14 @@ namespace {
 
 constexpr int kNv = kNr / 16;  // zmm vectors per micro-tile row
 
-// One MR x kNr micro-tile over the whole K: MR x kNv fp32 accumulators in registers (24 of the 32 zmm for
-// 8 x 3); per k pair kNv weight loads, MR broadcasts of a row's bf16 pair and MR x kNv vdpbf16ps.
-template <int MR>
-LSVIT_AVX512_BF16 void micro_tile(const uint16_t* a, int64_t kp, const uint16_t* b, const __mmask16* masks,
-                                  const float* const* init_rows, uint16_t* const* out_rows, int64_t col0) {
+// One MR x kNr micro-tile over the whole reduction: MR x kNv fp32 accumulators in registers (24 of the 32 zmm
+// for 8 x 3); per pair of the reduction kNv packed-B loads, MR broadcasts of a row's bf16 pair and MR x kNv
+// vdpbf16ps. Row r's pair p is at a + r * rs + p * ps. The epilogue rounds to bf16 (Out = uint16_t) or stores
+// fp32 (Out = float).
+template <int MR, typename Out>
+LSVIT_AVX512_BF16 void micro_tile(const uint16_t* a, int64_t rs, int64_t ps, int64_t pairs, const uint16_t* b,
+                                  const __mmask16* masks, const float* const* init_rows, Out* const* out_rows,
+                                  int64_t col0) {
   __m512 acc[MR][kNv];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -61,7 +65,6 @@ LSVIT_AVX512_BF16 void micro_tile(const uint16_t* a, int64_t kp, const uint16_t*
       acc[r][v] = init_rows[r] ? _mm512_maskz_loadu_ps(masks[v], init_rows[r] + col0 + 16 * v) : _mm512_setzero_ps();
     }
   }
-  const int64_t pairs = kp / 2;
   for (int64_t p = 0; p < pairs; ++p) {
     __m512bh bv[kNv];
 #pragma GCC unroll 4
@@ -69,7 +72,7 @@ LSVIT_AVX512_BF16 void micro_tile(const uint16_t* a, int64_t kp, const uint16_t*
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       int32_t pair;
-      std::memcpy(&pair, a + r * kp + 2 * p, 4);
+      std::memcpy(&pair, a + r * rs + p * ps, 4);
       const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
 #pragma GCC unroll 4
       for (int v = 0; v < kNv; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
@@ -79,58 +82,94 @@ LSVIT_AVX512_BF16 void micro_tile(const uint16_t* a, int64_t kp, const uint16_t*
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < kNv; ++v) {
-      const __m256i h = (__m256i)_mm512_cvtneps_pbh(acc[r][v]);
-      _mm256_mask_storeu_epi16(out_rows[r] + col0 + 16 * v, masks[v], h);
+      if constexpr (std::is_same_v<Out, float>) {
+        _mm512_mask_storeu_ps(out_rows[r] + col0 + 16 * v, masks[v], acc[r][v]);
+      } else {
+        const __m256i h = (__m256i)_mm512_cvtneps_pbh(acc[r][v]);
+        _mm256_mask_storeu_epi16(out_rows[r] + col0 + 16 * v, masks[v], h);
+      }
     }
   }
 }
 
-template <int MR>
-LSVIT_AVX512_BF16 void strips(const uint16_t* a, int64_t rows, int64_t kp, const uint16_t* b, const __mmask16* masks,
-                              const float* const* init_rows, uint16_t* const* out_rows, int64_t col0) {
+// Every row of one packed-B block: strips of kMr rows, then one shorter strip.
+template <typename Out>
+LSVIT_AVX512_BF16 void strips(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int64_t pairs,
+                              const uint16_t* b, const __mmask16* masks, const float* const* init_rows,
+                              Out* const* out_rows, int64_t col0) {
   int64_t r = 0;
-  for (; r + MR <= rows; r += MR) micro_tile<MR>(a + r * kp, kp, b, masks, init_rows + r, out_rows + r, col0);
+  for (; r + kMr <= rows; r += kMr) {
+    micro_tile<kMr, Out>(a + r * rs, rs, ps, pairs, b, masks, init_rows + r, out_rows + r, col0);
+  }
+  const uint16_t* ar = a + r * rs;
   switch (rows - r) {  // the remainder strip, one instantiation per height
-    case 7: micro_tile<7>(a + r * kp, kp, b, masks, init_rows + r, out_rows + r, col0); break;
-    case 6: micro_tile<6>(a + r * kp, kp, b, masks, init_rows + r, out_rows + r, col0); break;
-    case 5: micro_tile<5>(a + r * kp, kp, b, masks, init_rows + r, out_rows + r, col0); break;
-    case 4: micro_tile<4>(a + r * kp, kp, b, masks, init_rows + r, out_rows + r, col0); break;
-    case 3: micro_tile<3>(a + r * kp, kp, b, masks, init_rows + r, out_rows + r, col0); break;
-    case 2: micro_tile<2>(a + r * kp, kp, b, masks, init_rows + r, out_rows + r, col0); break;
-    case 1: micro_tile<1>(a + r * kp, kp, b, masks, init_rows + r, out_rows + r, col0); break;
+    case 7: micro_tile<7, Out>(ar, rs, ps, pairs, b, masks, init_rows + r, out_rows + r, col0); break;
+    case 6: micro_tile<6, Out>(ar, rs, ps, pairs, b, masks, init_rows + r, out_rows + r, col0); break;
+    case 5: micro_tile<5, Out>(ar, rs, ps, pairs, b, masks, init_rows + r, out_rows + r, col0); break;
+    case 4: micro_tile<4, Out>(ar, rs, ps, pairs, b, masks, init_rows + r, out_rows + r, col0); break;
+    case 3: micro_tile<3, Out>(ar, rs, ps, pairs, b, masks, init_rows + r, out_rows + r, col0); break;
+    case 2: micro_tile<2, Out>(ar, rs, ps, pairs, b, masks, init_rows + r, out_rows + r, col0); break;
+    case 1: micro_tile<1, Out>(ar, rs, ps, pairs, b, masks, init_rows + r, out_rows + r, col0); break;
     default: break;
   }
 }
 
 static_assert(kMr == 8 && kNr % 16 == 0, "the remainder switch covers heights below 8");
 
-LSVIT_AVX512_BF16 void gemm_rows_avx512(const uint16_t* a, int64_t rows, int64_t kp, const uint16_t* packed, int64_t n,
-                                        const float* const* init_rows, uint16_t* const* out_rows) {
-  // Weight block outside, strips inside: one block of the packed weight (kp / 2 x kNr pairs, 147 KiB at
-  // K = 1536) stays in L2 while every strip of the panel passes it.
-  for (int64_t nb = 0; nb < n_blocks(n); ++nb) {
+// Packed-B blocks [nb0, nb1) (stored from packed on, pairs x kNr pairs each) outside, row strips inside: one
+// block (147 KiB at K = 1536 in the forward, 24 KiB for 128 token pairs in grad_weight) stays in cache while
+// every strip passes it.
+template <typename Out>
+LSVIT_AVX512_BF16 void blocks(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int64_t pairs,
+                              const uint16_t* packed, int64_t n, int64_t nb0, int64_t nb1,
+                              const float* const* init_rows, Out* const* out_rows) {
+  for (int64_t nb = nb0; nb < nb1; ++nb) {
     const int64_t col0 = nb * kNr, cols = std::min(kNr, n - col0);
     __mmask16 masks[kNv];
     for (int v = 0; v < kNv; ++v) {
       const int64_t lanes = std::clamp<int64_t>(cols - 16 * v, 0, 16);
       masks[v] = static_cast<__mmask16>((1u << lanes) - 1u);
     }
-    strips<kMr>(a, rows, kp, packed + nb * kp * kNr, masks, init_rows, out_rows, col0);
+    strips<Out>(a, rows, rs, ps, pairs, packed + (nb - nb0) * pairs * kNr * 2, masks, init_rows, out_rows, col0);
+  }
+}
+
+LSVIT_AVX512_BF16 void interleave_avx512(const uint16_t* x0, const uint16_t* x1, int64_t len, uint16_t* dst) {
+  for (int64_t i = 0; i < len; i += 16) {
+    const __mmask16 m = len - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (len - i)) - 1u);
+    const __m512i lo = _mm512_maskz_cvtepu16_epi32(m, _mm256_maskz_loadu_epi16(m, x0 + i));
+    const __m512i hi =
+        x1 ? _mm512_maskz_slli_epi32(m, _mm512_maskz_cvtepu16_epi32(m, _mm256_maskz_loadu_epi16(m, x1 + i)), 16)
+           : _mm512_setzero_si512();
+    _mm512_mask_storeu_epi32(dst + 2 * i, m, _mm512_or_si512(lo, hi));
   }
 }
 
 }  // namespace
 
+void interleave_pairs(const uint16_t* x0, const uint16_t* x1, int64_t len, uint16_t* dst) {
+  interleave_avx512(x0, x1, len, dst);
+}
+
 void gemm_rows(const uint16_t* a, int64_t rows, int64_t kp, const uint16_t* packed, int64_t n,
                const float* const* init_rows, uint16_t* const* out_rows) {
-  gemm_rows_avx512(a, rows, kp, packed, n, init_rows, out_rows);
+  blocks<uint16_t>(a, rows, kp, 2, kp / 2, packed, n, 0, n_blocks(n), init_rows, out_rows);
+}
+
+void gemm_pairs_f32(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int64_t pairs, const uint16_t* packed,
+                    int64_t n, int64_t nb0, int64_t nb1, const float* const* init_rows, float* const* out_rows) {
+  blocks<float>(a, rows, rs, ps, pairs, packed, n, nb0, nb1, init_rows, out_rows);
 }
 
 #else
 
 bool available() { return false; }
 
+void interleave_pairs(const uint16_t*, const uint16_t*, int64_t, uint16_t*) {}
+
 void gemm_rows(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, const float* const*, uint16_t* const*) {}
+void gemm_pairs_f32(const uint16_t*, int64_t, int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, int64_t,
+                    const float* const*, float* const*) {}
 
 #endif
 

@@ -40,4 +40,14 @@ void pack_weight(const uint16_t* w, int64_t n, int64_t k, int64_t ldw, int64_t n
 void gemm_rows(const uint16_t* a, int64_t rows, int64_t kp, const uint16_t* packed, int64_t n,
                const float* const* init_rows, uint16_t* const* out_rows);
 
+// dst[2 i] = x0[i], dst[2 i + 1] = x1[i] (0 where x1 is null) for i < len: two rows made into bf16 pairs.
+void interleave_pairs(const uint16_t* x0, const uint16_t* x1, int64_t len, uint16_t* dst);
+
+// The general form, fp32 out (grad_weight): for each row r < rows and each column c of packed blocks
+// [nb0, nb1): out_rows[r][c] = init_rows[r][c] (or 0 where null) + sum_p a_pair(r, p) . b_pair(p, c), where
+// a_pair(r, p) is the bf16 pair at a + r * rs + p * ps and packed holds blocks nb0.. as [block][pairs][kNr][2].
+// Columns at or past n are not written. init_rows[r] may equal out_rows[r] (accumulation in place).
+void gemm_pairs_f32(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int64_t pairs, const uint16_t* packed,
+                    int64_t n, int64_t nb0, int64_t nb1, const float* const* init_rows, float* const* out_rows);
+
 }  // namespace lsvit::cpu::bf16_gemm

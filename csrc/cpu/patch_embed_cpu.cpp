@@ -469,6 +469,95 @@ struct WeightGradAccumulator {
   }
 };
 
+// Token pairs per chunk of the bf16 micro-kernel's grad_weight: the chunk's G pairs (E x 128 pairs x 4 B = 384
+// KiB at E = 768) stay in L2 and one packed panel block (128 pairs x 48 columns x 4 B = 24 KiB) in L1.
+constexpr int64_t kBf16KernelWeightGradPairs = 128;
+
+// bf16 grad_weight[e, k] = sum_m G[m, e] P[m, k] on the bf16 micro-kernel (bf16_gemm.h): bf16 products, fp32
+// accumulation over all tokens, one rounding at the end. The reduction runs over token pairs (m, m + 1): the
+// gather writes the two tubelets of a pair interleaved, column by column, straight into the packed-B layout
+// (block of kNr columns, pair, column, 2), and the pair's two grad_tokens rows are interleaved into
+// (pair, e, 2), read as the A operand with row stride one pair and pair stride E pairs. Each worker owns a range
+// of column blocks of grad_weight and walks every token: no sum across workers (deterministic) and one parallel
+// region. An odd last token is paired with zeros. Returns the (E, K) gradient in bf16.
+template <typename video_t>
+at::Tensor weight_grad_bf16_kernel(const CallPlan& plan, const video_t* video, const at::Tensor& grad2d) {
+  const auto& g = plan.geometry;
+  const int64_t e_dim = g.embed_dim, k_dim = g.patch_dim, tokens = g.num_tokens;
+  const auto bf16_options = grad2d.options().dtype(at::kBFloat16);
+  at::Tensor result = at::empty({e_dim, k_dim}, bf16_options);
+  const int64_t total_pairs = (tokens + 1) / 2;
+  if (total_pairs == 0) return result.zero_();
+  std::vector<int64_t> k_off(k_dim);  // video offset of each column inside a tubelet
+  for (int64_t k = 0; k < k_dim; ++k) k_off[k] = k_offset(k, g, plan.video_strides);
+  const int64_t chunk_pairs = block_rows_env() > 0 ? (block_rows_env() + 1) / 2 : kBf16KernelWeightGradPairs;
+  const int64_t chunks = (total_pairs + chunk_pairs - 1) / chunk_pairs;
+  const int64_t col_blocks = bf16_gemm::n_blocks(k_dim);
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), col_blocks));
+  const auto* grad_ptr = reinterpret_cast<const uint16_t*>(grad2d.const_data_ptr<at::BFloat16>());
+  at::BFloat16* result_ptr = result.mutable_data_ptr<at::BFloat16>();
+  constexpr int64_t kNr = bf16_gemm::kNr;
+
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t nb0 = col_blocks * w / workers, nb1 = col_blocks * (w + 1) / workers;
+      const int64_t col0 = nb0 * kNr, col1 = std::min(nb1 * kNr, k_dim);
+      // Runs of columns contiguous in the video (a patch row when its W stride is 1), never crossing a block.
+      std::vector<std::pair<int64_t, int64_t>> runs;  // (first column, length)
+      for (int64_t k = col0; k < col1; ++k) {
+        const bool extends = !runs.empty() && k % kNr != 0 && k_off[k] == k_off[k - 1] + 1;
+        if (extends) {
+          ++runs.back().second;
+        } else {
+          runs.emplace_back(k, 1);
+        }
+      }
+      at::Tensor acc = at::empty({e_dim, col1 - col0}, grad2d.options().dtype(at::kFloat));
+      at::Tensor g_pairs = at::empty({chunk_pairs, e_dim, 2}, bf16_options);
+      at::Tensor panel = at::zeros({nb1 - nb0, chunk_pairs, kNr, 2}, bf16_options);  // columns past K stay 0
+      auto* gp = reinterpret_cast<uint16_t*>(g_pairs.mutable_data_ptr<at::BFloat16>());
+      auto* bp = reinterpret_cast<uint16_t*>(panel.mutable_data_ptr<at::BFloat16>());
+      float* acc_ptr = acc.mutable_data_ptr<float>();
+      std::vector<float*> out_rows(e_dim);
+      std::vector<const float*> init_rows(e_dim, nullptr);
+      for (int64_t e = 0; e < e_dim; ++e) out_rows[e] = acc_ptr + e * (col1 - col0) - col0;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t p0 = c * chunk_pairs, pairs = std::min(chunk_pairs, total_pairs - p0);
+        for (int64_t p = 0; p < pairs; ++p) {
+          const int64_t m0 = 2 * (p0 + p), m1 = m0 + 1;
+          const bool second = m1 < tokens;
+          bf16_gemm::interleave_pairs(grad_ptr + output_row(m0, g) * e_dim,
+                                      second ? grad_ptr + output_row(m1, g) * e_dim : nullptr, e_dim,
+                                      gp + p * e_dim * 2);
+          const video_t* v0 = video + tubelet_origin_offset(m0, g, plan.video_strides);
+          const video_t* v1 = second ? video + tubelet_origin_offset(m1, g, plan.video_strides) : nullptr;
+          for (const auto& [k, len] : runs) {
+            uint16_t* dst = bp + (((k / kNr - nb0) * pairs + p) * kNr + k % kNr) * 2;
+            if constexpr (std::is_same_v<video_t, at::BFloat16>) {
+              bf16_gemm::interleave_pairs(reinterpret_cast<const uint16_t*>(v0 + k_off[k]),
+                                          v1 ? reinterpret_cast<const uint16_t*>(v1 + k_off[k]) : nullptr, len, dst);
+            } else {
+              for (int64_t i = 0; i < len; ++i) {
+                dst[2 * i] = at::BFloat16(static_cast<float>(v0[k_off[k] + i])).x;
+                dst[2 * i + 1] = v1 ? at::BFloat16(static_cast<float>(v1[k_off[k] + i])).x : uint16_t{0};
+              }
+            }
+          }
+        }
+        bf16_gemm::gemm_pairs_f32(gp, e_dim, 2, 2 * e_dim, pairs, bp, k_dim, nb0, nb1, init_rows.data(),
+                                  out_rows.data());
+        if (c == 0) init_rows = std::vector<const float*>(out_rows.begin(), out_rows.end());
+      }
+      for (int64_t e = 0; e < e_dim; ++e) {  // the one rounding
+        const float* src = acc_ptr + e * (col1 - col0);
+        at::BFloat16* dst = result_ptr + e * k_dim + col0;
+        for (int64_t j = 0; j < col1 - col0; ++j) dst[j] = at::BFloat16(src[j]);
+      }
+    }
+  });
+  return result;
+}
+
 template <typename scalar_t, typename video_t>
 void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at::Tensor& video,
                    const at::Tensor& weight2d, bool need_video, bool need_weight, at::Tensor& grad_video,
@@ -491,6 +580,13 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
   const video_t* video_ptr = video.const_data_ptr<video_t>();
   video_t* grad_video_ptr = need_video ? grad_video.mutable_data_ptr<video_t>() : nullptr;
   const at::ScalarType dtype = weight2d.scalar_type();
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    if (need_weight && gemm_engine(at::kBFloat16) == GemmEngine::kBf16Kernel) {
+      grad_weight2d = weight_grad_bf16_kernel<video_t>(plan, video_ptr, grad2d);
+      need_weight = false;
+      if (!need_video) return;
+    }
+  }
 
   if (sched == Schedule::kGemm) {  // one block of output rows after another, multi-threaded GEMMs
     const RowPlan rp = plan_rows(g, gemm_block_rows(threads, g.patch_dim, sizeof(gemm_t)));

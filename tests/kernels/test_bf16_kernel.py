@@ -94,20 +94,42 @@ def test_uint8_and_non_contiguous_video(bf16_kernel, case):
     _assert_one_rounding(run_cpu(inp), reference_float64(inp))
 
 
-def test_every_gradient_with_the_kernel_forward(bf16_kernel):
-    """The backward is not the kernel's, but it runs after the kernel's forward: every gradient still matches."""
-    inp = make_inputs(ODD_K, dtype=torch.bfloat16, cls=True, pos="token")
+# An odd number of tokens (15: the last pair has one), K = 54 over two column blocks, E = 50.
+ODD_TOKENS = Case(1, 2, 3, 15, 9, 50, 2, 3, 3)
+
+
+@pytest.mark.parametrize("case", [ODD_K, ODD_TOKENS, CASES[2]], ids=str)
+@pytest.mark.parametrize("block_rows", [0, 9])
+def test_every_gradient(bf16_kernel, case, block_rows):
+    """grad_weight is the kernel's (fp32 sum over every token, one rounding: the forward's tolerance); the other
+    gradients come from the shared code and get the 16-bit tolerance of test_native_cpu.py."""
+    inp = make_inputs(case, dtype=torch.bfloat16, cls=True, pos="token", layout="BCTHW")
     for t in (inp.video, inp.weight, inp.bias, inp.pos_embed, inp.cls_token):
         t.requires_grad_()
-    out = run_cpu(inp)
-    grad_out = torch.randn_like(out)
-    with poisoned_allocations():
-        grads = torch.autograd.grad(out, leaves(inp), grad_out)
+    with cpu_tuning(block_rows=block_rows):
+        out = run_cpu(inp)
+        grad_out = torch.randn_like(out)
+        with poisoned_allocations():
+            grads = torch.autograd.grad(out, leaves(inp), grad_out)
     ref_inp = as_float64_leaves(inp)
     ref_grads = torch.autograd.grad(reference_float64(ref_inp), leaves(ref_inp), grad_out.double())
+    _assert_one_rounding(grads[1], ref_grads[1])
     for got, want in zip(grads, ref_grads, strict=True):
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=scaled_tolerance(want, 1e-2))
+
+
+def test_weight_gradient_of_uint8_video(bf16_kernel):
+    """The kernel-level op (raw pixels, no 1/255 scale) against the oracle on the same pixels."""
+    inp = make_inputs(ODD_TOKENS, dtype=torch.bfloat16, video_dtype=torch.uint8, cls=False, pos="none")
+    grad_tokens = torch.randn(1, 1, ODD_TOKENS.num_spatial, ODD_TOKENS.embed_dim, dtype=torch.bfloat16)
+    with poisoned_allocations():
+        grads = torch.ops.lsvit.native_patch_embed_backward(
+            grad_tokens, inp.video, inp.weight, 0, True, False, [False, True, False, False, False]
+        )
+    ref_inp = as_float64_leaves(inp)
+    (want,) = torch.autograd.grad(reference_float64(ref_inp), [ref_inp.weight], grad_tokens.double())
+    _assert_one_rounding(grads[1], want)
 
 
 def test_auto_picks_the_kernel_and_other_engines_still_run():
