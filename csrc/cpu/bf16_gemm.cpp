@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LSVIT_BF16_GEMM 1
@@ -57,12 +58,15 @@ template <int MR, typename Out>
 LSVIT_AVX512_BF16 void micro_tile(const uint16_t* a, int64_t rs, int64_t ps, int64_t pairs, const uint16_t* b,
                                   const __mmask16* masks, const float* const* init_rows, Out* const* out_rows,
                                   int64_t col0) {
+  // The addends are read after the loop (their lines prefetched now): an fp32 grad_weight row is not in cache,
+  // and loading it first would stall the first products on its latency.
   __m512 acc[MR][kNv];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < kNv; ++v) {
-      acc[r][v] = init_rows[r] ? _mm512_maskz_loadu_ps(masks[v], init_rows[r] + col0 + 16 * v) : _mm512_setzero_ps();
+      acc[r][v] = _mm512_setzero_ps();
+      if (init_rows[r]) _mm_prefetch(reinterpret_cast<const char*>(init_rows[r] + col0 + 16 * v), _MM_HINT_T0);
     }
   }
   for (int64_t p = 0; p < pairs; ++p) {
@@ -82,6 +86,8 @@ LSVIT_AVX512_BF16 void micro_tile(const uint16_t* a, int64_t rs, int64_t ps, int
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < kNv; ++v) {
+      if (init_rows[r])
+        acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_maskz_loadu_ps(masks[v], init_rows[r] + col0 + 16 * v));
       if constexpr (std::is_same_v<Out, float>) {
         _mm512_mask_storeu_ps(out_rows[r] + col0 + 16 * v, masks[v], acc[r][v]);
       } else {
@@ -94,9 +100,9 @@ LSVIT_AVX512_BF16 void micro_tile(const uint16_t* a, int64_t rs, int64_t ps, int
 
 // Every row of one packed-B block: strips of kMr rows, then one shorter strip.
 template <typename Out>
-LSVIT_AVX512_BF16 void strips(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int64_t pairs,
-                              const uint16_t* b, const __mmask16* masks, const float* const* init_rows,
-                              Out* const* out_rows, int64_t col0) {
+LSVIT_AVX512_BF16 void strips(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int64_t pairs, const uint16_t* b,
+                              const __mmask16* masks, const float* const* init_rows, Out* const* out_rows,
+                              int64_t col0) {
   int64_t r = 0;
   for (; r + kMr <= rows; r += kMr) {
     micro_tile<kMr, Out>(a + r * rs, rs, ps, pairs, b, masks, init_rows + r, out_rows + r, col0);
@@ -116,21 +122,37 @@ LSVIT_AVX512_BF16 void strips(const uint16_t* a, int64_t rows, int64_t rs, int64
 
 static_assert(kMr == 8 && kNr % 16 == 0, "the remainder switch covers heights below 8");
 
-// Packed-B blocks [nb0, nb1) (stored from packed on, pairs x kNr pairs each) outside, row strips inside: one
-// block (147 KiB at K = 1536 in the forward, 24 KiB for 128 token pairs in grad_weight) stays in cache while
-// every strip passes it.
+// Packed-B blocks [nb0, nb1) (stored from packed on, pairs x kNr pairs each) and row strips. blocks_outer: one
+// block (147 KiB at K = 1536 in the forward) stays in L2 while every strip of the panel passes it. Otherwise
+// (grad_weight) one strip of A (8 rows x the chunk's pairs) stays in L1 while it passes every block, and each
+// fp32 output row is read and written front to back.
 template <typename Out>
 LSVIT_AVX512_BF16 void blocks(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int64_t pairs,
                               const uint16_t* packed, int64_t n, int64_t nb0, int64_t nb1,
-                              const float* const* init_rows, Out* const* out_rows) {
-  for (int64_t nb = nb0; nb < nb1; ++nb) {
-    const int64_t col0 = nb * kNr, cols = std::min(kNr, n - col0);
-    __mmask16 masks[kNv];
+                              const float* const* init_rows, Out* const* out_rows, bool blocks_outer,
+                              int64_t strip_stride) {
+  const int64_t nblocks = nb1 - nb0;
+  std::vector<__mmask16> masks(nblocks * kNv);
+  for (int64_t i = 0; i < nblocks; ++i) {
+    const int64_t cols = std::min(kNr, n - (nb0 + i) * kNr);
     for (int v = 0; v < kNv; ++v) {
       const int64_t lanes = std::clamp<int64_t>(cols - 16 * v, 0, 16);
-      masks[v] = static_cast<__mmask16>((1u << lanes) - 1u);
+      masks[i * kNv + v] = static_cast<__mmask16>((1u << lanes) - 1u);
     }
-    strips<Out>(a, rows, rs, ps, pairs, packed + (nb - nb0) * pairs * kNr * 2, masks, init_rows, out_rows, col0);
+  }
+  auto block_ptr = [&](int64_t i) { return packed + i * pairs * kNr * 2; };
+  if (blocks_outer) {
+    for (int64_t i = 0; i < nblocks; ++i) {
+      strips<Out>(a, rows, rs, ps, pairs, block_ptr(i), &masks[i * kNv], init_rows, out_rows, (nb0 + i) * kNr);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; r += kMr) {
+    const int64_t h = std::min(kMr, rows - r);
+    const uint16_t* strip = strip_stride ? a + (r / kMr) * strip_stride : a + r * rs;
+    for (int64_t i = 0; i < nblocks; ++i) {
+      strips<Out>(strip, h, rs, ps, pairs, block_ptr(i), &masks[i * kNv], init_rows + r, out_rows + r, (nb0 + i) * kNr);
+    }
   }
 }
 
@@ -145,7 +167,34 @@ LSVIT_AVX512_BF16 void interleave_avx512(const uint16_t* x0, const uint16_t* x1,
   }
 }
 
+LSVIT_AVX512_BF16 void round_avx512(const float* src, int64_t n, uint16_t* dst) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+    _mm256_mask_storeu_epi16(dst + i, m, h);
+  }
+}
+
+LSVIT_AVX512_BF16 void interleave_strips_avx512(const uint16_t* x0, const uint16_t* x1, int64_t len, int64_t pairs,
+                                                uint16_t* dst) {
+  for (int64_t i = 0; i < len; i += kMr) {
+    const int64_t n = std::min(kMr, len - i);
+    const __mmask8 m = static_cast<__mmask8>((1u << n) - 1u);
+    const __m256i lo = _mm256_maskz_cvtepu16_epi32(m, _mm_maskz_loadu_epi16(m, x0 + i));
+    const __m256i hi =
+        x1 ? _mm256_maskz_slli_epi32(m, _mm256_maskz_cvtepu16_epi32(m, _mm_maskz_loadu_epi16(m, x1 + i)), 16)
+           : _mm256_setzero_si256();
+    _mm256_mask_storeu_epi32(dst + (i / kMr) * pairs * kMr * 2, m, _mm256_or_si256(lo, hi));
+  }
+}
+
 }  // namespace
+
+void interleave_strips(const uint16_t* x0, const uint16_t* x1, int64_t len, int64_t pairs, uint16_t* dst) {
+  interleave_strips_avx512(x0, x1, len, pairs, dst);
+}
+
+void round_to_bf16(const float* src, int64_t n, uint16_t* dst) { round_avx512(src, n, dst); }
 
 void interleave_pairs(const uint16_t* x0, const uint16_t* x1, int64_t len, uint16_t* dst) {
   interleave_avx512(x0, x1, len, dst);
@@ -153,12 +202,12 @@ void interleave_pairs(const uint16_t* x0, const uint16_t* x1, int64_t len, uint1
 
 void gemm_rows(const uint16_t* a, int64_t rows, int64_t kp, const uint16_t* packed, int64_t n,
                const float* const* init_rows, uint16_t* const* out_rows) {
-  blocks<uint16_t>(a, rows, kp, 2, kp / 2, packed, n, 0, n_blocks(n), init_rows, out_rows);
+  blocks<uint16_t>(a, rows, kp, 2, kp / 2, packed, n, 0, n_blocks(n), init_rows, out_rows, true, 0);
 }
 
-void gemm_pairs_f32(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int64_t pairs, const uint16_t* packed,
-                    int64_t n, int64_t nb0, int64_t nb1, const float* const* init_rows, float* const* out_rows) {
-  blocks<float>(a, rows, rs, ps, pairs, packed, n, nb0, nb1, init_rows, out_rows);
+void gemm_pairs_f32(const uint16_t* a, int64_t rows, int64_t pairs, const uint16_t* packed, int64_t n, int64_t nb0,
+                    int64_t nb1, const float* const* init_rows, float* const* out_rows) {
+  blocks<float>(a, rows, 2, 2 * kMr, pairs, packed, n, nb0, nb1, init_rows, out_rows, false, pairs * kMr * 2);
 }
 
 #else
@@ -166,10 +215,12 @@ void gemm_pairs_f32(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int
 bool available() { return false; }
 
 void interleave_pairs(const uint16_t*, const uint16_t*, int64_t, uint16_t*) {}
+void round_to_bf16(const float*, int64_t, uint16_t*) {}
 
 void gemm_rows(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, const float* const*, uint16_t* const*) {}
-void gemm_pairs_f32(const uint16_t*, int64_t, int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, int64_t,
-                    const float* const*, float* const*) {}
+void gemm_pairs_f32(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, int64_t, int64_t, const float* const*,
+                    float* const*) {}
+void interleave_strips(const uint16_t*, const uint16_t*, int64_t, int64_t, uint16_t*) {}
 
 #endif
 

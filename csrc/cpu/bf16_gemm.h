@@ -43,11 +43,20 @@ void gemm_rows(const uint16_t* a, int64_t rows, int64_t kp, const uint16_t* pack
 // dst[2 i] = x0[i], dst[2 i + 1] = x1[i] (0 where x1 is null) for i < len: two rows made into bf16 pairs.
 void interleave_pairs(const uint16_t* x0, const uint16_t* x1, int64_t len, uint16_t* dst);
 
-// The general form, fp32 out (grad_weight): for each row r < rows and each column c of packed blocks
-// [nb0, nb1): out_rows[r][c] = init_rows[r][c] (or 0 where null) + sum_p a_pair(r, p) . b_pair(p, c), where
-// a_pair(r, p) is the bf16 pair at a + r * rs + p * ps and packed holds blocks nb0.. as [block][pairs][kNr][2].
-// Columns at or past n are not written. init_rows[r] may equal out_rows[r] (accumulation in place).
-void gemm_pairs_f32(const uint16_t* a, int64_t rows, int64_t rs, int64_t ps, int64_t pairs, const uint16_t* packed,
-                    int64_t n, int64_t nb0, int64_t nb1, const float* const* init_rows, float* const* out_rows);
+// dst[i] = src[i] rounded to bf16 (to nearest even) for i < n.
+void round_to_bf16(const float* src, int64_t n, uint16_t* dst);
+
+// Pair p of two rows x0, x1 of length len (x1 null: zeros) in the strip layout of gemm_pairs_f32's A: element i
+// of the pair goes to dst + ((i / kMr) * pairs + p) * kMr * 2 + (i % kMr) * 2; call with dst already offset by
+// p * kMr * 2.
+void interleave_strips(const uint16_t* x0, const uint16_t* x1, int64_t len, int64_t pairs, uint16_t* dst);
+
+// fp32 out (grad_weight): for each row r < rows and each column c of packed blocks [nb0, nb1): out_rows[r][c] =
+// init_rows[r][c] (or 0 where null) + sum_p a(r, p) . b(p, c). a holds strips of kMr rows, each (pairs, kMr, 2):
+// row r's pair p at a + ((r / kMr) * pairs + p) * kMr * 2 + (r % kMr) * 2, so that a strip is one contiguous run
+// (interleave_strips writes it). packed holds blocks nb0.. as [block][pairs][kNr][2]. Columns at or past n are
+// not written. init_rows[r] may equal out_rows[r] (accumulation in place).
+void gemm_pairs_f32(const uint16_t* a, int64_t rows, int64_t pairs, const uint16_t* packed, int64_t n, int64_t nb0,
+                    int64_t nb1, const float* const* init_rows, float* const* out_rows);
 
 }  // namespace lsvit::cpu::bf16_gemm

@@ -513,7 +513,8 @@ at::Tensor weight_grad_bf16_kernel(const CallPlan& plan, const video_t* video, c
         }
       }
       at::Tensor acc = at::empty({e_dim, col1 - col0}, grad2d.options().dtype(at::kFloat));
-      at::Tensor g_pairs = at::empty({chunk_pairs, e_dim, 2}, bf16_options);
+      at::Tensor g_pairs =
+          at::empty({(e_dim + bf16_gemm::kMr - 1) / bf16_gemm::kMr, chunk_pairs, bf16_gemm::kMr, 2}, bf16_options);
       at::Tensor panel = at::zeros({nb1 - nb0, chunk_pairs, kNr, 2}, bf16_options);  // columns past K stay 0
       auto* gp = reinterpret_cast<uint16_t*>(g_pairs.mutable_data_ptr<at::BFloat16>());
       auto* bp = reinterpret_cast<uint16_t*>(panel.mutable_data_ptr<at::BFloat16>());
@@ -526,9 +527,9 @@ at::Tensor weight_grad_bf16_kernel(const CallPlan& plan, const video_t* video, c
         for (int64_t p = 0; p < pairs; ++p) {
           const int64_t m0 = 2 * (p0 + p), m1 = m0 + 1;
           const bool second = m1 < tokens;
-          bf16_gemm::interleave_pairs(grad_ptr + output_row(m0, g) * e_dim,
-                                      second ? grad_ptr + output_row(m1, g) * e_dim : nullptr, e_dim,
-                                      gp + p * e_dim * 2);
+          bf16_gemm::interleave_strips(grad_ptr + output_row(m0, g) * e_dim,
+                                       second ? grad_ptr + output_row(m1, g) * e_dim : nullptr, e_dim, pairs,
+                                       gp + p * bf16_gemm::kMr * 2);
           const video_t* v0 = video + tubelet_origin_offset(m0, g, plan.video_strides);
           const video_t* v1 = second ? video + tubelet_origin_offset(m1, g, plan.video_strides) : nullptr;
           for (const auto& [k, len] : runs) {
@@ -544,14 +545,12 @@ at::Tensor weight_grad_bf16_kernel(const CallPlan& plan, const video_t* video, c
             }
           }
         }
-        bf16_gemm::gemm_pairs_f32(gp, e_dim, 2, 2 * e_dim, pairs, bp, k_dim, nb0, nb1, init_rows.data(),
-                                  out_rows.data());
+        bf16_gemm::gemm_pairs_f32(gp, e_dim, pairs, bp, k_dim, nb0, nb1, init_rows.data(), out_rows.data());
         if (c == 0) init_rows = std::vector<const float*>(out_rows.begin(), out_rows.end());
       }
       for (int64_t e = 0; e < e_dim; ++e) {  // the one rounding
-        const float* src = acc_ptr + e * (col1 - col0);
-        at::BFloat16* dst = result_ptr + e * k_dim + col0;
-        for (int64_t j = 0; j < col1 - col0; ++j) dst[j] = at::BFloat16(src[j]);
+        bf16_gemm::round_to_bf16(acc_ptr + e * (col1 - col0), col1 - col0,
+                                 reinterpret_cast<uint16_t*>(result_ptr + e * k_dim + col0));
       }
     }
   });
