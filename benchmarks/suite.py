@@ -224,7 +224,8 @@ def run_suite(
                 "results": records,
                 "speedups": add_speedups(records),
                 # what lk.patch_embed(...) without backend= runs for this case here
-                "auto_backend": registry.resolve(device.type, None, case.torch_dtype).name,
+                "auto_backend": (auto := registry.resolve(device.type, None, case.torch_dtype).name),
+                "auto_engine": cpu_gemm_engine(auto, case.torch_dtype),
             }
         )
         del inputs
@@ -261,6 +262,17 @@ def write_outputs(results: dict, out_dir: Path, plots: bool = True) -> str:
         results["plots"] = write_plots(results, out_dir)
         (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     return markdown
+
+
+def cpu_gemm_engine(backend: str, dtype: torch.dtype) -> Optional[str]:
+    """The GEMM engine the compiled CPU kernel runs for this dtype (docs/native.md, "CPU GEMM engine"), or None
+    when the backend is another one or the library does not say."""
+    if backend != "cpu":
+        return None
+    try:
+        return str(torch.ops.lsvit_cpu.gemm_engine(dtype))
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
