@@ -66,6 +66,11 @@ GemmEngine gemm_engine(at::ScalarType dtype) {
   return library_engine(pref, dtype);
 }
 
+bool use_bf16_kernel(int64_t tokens) {
+  if (gemm_engine(at::kBFloat16) != GemmEngine::kBf16Kernel) return false;
+  return preference.load(std::memory_order_relaxed) == Preference::kBf16Kernel || tokens >= kBf16KernelMinTokens;
+}
+
 void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, float beta) {
   TORCH_INTERNAL_ASSERT(beta == 0.0f || beta == 1.0f);
   if (library_engine(preference.load(std::memory_order_relaxed), c.scalar_type()) == GemmEngine::kOneDnn) {
@@ -89,6 +94,7 @@ std::string set_gemm_engine(const std::string& name) {
 
 TORCH_LIBRARY_FRAGMENT(lsvit_cpu, m) {
   m.def("set_gemm_engine(str name) -> str", &set_gemm_engine);
+  m.def("uses_bf16_kernel(int tokens) -> bool", &use_bf16_kernel);
   m.def("gemm_engine(ScalarType dtype) -> str", [](at::ScalarType dtype) -> std::string {
     const GemmEngine e = gemm_engine(dtype);
     return e == GemmEngine::kBf16Kernel ? "bf16kernel" : e == GemmEngine::kOneDnn ? "onednn" : "aten";

@@ -29,6 +29,13 @@ void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, float b
 // where the CPU runs it, else kOneDnn where it runs and is not switched off, else kAten.
 GemmEngine gemm_engine(at::ScalarType dtype);
 
+// Whether a bf16 call over this many patch tokens runs the bf16 micro-kernel: its engine is kBf16Kernel and
+// either it was asked for by name ("bf16kernel") or, under "auto", the call has at least kBf16KernelMinTokens
+// tokens. Below that the per-call weight packing outweighs what the kernel saves and oneDNN measured as fast
+// or faster (docs/native.md, "bf16 micro-kernel").
+constexpr int64_t kBf16KernelMinTokens = 512;
+bool use_bf16_kernel(int64_t tokens);
+
 // Process-wide preference: "auto" (default: the fastest engine that runs, as measured in docs/native.md),
 // "bf16kernel", "onednn" or "aten"; returns the previous one. "bf16kernel" and "onednn" fall back like "auto"
 // where they cannot run. For tests and benchmarks that compare the paths in one process

@@ -132,16 +132,25 @@ def test_weight_gradient_of_uint8_video(bf16_kernel):
     _assert_one_rounding(grads[1], want)
 
 
-def test_auto_picks_the_kernel_and_other_engines_still_run():
-    """ "auto" (the default) runs the kernel for bf16 here; "onednn" and "aten" keep the library GEMM path."""
-    inp = make_inputs(CASES[2], dtype=torch.bfloat16, cls=True, pos="slot")
-    ref = reference_float64(inp)
+def test_auto_picks_the_kernel_from_512_tokens_and_other_engines_still_run():
+    """ "auto" (the default) runs the kernel for bf16 calls of at least 512 patch tokens (below, oneDNN measured as
+    fast or faster: docs/native.md); "bf16kernel" runs it at any size; "onednn" and "aten" never."""
     with engine("auto", 2):
         assert torch.ops.lsvit_cpu.gemm_engine(torch.bfloat16) == "bf16kernel"
         assert torch.ops.lsvit_cpu.gemm_engine(torch.float32) in ("onednn", "aten")
+        assert not torch.ops.lsvit_cpu.uses_bf16_kernel(511)
+        assert torch.ops.lsvit_cpu.uses_bf16_kernel(512)
+    with engine("bf16kernel", 2):
+        assert torch.ops.lsvit_cpu.uses_bf16_kernel(1)
+    big = Case(1, 2, 3, 96, 88, 20, 1, 4, 4)  # 2 x 24 x 22 = 1056 tokens
+    assert big.batch * big.steps * big.num_spatial >= 512
+    inp = make_inputs(big, dtype=torch.bfloat16, cls=True, pos="slot")
+    ref = reference_float64(inp)
+    with engine("auto", 2):
         _assert_one_rounding(run_cpu(inp), ref)
     for name in ("onednn", "aten"):
         with engine(name, 2):
             assert torch.ops.lsvit_cpu.gemm_engine(torch.bfloat16) != "bf16kernel"
+            assert not torch.ops.lsvit_cpu.uses_bf16_kernel(10**6)
             out = run_cpu(inp)
         torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=scaled_tolerance(ref, 1e-2))
