@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -321,18 +322,29 @@ void forward_bf16_kernel(const CallPlan& plan, const video_t* video_ptr, const a
   at::Tensor packed = at::empty({bf16_gemm::packed_weight_elems(n, k)}, weight2d.options());
   const auto* w_ptr = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>());
   auto* packed_ptr = reinterpret_cast<uint16_t*>(packed.mutable_data_ptr<at::BFloat16>());
-  at::parallel_for(0, bf16_gemm::n_blocks(n), 1,
-                   [&](int64_t nb0, int64_t nb1) { bf16_gemm::pack_weight(w_ptr, n, k, k, nb0, nb1, packed_ptr); });
-  const at::Tensor table = c_row_table<at::BFloat16, float>(bias_ptr, pos, n, weight2d.options().dtype(at::kFloat));
+  at::Tensor table;
+  {
+    c10::ParallelGuard serial_table(true);  // ~0.1 ms: not worth a thread-team region (see serial())
+    table = c_row_table<at::BFloat16, float>(bias_ptr, pos, n, weight2d.options().dtype(at::kFloat));
+  }
   const float* table_ptr = table.defined() ? table.const_data_ptr<float>() : nullptr;
   const bool per_pos_row = pos.has_value() && pos->defined();
   const int64_t block = block_rows_env() > 0 ? block_rows_env() : kBf16KernelBlockRows;
   const int64_t num_blocks = (g.num_tokens + block - 1) / block;
   const std::vector<int64_t> k_off = column_offsets(g, plan.video_strides);
   const auto runs = column_runs(k_off, 0, k, k);
-  std::atomic<int64_t> next_block{0};
+  std::atomic<int64_t> next_block{0}, next_pack{0}, packed_blocks{0};
+  const int64_t pack_blocks = bf16_gemm::n_blocks(n);
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_blocks));
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    // The weight is packed inside the same region: workers take weight blocks from a counter, then wait until
+    // every block is packed. A worker that starts late finds the packing done instead of the others waiting for
+    // it at the end of a second region (on a loaded machine each region end may cost a time slice).
+    for (int64_t nb = next_pack++; nb < pack_blocks; nb = next_pack++) {
+      bf16_gemm::pack_weight(w_ptr, n, k, k, nb, nb + 1, packed_ptr);
+      packed_blocks.fetch_add(1, std::memory_order_release);
+    }
+    while (packed_blocks.load(std::memory_order_acquire) < pack_blocks) std::this_thread::yield();
     at::Tensor panel = at::empty({block, kp}, weight2d.options());
     at::BFloat16* panel_ptr = panel.mutable_data_ptr<at::BFloat16>();
     std::vector<const float*> init_rows(block);
