@@ -10,6 +10,8 @@
 // multi-threaded GEMM. Per block: 2 rows K E FLOPs; video bytes read once.
 // Accumulation is fp32 for every dtype: bf16 runs a bf16 panel and a bf16 GEMM (oneDNN: fp32 accumulation,
 // C added in fp32, one rounding); fp16 an fp32 panel, an fp32 weight copy and an fp32 C rounded once.
+// bf16 on CPUs with avx512_bf16 (calls of at least 512 tokens, gemm_cpu.h) takes neither schedule: the bf16
+// micro-kernel (bf16_gemm.h) with the gather writing its panel, forward_bf16_kernel and weight_grad_bf16_kernel.
 //
 // Backward. The same blocks: grad_weight += G_block^T @ panel into one fp32 (E, K) accumulator (kGemm) or one
 // per worker summed at the end (kBlocks, fixed worker ranges): deterministic. bf16 blocks are bf16 GEMMs
@@ -524,8 +526,8 @@ constexpr int64_t kBf16KernelWeightGradPairs = 128;
 // bf16 grad_weight[e, k] = sum_m G[m, e] P[m, k] on the bf16 micro-kernel (bf16_gemm.h): bf16 products, fp32
 // accumulation over all tokens, one rounding at the end. The reduction runs over token pairs (m, m + 1): the
 // gather writes the two tubelets of a pair interleaved, column by column, straight into the packed-B layout
-// (block of kNr columns, pair, column, 2), and the pair's two grad_tokens rows are interleaved into
-// (pair, e, 2), read as the A operand with row stride one pair and pair stride E pairs. Each worker owns a range
+// (block of kNr columns, pair, column, 2), and the pair's two grad_tokens rows are interleaved into strips of
+// kMr rows (strip, pair, row, 2), so that a micro-tile's A operand is one contiguous run. Each worker owns a range
 // of column blocks of grad_weight and walks every token: no sum across workers (deterministic) and one parallel
 // region. An odd last token is paired with zeros. Returns the (E, K) gradient in bf16.
 template <typename video_t>
