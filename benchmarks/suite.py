@@ -225,7 +225,7 @@ def run_suite(
                 "speedups": add_speedups(records),
                 # what lk.patch_embed(...) without backend= runs for this case here
                 "auto_backend": (auto := registry.resolve(device.type, None, case.torch_dtype).name),
-                "auto_engine": cpu_gemm_engine(auto, case.torch_dtype),
+                "auto_engine": cpu_gemm_engine(auto, case.torch_dtype, case.batch * case.grid().num_patches),
             }
         )
         del inputs
@@ -264,13 +264,14 @@ def write_outputs(results: dict, out_dir: Path, plots: bool = True) -> str:
     return markdown
 
 
-def cpu_gemm_engine(backend: str, dtype: torch.dtype) -> Optional[str]:
-    """The GEMM engine the compiled CPU kernel runs for this dtype (docs/native.md, "CPU GEMM engine"), or None
-    when the backend is another one or the library does not say."""
+def cpu_gemm_engine(backend: str, dtype: torch.dtype, tokens: int) -> Optional[str]:
+    """The GEMM engine the compiled CPU kernel runs for a call of this dtype over this many patch tokens at the
+    current thread count (docs/native.md, "CPU GEMM engine"), or None when the backend is another one or the
+    library does not say."""
     if backend != "cpu":
         return None
     try:
-        return str(torch.ops.lsvit_cpu.gemm_engine(dtype))
+        return str(torch.ops.lsvit_cpu.fused_engine(dtype, tokens))
     except (AttributeError, RuntimeError):
         return None
 

@@ -2,6 +2,7 @@
 #include "gemm_cpu.h"
 
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -68,7 +69,8 @@ GemmEngine gemm_engine(at::ScalarType dtype) {
 
 bool use_bf16_kernel(int64_t tokens) {
   if (gemm_engine(at::kBFloat16) != GemmEngine::kBf16Kernel) return false;
-  return preference.load(std::memory_order_relaxed) == Preference::kBf16Kernel || tokens >= kBf16KernelMinTokens;
+  if (preference.load(std::memory_order_relaxed) == Preference::kBf16Kernel) return true;
+  return tokens >= kBf16KernelMinTokens && at::get_num_threads() == 1;
 }
 
 void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, float beta) {
@@ -95,6 +97,11 @@ std::string set_gemm_engine(const std::string& name) {
 TORCH_LIBRARY_FRAGMENT(lsvit_cpu, m) {
   m.def("set_gemm_engine(str name) -> str", &set_gemm_engine);
   m.def("uses_bf16_kernel(int tokens) -> bool", &use_bf16_kernel);
+  // The engine a fused call of this dtype over this many patch tokens runs now (threads included).
+  m.def("fused_engine(ScalarType dtype, int tokens) -> str", [](at::ScalarType dtype, int64_t tokens) -> std::string {
+    if (dtype == at::kBFloat16 && use_bf16_kernel(tokens)) return "bf16kernel";
+    return library_engine(preference.load(std::memory_order_relaxed), dtype) == GemmEngine::kAten ? "aten" : "onednn";
+  });
   m.def("gemm_engine(ScalarType dtype) -> str", [](at::ScalarType dtype) -> std::string {
     const GemmEngine e = gemm_engine(dtype);
     return e == GemmEngine::kBf16Kernel ? "bf16kernel" : e == GemmEngine::kOneDnn ? "onednn" : "aten";

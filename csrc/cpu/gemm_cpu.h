@@ -31,8 +31,9 @@ GemmEngine gemm_engine(at::ScalarType dtype);
 
 // Whether a bf16 call over this many patch tokens runs the bf16 micro-kernel: its engine is kBf16Kernel and
 // either it was asked for by name ("bf16kernel") or, under "auto", the call has at least kBf16KernelMinTokens
-// tokens. Below that the per-call weight packing outweighs what the kernel saves and oneDNN measured as fast
-// or faster (docs/native.md, "bf16 micro-kernel").
+// tokens and torch runs one thread. Below that size the per-call weight packing outweighs what the kernel saves
+// (oneDNN measured as fast or faster); with more threads oneDNN's threaded GEMM was the faster one in every
+// 2-thread measurement (docs/native.md, "bf16 micro-kernel").
 constexpr int64_t kBf16KernelMinTokens = 512;
 bool use_bf16_kernel(int64_t tokens);
 
