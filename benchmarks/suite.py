@@ -225,7 +225,9 @@ def run_suite(
                 "speedups": add_speedups(records),
                 # what lk.patch_embed(...) without backend= runs for this case here
                 "auto_backend": (auto := registry.resolve(device.type, None, case.torch_dtype).name),
-                "auto_engine": cpu_gemm_engine(auto, case.torch_dtype, case.batch * case.grid().num_patches),
+                "auto_engine": cpu_gemm_engine(
+                    auto, case.torch_dtype, case.batch * case.grid().num_patches, case.mode == "fwdbwd"
+                ),
             }
         )
         del inputs
@@ -264,14 +266,16 @@ def write_outputs(results: dict, out_dir: Path, plots: bool = True) -> str:
     return markdown
 
 
-def cpu_gemm_engine(backend: str, dtype: torch.dtype, tokens: int) -> Optional[str]:
+def cpu_gemm_engine(backend: str, dtype: torch.dtype, tokens: int, backward: bool) -> Optional[str]:
     """The GEMM engine the compiled CPU kernel runs for a call of this dtype over this many patch tokens at the
-    current thread count (docs/native.md, "CPU GEMM engine"), or None when the backend is another one or the
-    library does not say."""
+    current thread count (docs/native.md, "CPU GEMM engine"), "<forward's> + <grad_weight's> grad_weight" when
+    a backward runs on another one; None when the backend is another one or the library does not say."""
     if backend != "cpu":
         return None
     try:
-        return str(torch.ops.lsvit_cpu.fused_engine(dtype, tokens))
+        forward = str(torch.ops.lsvit_cpu.fused_engine(dtype, tokens))
+        weight_grad = str(torch.ops.lsvit_cpu.fused_engine(dtype, tokens, True)) if backward else forward
+        return forward if weight_grad == forward else f"{forward} + {weight_grad} grad_weight"
     except (AttributeError, RuntimeError):
         return None
 

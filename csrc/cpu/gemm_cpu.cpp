@@ -67,10 +67,10 @@ GemmEngine gemm_engine(at::ScalarType dtype) {
   return library_engine(pref, dtype);
 }
 
-bool use_bf16_kernel(int64_t tokens) {
+bool use_bf16_kernel(int64_t tokens, bool weight_grad) {
   if (gemm_engine(at::kBFloat16) != GemmEngine::kBf16Kernel) return false;
   if (preference.load(std::memory_order_relaxed) == Preference::kBf16Kernel) return true;
-  return tokens >= kBf16KernelMinTokens && at::get_num_threads() == 1;
+  return tokens >= kBf16KernelMinTokens && (!weight_grad || at::get_num_threads() == 1);
 }
 
 void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, float beta) {
@@ -96,12 +96,15 @@ std::string set_gemm_engine(const std::string& name) {
 
 TORCH_LIBRARY_FRAGMENT(lsvit_cpu, m) {
   m.def("set_gemm_engine(str name) -> str", &set_gemm_engine);
-  m.def("uses_bf16_kernel(int tokens) -> bool", &use_bf16_kernel);
-  // The engine a fused call of this dtype over this many patch tokens runs now (threads included).
-  m.def("fused_engine(ScalarType dtype, int tokens) -> str", [](at::ScalarType dtype, int64_t tokens) -> std::string {
-    if (dtype == at::kBFloat16 && use_bf16_kernel(tokens)) return "bf16kernel";
-    return library_engine(preference.load(std::memory_order_relaxed), dtype) == GemmEngine::kAten ? "aten" : "onednn";
-  });
+  m.def("uses_bf16_kernel(int tokens, bool weight_grad=False) -> bool", &use_bf16_kernel);
+  // The engine a fused call of this dtype over this many patch tokens runs now (threads included) for its
+  // forward, or for its grad_weight.
+  m.def("fused_engine(ScalarType dtype, int tokens, bool weight_grad=False) -> str",
+        [](at::ScalarType dtype, int64_t tokens, bool weight_grad) -> std::string {
+          if (dtype == at::kBFloat16 && use_bf16_kernel(tokens, weight_grad)) return "bf16kernel";
+          return library_engine(preference.load(std::memory_order_relaxed), dtype) == GemmEngine::kAten ? "aten"
+                                                                                                        : "onednn";
+        });
   m.def("gemm_engine(ScalarType dtype) -> str", [](at::ScalarType dtype) -> std::string {
     const GemmEngine e = gemm_engine(dtype);
     return e == GemmEngine::kBf16Kernel ? "bf16kernel" : e == GemmEngine::kOneDnn ? "onednn" : "aten";

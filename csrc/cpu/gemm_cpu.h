@@ -29,13 +29,14 @@ void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, float b
 // where the CPU runs it, else kOneDnn where it runs and is not switched off, else kAten.
 GemmEngine gemm_engine(at::ScalarType dtype);
 
-// Whether a bf16 call over this many patch tokens runs the bf16 micro-kernel: its engine is kBf16Kernel and
-// either it was asked for by name ("bf16kernel") or, under "auto", the call has at least kBf16KernelMinTokens
-// tokens and torch runs one thread. Below that size the per-call weight packing outweighs what the kernel saves
-// (oneDNN measured as fast or faster); with more threads oneDNN's threaded GEMM was the faster one in every
-// 2-thread measurement (docs/native.md, "bf16 micro-kernel").
+// Whether a bf16 call over this many patch tokens runs the bf16 micro-kernel, for its forward or its
+// grad_weight: its engine is kBf16Kernel and either it was asked for by name ("bf16kernel") or, under "auto",
+// the call has at least kBf16KernelMinTokens tokens (below, the per-call weight packing outweighs what the
+// kernel saves: oneDNN measured as fast or faster) and, for grad_weight, torch runs one thread (with two,
+// oneDNN's threaded grad_weight measured faster: each of the kernel's workers walks every token).
+// docs/native.md, "bf16 micro-kernel".
 constexpr int64_t kBf16KernelMinTokens = 512;
-bool use_bf16_kernel(int64_t tokens);
+bool use_bf16_kernel(int64_t tokens, bool weight_grad);
 
 // Process-wide preference: "auto" (default: the fastest engine that runs, as measured in docs/native.md),
 // "bf16kernel", "onednn" or "aten"; returns the previous one. "bf16kernel" and "onednn" fall back like "auto"

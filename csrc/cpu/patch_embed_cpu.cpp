@@ -405,7 +405,7 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
   at::Tensor out2d = out.view({-1, g.embed_dim});  // (B T' (S + N), E)
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
   if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
-    if (use_bf16_kernel(g.num_tokens)) {
+    if (use_bf16_kernel(g.num_tokens, /*weight_grad=*/false)) {
       forward_bf16_kernel<video_t>(plan, video_ptr, weight2d, bias_ptr, pos, out_ptr);
       if (g.cls_slots) write_cls_rows<scalar_t>(plan, cls->const_data_ptr<scalar_t>(), pos_ptr, out_ptr);
       return;
@@ -629,7 +629,7 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
   video_t* grad_video_ptr = need_video ? grad_video.mutable_data_ptr<video_t>() : nullptr;
   const at::ScalarType dtype = weight2d.scalar_type();
   if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
-    if (need_weight && use_bf16_kernel(g.num_tokens)) {
+    if (need_weight && use_bf16_kernel(g.num_tokens, /*weight_grad=*/true)) {
       grad_weight2d = weight_grad_bf16_kernel<video_t>(plan, video_ptr, grad2d);
       need_weight = false;
       if (!need_video) return;

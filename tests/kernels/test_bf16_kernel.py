@@ -132,23 +132,25 @@ def test_weight_gradient_of_uint8_video(bf16_kernel):
     _assert_one_rounding(grads[1], want)
 
 
-def test_auto_picks_the_kernel_from_512_tokens_on_one_thread_and_other_engines_still_run():
-    """ "auto" (the default) runs the kernel for bf16 calls of at least 512 patch tokens on one thread (smaller
-    calls, and more threads, measured faster on oneDNN: docs/native.md); "bf16kernel" runs it at any size and
-    thread count; "onednn" and "aten" never."""
+def test_auto_picks_the_kernel_from_512_tokens_and_other_engines_still_run():
+    """ "auto" (the default) runs the kernel for bf16 calls of at least 512 patch tokens, its grad_weight on one
+    thread only (smaller calls, and grad_weight on more threads, measured faster on oneDNN: docs/native.md);
+    "bf16kernel" runs it at any size and thread count; "onednn" and "aten" never."""
     with engine("auto", 1):
         assert torch.ops.lsvit_cpu.gemm_engine(torch.bfloat16) == "bf16kernel"
         assert torch.ops.lsvit_cpu.gemm_engine(torch.float32) in ("onednn", "aten")
         assert not torch.ops.lsvit_cpu.uses_bf16_kernel(511)
         assert torch.ops.lsvit_cpu.uses_bf16_kernel(512)
+        assert torch.ops.lsvit_cpu.uses_bf16_kernel(512, True)
         assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 512) == "bf16kernel"
         assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 511) == "onednn"
         assert torch.ops.lsvit_cpu.fused_engine(torch.float32, 512) == "onednn"
     with engine("auto", 2):
-        assert not torch.ops.lsvit_cpu.uses_bf16_kernel(10**6)
-        assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 10**6) == "onednn"
+        assert torch.ops.lsvit_cpu.uses_bf16_kernel(10**6)
+        assert not torch.ops.lsvit_cpu.uses_bf16_kernel(10**6, True)
+        assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 10**6, True) == "onednn"
     with engine("bf16kernel", 2):
-        assert torch.ops.lsvit_cpu.uses_bf16_kernel(1)
+        assert torch.ops.lsvit_cpu.uses_bf16_kernel(1, True)
     big = Case(1, 2, 3, 96, 88, 20, 1, 4, 4)  # 2 x 24 x 22 = 1056 tokens
     assert big.batch * big.steps * big.num_spatial >= 512
     inp = make_inputs(big, dtype=torch.bfloat16, cls=True, pos="slot")
@@ -158,7 +160,9 @@ def test_auto_picks_the_kernel_from_512_tokens_on_one_thread_and_other_engines_s
     for name in ("onednn", "aten"):
         with engine(name, 1):
             assert torch.ops.lsvit_cpu.gemm_engine(torch.bfloat16) != "bf16kernel"
-            assert not torch.ops.lsvit_cpu.uses_bf16_kernel(10**6)
+            assert not torch.ops.lsvit_cpu.uses_bf16_kernel(10**6) and not torch.ops.lsvit_cpu.uses_bf16_kernel(
+                10**6, True
+            )
             assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 10**6) == name
             out = run_cpu(inp)
         torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=scaled_tolerance(ref, 1e-2))
