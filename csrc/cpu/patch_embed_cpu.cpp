@@ -22,6 +22,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -441,7 +442,11 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
     // thread then delays one block, not half the work (the blocks are independent, so the order is free).
     std::atomic<int64_t> next_block{0};
     const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.num_blocks));
+    // The workers call ATen ops (the GEMM, adds): they run in the caller's thread-local state, as the calling
+    // thread does (below autograd: an op with an out= argument refuses tensors that require grad otherwise).
+    const at::ThreadLocalState state;
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      at::ThreadLocalStateGuard caller_state(state);  // the caller's dispatch state (autograd off)
       at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
       at::Tensor c_buffer = kCIsOut ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, gemm_options);
       for (int64_t i = next_block++; i < blocks.num_blocks; i = next_block++) {
@@ -698,7 +703,11 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
       }
     }
   };
+  // The workers call ATen ops (the GEMM, adds): they run in the caller's thread-local state, as the calling
+  // thread does (below autograd: an op with an out= argument refuses tensors that require grad otherwise).
+  const at::ThreadLocalState state;
   at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
+    at::ThreadLocalStateGuard caller_state(state);  // the caller's dispatch state (autograd off)
     for (int64_t w = wbegin; w < wend; ++w) work(w);
   });
   if (need_weight) {
