@@ -22,13 +22,6 @@ from pathlib import Path
 EXT_NAME = "lsvit_kernels._C"
 DEFAULT_ARCHES = "8.0;9.0+PTX"  # A100 and H100/H200; the PTX lets newer GPUs JIT-compile the sm_90 code
 CXX_FLAGS = ["-O3"]  # torch adds its own -std (C++20 for torch 2.14)
-
-
-def _openmp_flags(torch) -> list[str]:
-    """-fopenmp when torch's ATen runs OpenMP: at::parallel_for is a header template whose OpenMP region exists
-    only in a translation unit compiled with -fopenmp; without it every parallel_for of the library runs on
-    one thread. At run time the library's libgomp.so.1 is the one torch has already loaded (same soname)."""
-    return ["-fopenmp"] if torch.backends.openmp.is_available() else []
 NVCC_FLAGS = ["-O3", "--threads", "2", "-lineinfo"]
 _CUDA_ONLY_LIBRARIES = ("cudart", "c10_cuda", "torch_cuda")
 
@@ -93,7 +86,6 @@ def extension_spec(root: Path, log: Callable[[str], None]):
         raise RuntimeError(f"LSVIT_FORCE_CUDA=1 but the CUDA part cannot be built: {cuda_skip_reason}")
     with_cuda = cuda_skip_reason is None
     include_dirs = [str(root / "csrc")]
-    omp = _openmp_flags(torch)
     macros = [("LSVIT_WITH_CUDA", None)] if with_cuda else []
 
     if with_cuda:
@@ -109,17 +101,12 @@ def extension_spec(root: Path, log: Callable[[str], None]):
             _sources(root, with_cuda=True),
             include_dirs=include_dirs,
             define_macros=macros,
-            extra_compile_args={"cxx": CXX_FLAGS + omp, "nvcc": NVCC_FLAGS},
-            extra_link_args=omp,
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
         )
         log(f"building {EXT_NAME}: CPU + CUDA kernels (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={arches})")
     else:
         ext = cpp_extension.CppExtension(
-            EXT_NAME,
-            _sources(root, with_cuda=False),
-            include_dirs=include_dirs,
-            extra_compile_args={"cxx": CXX_FLAGS + omp},
-            extra_link_args=omp,
+            EXT_NAME, _sources(root, with_cuda=False), include_dirs=include_dirs, extra_compile_args={"cxx": CXX_FLAGS}
         )
         log(f"building {EXT_NAME}: CPU kernel only (CUDA part skipped: {cuda_skip_reason})")
     ninja = cpp_extension.is_ninja_available()
