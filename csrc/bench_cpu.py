@@ -2,7 +2,7 @@
 
 fp32 video (2, 16, 3, 224, 224), tubelet 2 x 16 x 16, E = 768, with bias and pos_embed. Each case: 2 warm-up
 calls, then --reps timed calls, the cases taking turns (one call of each per round, so a load change hits all of
-them alike); the median wall time and the minimum process CPU time (all threads). ``--engines onednn,aten``
+them alike); the median wall time and the minimum process CPU time (all threads). ``--engines bf16kernel,onednn,aten``
 runs the fused kernel once per GEMM engine (csrc/cpu/gemm_cpu.h), ``--schedules blocks,gemm`` once per
 schedule, side by side in this one process. ``--backward`` times forward + backward (grad of weight, bias and
 pos). Peak memory: the ru_maxrss increase of one call in a fresh subprocess per backend, run first.
@@ -57,7 +57,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions per case")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--engines", default="onednn", help="GEMM engines of the fused kernel: onednn, aten")
+    parser.add_argument(
+        "--engines", default="auto", help="GEMM engines of the fused kernel: auto, bf16kernel, onednn, aten"
+    )
     parser.add_argument("--schedules", default="auto", help="schedules of the fused kernel: auto, blocks, gemm")
     parser.add_argument("--backward", action="store_true", help="forward + backward instead of forward")
     args = parser.parse_args()
@@ -137,7 +139,7 @@ def main() -> None:
     for name in cases:
         wall, cpu = statistics.median(walls[name]), min(cpus[name])
         print(f"  {name:<44} wall {wall:7.1f} ms  cpu {cpu:7.1f} ms  ({wall / base:.2f}x the GEMM)")
-    torch.ops.lsvit_cpu.set_gemm_engine("onednn")
+    torch.ops.lsvit_cpu.set_gemm_engine("auto")
     torch.ops.lsvit_cpu.set_schedule("auto")
 
 

@@ -54,7 +54,13 @@ def _cuda_reason_not(torch, cpp_extension) -> tuple[str | None, Path | None]:
 def _sources(root: Path, with_cuda: bool) -> list[str]:
     csrc = root / "csrc"
     cpu = csrc / "cpu"
-    files = [csrc / "register.cpp", csrc / "common.cpp", cpu / "patch_embed_cpu.cpp", cpu / "gemm_cpu.cpp"]
+    files = [
+        csrc / "register.cpp",
+        csrc / "common.cpp",
+        cpu / "patch_embed_cpu.cpp",
+        cpu / "gemm_cpu.cpp",
+        cpu / "bf16_gemm.cpp",
+    ]
     if with_cuda:
         files.append(csrc / "cuda" / "patch_embed_cuda.cu")
     return [str(f.relative_to(root)) for f in files]

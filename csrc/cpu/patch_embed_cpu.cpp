@@ -10,6 +10,8 @@
 // multi-threaded GEMM. Per block: 2 rows K E FLOPs; video bytes read once.
 // Accumulation is fp32 for every dtype: bf16 runs a bf16 panel and a bf16 GEMM (oneDNN: fp32 accumulation,
 // C added in fp32, one rounding); fp16 an fp32 panel, an fp32 weight copy and an fp32 C rounded once.
+// bf16 on CPUs with avx512_bf16 (calls of at least 512 tokens, gemm_cpu.h) takes neither schedule: the bf16
+// micro-kernel (bf16_gemm.h) with the gather writing its panel, forward_bf16_kernel and weight_grad_bf16_kernel.
 //
 // Backward. The same blocks: grad_weight += G_block^T @ panel into one fp32 (E, K) accumulator (kGemm) or one
 // per worker summed at the end (kBlocks, fixed worker ranges): deterministic. bf16 blocks are bf16 GEMMs
@@ -20,6 +22,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -31,11 +34,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "../common.h"
 #include "../patch_embed.h"
+#include "bf16_gemm.h"
 #include "gemm_cpu.h"
 
 namespace lsvit::cpu {
@@ -282,6 +287,102 @@ const void* data_or_null(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->const_data_ptr() : nullptr;
 }
 
+// Runs of columns [col0, col1) of a tubelet that are contiguous in the video (a patch row when its W stride is
+// 1), each (first column, length), cut where a column is a multiple of cut.
+std::vector<std::pair<int64_t, int64_t>> column_runs(const std::vector<int64_t>& k_off, int64_t col0, int64_t col1,
+                                                     int64_t cut) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  for (int64_t k = col0; k < col1; ++k) {
+    if (!runs.empty() && k % cut != 0 && k_off[k] == k_off[k - 1] + 1) {
+      ++runs.back().second;
+    } else {
+      runs.emplace_back(k, 1);
+    }
+  }
+  return runs;
+}
+
+std::vector<int64_t> column_offsets(const PatchGeometry& g, const VideoStrides& s) {
+  std::vector<int64_t> k_off(g.patch_dim);  // video offset of each column inside a tubelet
+  for (int64_t k = 0; k < g.patch_dim; ++k) k_off[k] = k_offset(k, g, s);
+  return k_off;
+}
+
+// Tokens per block of the bf16 micro-kernel path: a 384 KiB panel at K = 1536, which with one packed weight
+// block (147 KiB) stays in a 1 MiB L2 (docs/native.md, "bf16 micro-kernel").
+constexpr int64_t kBf16KernelBlockRows = 128;
+
+// bf16 forward on the bf16 micro-kernel (bf16_gemm.h). The weight is packed once per call; workers then pull
+// blocks of tokens from a shared counter, gather each block's tubelets straight into the kernel's A panel
+// (rows of padded_k bf16) and multiply, bias + pos (an fp32 table) added to the fp32 sums before the one
+// rounding into the tokens' output rows. CLS rows are left to the caller.
+template <typename video_t>
+void forward_bf16_kernel(const CallPlan& plan, const video_t* video_ptr, const at::Tensor& weight2d,
+                         const at::BFloat16* bias_ptr, const c10::optional<at::Tensor>& pos, at::BFloat16* out_ptr) {
+  const auto& g = plan.geometry;
+  const int64_t n = g.embed_dim, k = g.patch_dim, kp = bf16_gemm::padded_k(k);
+  const at::Tensor w = weight2d.contiguous();
+  at::Tensor packed = at::empty({bf16_gemm::packed_weight_elems(n, k)}, weight2d.options());
+  const auto* w_ptr = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>());
+  auto* packed_ptr = reinterpret_cast<uint16_t*>(packed.mutable_data_ptr<at::BFloat16>());
+  at::Tensor table;
+  {
+    c10::ParallelGuard serial_table(true);  // ~0.1 ms: not worth a thread-team region (see serial())
+    table = c_row_table<at::BFloat16, float>(bias_ptr, pos, n, weight2d.options().dtype(at::kFloat));
+  }
+  const float* table_ptr = table.defined() ? table.const_data_ptr<float>() : nullptr;
+  const bool per_pos_row = pos.has_value() && pos->defined();
+  const int64_t block = block_rows_env() > 0 ? block_rows_env() : kBf16KernelBlockRows;
+  const int64_t num_blocks = (g.num_tokens + block - 1) / block;
+  const std::vector<int64_t> k_off = column_offsets(g, plan.video_strides);
+  const auto runs = column_runs(k_off, 0, k, k);
+  std::atomic<int64_t> next_block{0}, next_pack{0}, packed_blocks{0};
+  const int64_t pack_blocks = bf16_gemm::n_blocks(n);
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_blocks));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    // The weight is packed inside the same region: workers take weight blocks from a counter, then wait until
+    // every block is packed. A worker that starts late finds the packing done instead of the others waiting for
+    // it at the end of a second region (on a loaded machine each region end may cost a time slice).
+    for (int64_t nb = next_pack++; nb < pack_blocks; nb = next_pack++) {
+      bf16_gemm::pack_weight(w_ptr, n, k, k, nb, nb + 1, packed_ptr);
+      packed_blocks.fetch_add(1, std::memory_order_release);
+    }
+    while (packed_blocks.load(std::memory_order_acquire) < pack_blocks) std::this_thread::yield();
+    at::Tensor panel = at::empty({block, kp}, weight2d.options());
+    at::BFloat16* panel_ptr = panel.mutable_data_ptr<at::BFloat16>();
+    std::vector<const float*> init_rows(block);
+    std::vector<uint16_t*> out_rows(block);
+    std::vector<const video_t*> origins(block);
+    for (int64_t i = next_block++; i < num_blocks; i = next_block++) {
+      const int64_t m0 = i * block, rows = std::min(block, g.num_tokens - m0);
+      for (int64_t r = 0; r < rows; ++r) {
+        origins[r] = video_ptr + tubelet_origin_offset(m0 + r, g, plan.video_strides);
+      }
+      // Run by run, every token of the block: consecutive tokens read neighbouring tubelets (see
+      // weight_grad_bf16_kernel).
+      for (const auto& [k0, len] : runs) {
+        at::BFloat16* dst = panel_ptr + k0;
+        for (int64_t r = 0; r < rows; ++r, dst += kp) {
+          const video_t* src = origins[r] + k_off[k0];
+          if constexpr (std::is_same_v<video_t, at::BFloat16>) {
+            std::memcpy(dst, src, len * sizeof(at::BFloat16));
+          } else {
+            for (int64_t j = 0; j < len; ++j) dst[j] = static_cast<at::BFloat16>(static_cast<float>(src[j]));
+          }
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t m = m0 + r;
+        if (kp != k) panel_ptr[r * kp + k] = at::BFloat16(0.0f);  // odd K: rows padded with one zero
+        init_rows[r] = table_ptr ? table_ptr + (per_pos_row ? pos_row(m, g, plan.pos_per_token) : 0) * n : nullptr;
+        out_rows[r] = reinterpret_cast<uint16_t*>(out_ptr + output_row(m, g) * n);
+      }
+      bf16_gemm::gemm_rows(reinterpret_cast<const uint16_t*>(panel_ptr), rows, kp, packed_ptr, n, init_rows.data(),
+                           out_rows.data());
+    }
+  });
+}
+
 template <typename scalar_t, typename video_t>
 void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tensor& weight2d,
                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& pos,
@@ -304,6 +405,13 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
   const auto* pos_ptr = static_cast<const scalar_t*>(data_or_null(pos));
   at::Tensor out2d = out.view({-1, g.embed_dim});  // (B T' (S + N), E)
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    if (use_bf16_kernel(g.num_tokens, /*weight_grad=*/false)) {
+      forward_bf16_kernel<video_t>(plan, video_ptr, weight2d, bias_ptr, pos, out_ptr);
+      if (g.cls_slots) write_cls_rows<scalar_t>(plan, cls->const_data_ptr<scalar_t>(), pos_ptr, out_ptr);
+      return;
+    }
+  }
   const at::Tensor table = c_row_table<scalar_t, gemm_t>(bias_ptr, pos, g.embed_dim, gemm_options);
   const gemm_t* table_ptr = table.defined() ? table.const_data_ptr<gemm_t>() : nullptr;
   const bool per_pos_row = pos_ptr != nullptr;
@@ -334,7 +442,11 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
     // thread then delays one block, not half the work (the blocks are independent, so the order is free).
     std::atomic<int64_t> next_block{0};
     const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks.num_blocks));
+    // The workers call ATen ops (the GEMM, adds): they run in the caller's thread-local state, as the calling
+    // thread does (below autograd: an op with an out= argument refuses tensors that require grad otherwise).
+    const at::ThreadLocalState state;
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      at::ThreadLocalStateGuard caller_state(state);  // the caller's dispatch state (autograd off)
       at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
       at::Tensor c_buffer = kCIsOut ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, gemm_options);
       for (int64_t i = next_block++; i < blocks.num_blocks; i = next_block++) {
@@ -412,6 +524,93 @@ struct WeightGradAccumulator {
   }
 };
 
+// Token pairs per chunk of the bf16 micro-kernel's grad_weight: the chunk's G pairs (E x 128 pairs x 4 B = 384
+// KiB at E = 768) stay in L2 and one packed panel block (128 pairs x 48 columns x 4 B = 24 KiB) in L1.
+constexpr int64_t kBf16KernelWeightGradPairs = 128;
+
+// bf16 grad_weight[e, k] = sum_m G[m, e] P[m, k] on the bf16 micro-kernel (bf16_gemm.h): bf16 products, fp32
+// accumulation over all tokens, one rounding at the end. The reduction runs over token pairs (m, m + 1): the
+// gather writes the two tubelets of a pair interleaved, column by column, straight into the packed-B layout
+// (block of kNr columns, pair, column, 2), and the pair's two grad_tokens rows are interleaved into strips of
+// kMr rows (strip, pair, row, 2), so that a micro-tile's A operand is one contiguous run. Each worker owns a range
+// of column blocks of grad_weight and walks every token: no sum across workers (deterministic) and one parallel
+// region. An odd last token is paired with zeros. Returns the (E, K) gradient in bf16.
+template <typename video_t>
+at::Tensor weight_grad_bf16_kernel(const CallPlan& plan, const video_t* video, const at::Tensor& grad2d) {
+  const auto& g = plan.geometry;
+  const int64_t e_dim = g.embed_dim, k_dim = g.patch_dim, tokens = g.num_tokens;
+  const auto bf16_options = grad2d.options().dtype(at::kBFloat16);
+  at::Tensor result = at::empty({e_dim, k_dim}, bf16_options);
+  const int64_t total_pairs = (tokens + 1) / 2;
+  if (total_pairs == 0) return result.zero_();
+  const std::vector<int64_t> k_off = column_offsets(g, plan.video_strides);
+  const int64_t chunk_pairs = block_rows_env() > 0 ? (block_rows_env() + 1) / 2 : kBf16KernelWeightGradPairs;
+  const int64_t chunks = (total_pairs + chunk_pairs - 1) / chunk_pairs;
+  const int64_t col_blocks = bf16_gemm::n_blocks(k_dim);
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), col_blocks));
+  const auto* grad_ptr = reinterpret_cast<const uint16_t*>(grad2d.const_data_ptr<at::BFloat16>());
+  at::BFloat16* result_ptr = result.mutable_data_ptr<at::BFloat16>();
+  constexpr int64_t kNr = bf16_gemm::kNr;
+
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t nb0 = col_blocks * w / workers, nb1 = col_blocks * (w + 1) / workers;
+      const int64_t col0 = nb0 * kNr, col1 = std::min(nb1 * kNr, k_dim);
+      const auto runs = column_runs(k_off, col0, col1, kNr);  // never crossing a block
+      at::Tensor acc = at::empty({e_dim, col1 - col0}, grad2d.options().dtype(at::kFloat));
+      at::Tensor g_pairs =
+          at::empty({(e_dim + bf16_gemm::kMr - 1) / bf16_gemm::kMr, chunk_pairs, bf16_gemm::kMr, 2}, bf16_options);
+      at::Tensor panel = at::zeros({nb1 - nb0, chunk_pairs, kNr, 2}, bf16_options);  // columns past K stay 0
+      auto* gp = reinterpret_cast<uint16_t*>(g_pairs.mutable_data_ptr<at::BFloat16>());
+      auto* bp = reinterpret_cast<uint16_t*>(panel.mutable_data_ptr<at::BFloat16>());
+      float* acc_ptr = acc.mutable_data_ptr<float>();
+      std::vector<float*> out_rows(e_dim);
+      std::vector<const float*> init_rows(e_dim, nullptr);
+      std::vector<const video_t*> origins(2 * chunk_pairs);  // the chunk's tubelets (null: past the last token)
+      for (int64_t e = 0; e < e_dim; ++e) out_rows[e] = acc_ptr + e * (col1 - col0) - col0;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t p0 = c * chunk_pairs, pairs = std::min(chunk_pairs, total_pairs - p0);
+        for (int64_t p = 0; p < pairs; ++p) {
+          const int64_t m0 = 2 * (p0 + p), m1 = m0 + 1;
+          const bool second = m1 < tokens;
+          bf16_gemm::interleave_strips(grad_ptr + output_row(m0, g) * e_dim,
+                                       second ? grad_ptr + output_row(m1, g) * e_dim : nullptr, e_dim, pairs,
+                                       gp + p * bf16_gemm::kMr * 2);
+          origins[2 * p] = video + tubelet_origin_offset(m0, g, plan.video_strides);
+          origins[2 * p + 1] = second ? video + tubelet_origin_offset(m1, g, plan.video_strides) : nullptr;
+        }
+        // Run by run, every pair of the chunk: consecutive pairs read neighbouring tubelets (the next bytes of the
+        // same video rows) and write consecutive panel rows, two streams the prefetcher follows. Pair by pair,
+        // run by run (96 rows of 6 planes, 32 panel blocks apart) took 5x as long (0.8 vs 4.2 ms CPU for the 3D
+        // benchmark video at E = 16, where the gather is all the work).
+        for (const auto& [k, len] : runs) {
+          uint16_t* dst = bp + ((k / kNr - nb0) * pairs * kNr + k % kNr) * 2;
+          for (int64_t p = 0; p < pairs; ++p, dst += kNr * 2) {
+            const video_t* v0 = origins[2 * p] + k_off[k];
+            const video_t* v1 = origins[2 * p + 1] ? origins[2 * p + 1] + k_off[k] : nullptr;
+            if constexpr (std::is_same_v<video_t, at::BFloat16>) {
+              bf16_gemm::interleave_pairs(reinterpret_cast<const uint16_t*>(v0), reinterpret_cast<const uint16_t*>(v1),
+                                          len, dst);
+            } else {
+              for (int64_t i = 0; i < len; ++i) {
+                dst[2 * i] = at::BFloat16(static_cast<float>(v0[i])).x;
+                dst[2 * i + 1] = v1 ? at::BFloat16(static_cast<float>(v1[i])).x : uint16_t{0};
+              }
+            }
+          }
+        }
+        bf16_gemm::gemm_pairs_f32(gp, e_dim, pairs, bp, k_dim, nb0, nb1, init_rows.data(), out_rows.data());
+        if (c == 0) init_rows = std::vector<const float*>(out_rows.begin(), out_rows.end());
+      }
+      for (int64_t e = 0; e < e_dim; ++e) {  // the one rounding
+        bf16_gemm::round_to_bf16(acc_ptr + e * (col1 - col0), col1 - col0,
+                                 reinterpret_cast<uint16_t*>(result_ptr + e * k_dim + col0));
+      }
+    }
+  });
+  return result;
+}
+
 template <typename scalar_t, typename video_t>
 void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at::Tensor& video,
                    const at::Tensor& weight2d, bool need_video, bool need_weight, at::Tensor& grad_video,
@@ -434,6 +633,13 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
   const video_t* video_ptr = video.const_data_ptr<video_t>();
   video_t* grad_video_ptr = need_video ? grad_video.mutable_data_ptr<video_t>() : nullptr;
   const at::ScalarType dtype = weight2d.scalar_type();
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    if (need_weight && use_bf16_kernel(g.num_tokens, /*weight_grad=*/true)) {
+      grad_weight2d = weight_grad_bf16_kernel<video_t>(plan, video_ptr, grad2d);
+      need_weight = false;
+      if (!need_video) return;
+    }
+  }
 
   if (sched == Schedule::kGemm) {  // one block of output rows after another, multi-threaded GEMMs
     const RowPlan rp = plan_rows(g, gemm_block_rows(threads, g.patch_dim, sizeof(gemm_t)));
@@ -497,7 +703,11 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
       }
     }
   };
+  // The workers call ATen ops (the GEMM, adds): they run in the caller's thread-local state, as the calling
+  // thread does (below autograd: an op with an out= argument refuses tensors that require grad otherwise).
+  const at::ThreadLocalState state;
   at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
+    at::ThreadLocalStateGuard caller_state(state);  // the caller's dispatch state (autograd off)
     for (int64_t w = wbegin; w < wend; ++w) work(w);
   });
   if (need_weight) {

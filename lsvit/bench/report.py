@@ -128,6 +128,7 @@ def auto_dispatch_rows(results: dict) -> list[dict]:
     for entry in results["cases"]:
         by_name = {r["contestant"]: r for r in entry["results"] if r["status"] == "ok"}
         auto = entry.get("auto_backend")
+        engine = entry.get("auto_engine")
         auto_rec = by_name.get(f"ours:{auto}") if auto else None
         plain = [by_name[n] for n in PLAIN if n in by_name]
         best_plain = min(plain, key=lambda r: r["median_ms"]) if plain else None
@@ -137,6 +138,7 @@ def auto_dispatch_rows(results: dict) -> list[dict]:
             {
                 "label": entry["case"]["label"],
                 "auto": auto,
+                "auto_label": f"{auto} ({engine} GEMM)" if auto and engine else auto,
                 "auto_ms": auto_rec["median_ms"] if auto_rec else None,
                 "best_plain": best_plain["contestant"] if best_plain else None,
                 "best_plain_ms": best_plain["median_ms"] if best_plain else None,
@@ -159,7 +161,7 @@ def auto_dispatch_table(results: dict) -> list[str]:
         table.append(
             [
                 r["label"],
-                r["auto"] or "-",
+                r["auto_label"] or "-",
                 _ms(r["auto_ms"]),
                 r["best_plain"] or "-",
                 _ms(r["best_plain_ms"]),

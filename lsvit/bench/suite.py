@@ -224,7 +224,10 @@ def run_suite(
                 "results": records,
                 "speedups": add_speedups(records),
                 # what lk.patch_embed(...) without backend= runs for this case here
-                "auto_backend": registry.resolve(device.type, None, case.torch_dtype).name,
+                "auto_backend": (auto := registry.resolve(device.type, None, case.torch_dtype).name),
+                "auto_engine": cpu_gemm_engine(
+                    auto, case.torch_dtype, case.batch * case.grid().num_patches, case.mode == "fwdbwd"
+                ),
             }
         )
         del inputs
@@ -261,6 +264,20 @@ def write_outputs(results: dict, out_dir: Path, plots: bool = True) -> str:
         results["plots"] = write_plots(results, out_dir)
         (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     return markdown
+
+
+def cpu_gemm_engine(backend: str, dtype: torch.dtype, tokens: int, backward: bool) -> Optional[str]:
+    """The GEMM engine the compiled CPU kernel runs for a call of this dtype over this many patch tokens at the
+    current thread count (docs/native.md, "CPU GEMM engine"), "<forward's> + <grad_weight's> grad_weight" when
+    a backward runs on another one; None when the backend is another one or the library does not say."""
+    if backend != "cpu":
+        return None
+    try:
+        forward = str(torch.ops.lsvit_cpu.fused_engine(dtype, tokens))
+        weight_grad = str(torch.ops.lsvit_cpu.fused_engine(dtype, tokens, True)) if backward else forward
+        return forward if weight_grad == forward else f"{forward} + {weight_grad} grad_weight"
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -58,3 +58,11 @@ def test_no_table_for_results_without_the_pick():
     for entry in results["cases"]:
         del entry["auto_backend"]
     assert auto_dispatch_table(results) == []
+
+
+def test_table_names_the_cpu_gemm_engine_when_recorded():
+    results = _results()
+    results["cases"][0]["auto_engine"] = "bf16kernel"
+    lines = auto_dispatch_table(results)
+    assert lines[2].startswith("| A | cpu (bf16kernel GEMM) | 16.00 |")
+    assert lines[3].startswith("| B | reference | 12.50 |")

@@ -366,7 +366,7 @@ def test_gemm_engine_switch():
         avx512 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16")
         if torch.backends.mkldnn.is_available() and avx512:
             assert torch.ops.lsvit_cpu.gemm_engine(torch.float32) == "onednn"
-        with pytest.raises(ValueError, match="must be 'onednn' or 'aten'"):
+        with pytest.raises(ValueError, match="must be 'auto', 'bf16kernel', 'onednn' or 'aten'"):
             torch.ops.lsvit_cpu.set_gemm_engine("mkl")
     finally:
         torch.ops.lsvit_cpu.set_gemm_engine(old)
@@ -374,11 +374,12 @@ def test_gemm_engine_switch():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_engines_agree(dtype):
-    """Both GEMM engines give the same tokens and weight gradient to the dtype's rounding."""
+    """Every GEMM engine gives the same tokens and weight gradient to the dtype's rounding ("bf16kernel" runs
+    the bf16 micro-kernel where the CPU has avx512_bf16, else it falls back like "auto")."""
     inp = make_inputs(CASES[3], dtype=dtype, cls=True, pos="slot")
     inp.weight.requires_grad_()
     results = []
-    for engine in ("onednn", "aten"):
+    for engine in ("onednn", "aten", "bf16kernel"):
         old = torch.ops.lsvit_cpu.set_gemm_engine(engine)
         try:
             out = run_cpu(inp)
@@ -387,5 +388,6 @@ def test_engines_agree(dtype):
             torch.ops.lsvit_cpu.set_gemm_engine(old)
         results.append((out.double(), grad_weight.double()))
     rel = 1e-5 if dtype == torch.float32 else 2e-2
-    for got, want in zip(results[0], results[1], strict=True):
-        torch.testing.assert_close(got, want, rtol=rel, atol=scaled_tolerance(want, rel))
+    for other in results[1:]:
+        for got, want in zip(results[0], other, strict=True):
+            torch.testing.assert_close(got, want, rtol=rel, atol=scaled_tolerance(want, rel))
