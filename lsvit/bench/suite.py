@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 import lsvit_kernels as lk
+from lsvit.errors import UserError, add_debug_argument, run_guarded
 from lsvit_kernels import registry
 
 from . import cases as cases_mod
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_argument(p)
     return p
 
 
@@ -107,7 +109,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        raise UserError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     return device
 
 
@@ -116,11 +118,11 @@ def select_cases(args: argparse.Namespace, device: torch.device) -> list[cases_m
     if args.inputs:
         unknown = set(args.inputs) - {"float", "uint8"}
         if unknown:
-            raise SystemExit(f"--input {sorted(unknown)} is unknown; use float and/or uint8")
+            raise UserError(f"--input {sorted(unknown)} is unknown; use float and/or uint8")
         uint8 = [v == "uint8" for v in args.inputs]
     for mode in args.mode or []:
         if mode not in cases_mod.MODES:
-            raise SystemExit(f"--mode {mode!r} is unknown; use fwd and/or fwdbwd")
+            raise UserError(f"--mode {mode!r} is unknown; use fwd and/or fwdbwd")
     try:
         return cases_mod.select_cases(
             device.type,
@@ -137,7 +139,7 @@ def select_cases(args: argparse.Namespace, device: torch.device) -> list[cases_m
             headline=args.headline,
         )
     except ValueError as exc:
-        raise SystemExit(str(exc)) from exc
+        raise UserError(str(exc)) from exc
 
 
 def timing_config(args: argparse.Namespace, device: torch.device) -> TimingConfig:
@@ -178,7 +180,7 @@ def run_suite(
     if args.contestants:
         unknown = set(args.contestants) - {c.name for c in contestants}
         if unknown:
-            raise SystemExit(f"--contestants {sorted(unknown)} not known here; have {[c.name for c in contestants]}")
+            raise UserError(f"--contestants {sorted(unknown)} not known here; have {[c.name for c in contestants]}")
         contestants = [c for c in contestants if c.name in args.contestants]
 
     results: dict = {
@@ -281,7 +283,11 @@ def cpu_gemm_engine(backend: str, dtype: torch.dtype, tokens: int, backward: boo
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Console-script entry point: errors print one line (``--debug``: the traceback)."""
+    return run_guarded(_run_and_write, build_parser().parse_args(argv))
+
+
+def _run_and_write(args: argparse.Namespace) -> int:
     results = run_suite(args)
     markdown = write_outputs(results, args.out, plots=not args.no_plots)
     sys.stdout.write(markdown)
