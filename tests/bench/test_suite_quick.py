@@ -126,3 +126,19 @@ def test_patch_counts_and_model_section(quick_run):
     model = results["model"]
     assert all(v["status"] == "ok" for v in model["variants"]), model
     assert "LSViTForAction forward" in markdown
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--quick", "--mode", "fwd,sideways"], "--mode 'sideways' is unknown; use fwd and/or fwdbwd"),
+        (["--quick", "--input", "float,int4"], "--input ['int4'] is unknown; use float and/or uint8"),
+        (["--quick", "--contestants", "nope"], "--contestants ['nope'] not known here"),
+    ],
+)
+def test_bad_arguments_print_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        suite.main([*argv, "--out", str(tmp_path), "--no-plots"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err and "Traceback" not in err
