@@ -2,8 +2,9 @@
 
 Public API: ``patch_embed`` (the op), ``FusedPatchConv2d`` / ``FusedPatchConv3d`` (the ``nn.Conv2d`` /
 ``nn.Conv3d`` drop-in modules; ``tokens()`` for the op's full form), ``replace_patch_embeddings`` (swap them into
-any model), the geometry helpers, backend controls (``use_backend``, ``available_backends``, ``last_backend``) and
-``onnx`` (export), and ``smif_patch_embed`` (LSViT's input stage: SMIF motion computed in the patch gather). ``PatchEmbed2d`` / ``PatchEmbed3d`` are deprecated names kept for older code.
+any model), ``smif_patch_embed`` (LSViT's input stage: SMIF motion computed in the patch gather), the geometry
+helpers, backend controls (``use_backend``, ``available_backends``, ``last_backend``) and ``onnx`` (export).
+``PatchEmbed2d`` / ``PatchEmbed3d`` are deprecated names kept for older code.
 """
 
 from . import (

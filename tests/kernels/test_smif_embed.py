@@ -55,6 +55,11 @@ def smif_args(p):
     }
 
 
+def normalize(x, mean, std):
+    shape = (1, 1, -1, 1, 1)
+    return (x - torch.tensor(mean, dtype=x.dtype).view(shape)) / torch.tensor(std, dtype=x.dtype).view(shape)
+
+
 def oracle(video, p, mean=None, std=None):
     """Today's input stage: normalize, SMIF's X' and S as PyTorch passes, cat, patch_embed with cat([W, W_m])."""
     if video.dtype == torch.uint8:
