@@ -127,9 +127,9 @@ def test_forward_and_every_gradient_match_pytorch_float64(backend, shape, patch,
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck(backend):
-    p = make_problem((1, 4, 2, 4, 6), (2, 3), 2, 5, torch.float64)
+    p = make_problem((1, 4, 2, 2, 3), (1, 3), 2, 3, torch.float64)
     smif = p["smif"]
-    video = torch.randn(1, 4, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    video = torch.randn(1, 4, 2, 2, 3, dtype=torch.float64, requires_grad=True)
     inputs = [video, p["weight"], p["motion_weight"], p["bias"], p["pos_embed"], p["cls_token"]]
     inputs += [smif.threshold_logit.detach(), smif.fuse.weight.detach(), smif.fuse.bias.detach(), smif.gate.detach()]
     inputs = [t.detach().clone().requires_grad_() for t in inputs]
@@ -140,7 +140,7 @@ def test_gradcheck(backend):
             backend=backend,
         )  # fmt: skip
 
-    assert torch.autograd.gradcheck(op, inputs, eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(op, inputs, eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 # Low precision: error against the float64 oracle at most 2x that of the unfused PyTorch path in the same dtype
