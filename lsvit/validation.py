@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lsvit.data import to_model_input
 from lsvit.distributed import all_reduce_sum, any_rank
 from lsvit.interrupt import Interrupted
 from lsvit.optim import topk_correct
@@ -39,7 +38,8 @@ def evaluate(trainer, model: nn.Module) -> dict[str, Any]:
                 probs = view_probabilities(model, video, video.shape[0], trainer.device, mean, std)
                 logits = probs.clamp_min(1e-12).log()
             else:
-                logits = model(to_model_input(video, trainer.device, mean, std)).float()
+                # uint8 clips: the model's input op normalizes what it reads
+                logits = model(video.to(trainer.device, non_blocking=True), mean=mean, std=std).float()
         smoothing = trainer.args.label_smoothing
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing))
         nll_sum += float(F.cross_entropy(logits, labels, reduction="sum"))

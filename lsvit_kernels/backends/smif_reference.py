@@ -1,7 +1,7 @@
 """Reference backend of ``smif_patch_embed``, and the SMIF backward every backend shares.
 
 Forward is LSViT's input stage in plain PyTorch, pass after pass: normalize, SMIF (``X'`` and the signed motion
-``S``), ``cat([X', S])`` into a (B, T, 2C, H, W) tensor, then the reference patch embedding with ``[W, W_m]``.
+``S``), ``cat([X', S])`` into a (B, T, 2C, H, W) tensor, then the patch-embedding op with ``[W, W_m]``.
 The fused backends exist to avoid those passes; this is their oracle.
 
 Backward (all backends): the grads of the tokens with respect to ``[X'; S]`` and the projection's parameters come
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
-from . import reference
 
 
 def neighbour_differences(video: Tensor, radius: int, signed: bool = False) -> Tensor:
@@ -100,10 +99,11 @@ def forward(
     fused, _, signed_motion = smif_maps(
         x, threshold_logit, fuse_weight, fuse_bias, gate, radius, signed=motion_weight is not None
     )
+    # the patch embedding on the op's own registry (the fused kernel of the device: triton on CUDA)
     if motion_weight is None:
-        return reference.forward(fused, weight, bias, pos_embed, cls_token)
+        return ops._patch_embed(fused, weight, bias, pos_embed, cls_token, None)
     stacked = torch.cat([fused, signed_motion], dim=2)  # (B, T, 2C, H, W)
-    return reference.forward(stacked, torch.cat([weight, motion_weight], dim=1), bias, pos_embed, cls_token)
+    return ops._patch_embed(stacked, torch.cat([weight, motion_weight], dim=1), bias, pos_embed, cls_token, None)
 
 
 def _difference_backward(grad: Tensor, x: Tensor, radius: int, signed: bool) -> Tensor:
