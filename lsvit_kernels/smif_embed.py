@@ -157,6 +157,28 @@ def _fake_tokens(video, weight, motion_weight, bias, pos_embed, cls_token, *rest
     return ops._fake_tokens(video, weight, bias, pos_embed, cls_token)
 
 
+def _autocast_kernel(device_type: str):
+    """Autocast runs the op as the patch-embedding op does (ops.py): floating tensors of the device except float64
+    in the region's dtype, uint8 video as it is, the op itself with autocast off."""
+
+    def kernel(*args):
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(a):
+            eligible = isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64
+            return a.to(dtype) if eligible and a.device.type == device_type else a
+
+        with torch.autocast(device_type, enabled=False):
+            return _smif_patch_embed(*(cast(a) for a in args))
+
+    return kernel
+
+
+for _device_type, _key in ops._AUTOCAST_KEYS.items():
+    if torch.amp.is_autocast_available(_device_type):
+        _lib.impl("smif_patch_embed", _autocast_kernel(_device_type), _key)
+
+
 def _setup_context(ctx, inputs, output):
     (video, weight, motion_weight, bias, pos_embed, cls_token, theta, fuse_w, fuse_b, gate) = inputs[:10]
     radius, mean, std, pixel_scale, backend = inputs[10:]

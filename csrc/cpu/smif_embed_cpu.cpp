@@ -47,95 +47,139 @@ struct SmifParams {
   int64_t radius;
 };
 
-// Per-thread buffers for one patch row of every channel: x, M (then reused), S; C * pw values each.
+// Per-thread buffers for one image-row segment of every channel: x, M, S and the fused row; C * width values.
 template <typename acc_t>
 struct RowScratch {
-  std::vector<acc_t> x, motion, signed_motion;
-  explicit RowScratch(int64_t n) : x(n), motion(n), signed_motion(n) {}
+  std::vector<acc_t> x, motion, signed_motion, fused;
+  explicit RowScratch(int64_t n) : x(n), motion(n), signed_motion(n), fused(n) {}
 };
 
-// One patch row (pw pixels) of frame f for every channel: x, M and S, then X' into the frame panel and S into the
-// motion panel at k = ((c t + dt) ph + dh) pw + dw. kUnitW: the video's W stride is 1 (the compiler vectorizes).
+#if defined(__GNUC__)
+#define LSVIT_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define LSVIT_ALWAYS_INLINE inline
+#endif
+
+// A run: `count` patch tokens m0, m0 + 1, ... side by side in one row of patches (same b, step, gy), whose panel
+// rows are consecutive. For each tubelet row (dt, dh) SMIF runs over the run's whole image-row segment of
+// count * pw pixels (long loops the compiler vectorizes; per 16-pixel patch row the loop overheads dominated), then
+// each token's pw values go to its panel row at k = ((c t + dt) ph + dh) pw + dw.
 template <bool kUnitW, typename video_t, typename gemm_t, typename acc_t>
-void smif_patch_row(const video_t* row_origin, const PatchGeometry& g, const VideoStrides& s,
-                    const SmifParams<acc_t>& p, int64_t frame, int64_t dt, int64_t dh, gemm_t* frame_panel_row,
-                    gemm_t* motion_panel_row, RowScratch<acc_t>& scratch) {
-  const int64_t pw = g.patch_w, channels = g.channels;
-  const int64_t first = std::max<int64_t>(frame - p.radius, 0);
-  const int64_t last = std::min<int64_t>(frame + p.radius, g.frames - 1);
-  const acc_t inv_count = acc_t(1) / static_cast<acc_t>(std::max<int64_t>(last - first, 1));
+LSVIT_ALWAYS_INLINE void smif_run(const video_t* video, const PatchGeometry& g, const VideoStrides& s,
+                                  const SmifParams<acc_t>& p, int64_t m0, int64_t count, int64_t k, gemm_t* frame_panel,
+                                  gemm_t* motion_panel, RowScratch<acc_t>& scratch) {
+  const int64_t pw = g.patch_w, channels = g.channels, width = count * pw;
   const int64_t sw = kUnitW ? 1 : s.w;
-  for (int64_t c = 0; c < channels; ++c) {
-    const video_t* src = row_origin + c * s.c;
-    const acc_t scale = p.scale[c], shift = p.shift[c];
-    acc_t* x = scratch.x.data() + c * pw;
-    acc_t* d = scratch.motion.data() + c * pw;
-    acc_t* sm = scratch.signed_motion.data() + c * pw;
-    for (int64_t dw = 0; dw < pw; ++dw) {
-      x[dw] = static_cast<acc_t>(src[dw * sw]) * scale + shift;
-      d[dw] = acc_t(0);
-      sm[dw] = acc_t(0);
-    }
-    for (int64_t j = first; j <= last; ++j) {
-      if (j == frame) continue;
-      const video_t* neighbour = src + (j - frame) * s.t;
-      const acc_t direction = j > frame ? acc_t(1) : acc_t(-1);  // later minus earlier
-      for (int64_t dw = 0; dw < pw; ++dw) {
-        const acc_t diff = static_cast<acc_t>(neighbour[dw * sw]) * scale + shift - x[dw];
-        d[dw] += std::abs(diff);
-        sm[dw] += direction * diff;
-      }
-    }
-    const acc_t tau = p.threshold[c];
-    for (int64_t dw = 0; dw < pw; ++dw) {
-      d[dw] = std::max(d[dw] * inv_count - tau, acc_t(0));  // M
-      sm[dw] *= inv_count;                                   // S
-    }
-  }
+  const video_t* origin = video + tubelet_origin_offset(m0, g, s);
+  const int64_t step = (m0 / g.num_spatial) % g.steps;
   const int64_t plane = g.tubelet * g.patch_h * pw;  // k stride of one channel
-  const int64_t offset = (dt * g.patch_h + dh) * pw;
-  for (int64_t o = 0; o < channels; ++o) {
-    const acc_t* w_row = p.fuse_weight + o * 2 * channels;
-    const acc_t bias = p.fuse_bias[o], gate = p.gate[o];
-    gemm_t* dst = frame_panel_row + o * plane + offset;
-    acc_t fused[64];  // pw <= 64 per chunk
-    for (int64_t dw0 = 0; dw0 < pw; dw0 += 64) {
-      const int64_t n = std::min<int64_t>(64, pw - dw0);
-      for (int64_t dw = 0; dw < n; ++dw) fused[dw] = bias;
+  for (int64_t dt = 0; dt < g.tubelet; ++dt) {
+    const int64_t frame = step * g.tubelet + dt;
+    const int64_t first = std::max<int64_t>(frame - p.radius, 0);
+    const int64_t last = std::min<int64_t>(frame + p.radius, g.frames - 1);
+    const acc_t inv_count = acc_t(1) / static_cast<acc_t>(std::max<int64_t>(last - first, 1));
+    for (int64_t dh = 0; dh < g.patch_h; ++dh) {
+      const video_t* row_origin = origin + dt * s.t + dh * s.h;
       for (int64_t c = 0; c < channels; ++c) {
-        const acc_t wx = w_row[c], wm = w_row[channels + c];
-        const acc_t* x = scratch.x.data() + c * pw + dw0;
-        const acc_t* m = scratch.motion.data() + c * pw + dw0;
-        for (int64_t dw = 0; dw < n; ++dw) fused[dw] += wx * x[dw] + wm * m[dw];
+        const video_t* __restrict__ src = row_origin + c * s.c;
+        const acc_t scale = p.scale[c], shift = p.shift[c];
+        acc_t* __restrict__ x = scratch.x.data() + c * width;
+        acc_t* __restrict__ d = scratch.motion.data() + c * width;
+        acc_t* __restrict__ sm = scratch.signed_motion.data() + c * width;
+        for (int64_t w = 0; w < width; ++w) {
+          x[w] = static_cast<acc_t>(src[w * sw]) * scale + shift;
+          d[w] = acc_t(0);
+          sm[w] = acc_t(0);
+        }
+        for (int64_t j = first; j <= last; ++j) {
+          if (j == frame) continue;
+          const video_t* __restrict__ neighbour = src + (j - frame) * s.t;
+          const acc_t direction = j > frame ? acc_t(1) : acc_t(-1);  // later minus earlier
+          for (int64_t w = 0; w < width; ++w) {
+            const acc_t diff = static_cast<acc_t>(neighbour[w * sw]) * scale + shift - x[w];
+            d[w] += diff < acc_t(0) ? -diff : diff;
+            sm[w] += direction * diff;
+          }
+        }
+        const acc_t tau = p.threshold[c];
+        for (int64_t w = 0; w < width; ++w) {
+          const acc_t above = d[w] * inv_count - tau;
+          d[w] = above > acc_t(0) ? above : acc_t(0);  // M
+          sm[w] *= inv_count;                          // S
+        }
       }
-      const acc_t* x_o = scratch.x.data() + o * pw + dw0;
-      for (int64_t dw = 0; dw < n; ++dw) dst[dw0 + dw] = static_cast<gemm_t>(x_o[dw] + gate * fused[dw]);
-    }
-    if (motion_panel_row) {
-      const acc_t* sm = scratch.signed_motion.data() + o * pw;
-      gemm_t* sdst = motion_panel_row + o * plane + offset;
-      for (int64_t dw = 0; dw < pw; ++dw) sdst[dw] = static_cast<gemm_t>(sm[dw]);
+      const int64_t offset = (dt * g.patch_h + dh) * pw;
+      for (int64_t o = 0; o < channels; ++o) {
+        const acc_t* w_row = p.fuse_weight + o * 2 * channels;
+        const acc_t bias = p.fuse_bias[o], gate = p.gate[o];
+        acc_t* __restrict__ fused = scratch.fused.data();
+        for (int64_t w = 0; w < width; ++w) fused[w] = bias;
+        for (int64_t c = 0; c < channels; ++c) {
+          const acc_t wx = w_row[c], wm = w_row[channels + c];
+          const acc_t* __restrict__ x = scratch.x.data() + c * width;
+          const acc_t* __restrict__ m = scratch.motion.data() + c * width;
+          for (int64_t w = 0; w < width; ++w) fused[w] += wx * x[w] + wm * m[w];
+        }
+        const acc_t* __restrict__ x_o = scratch.x.data() + o * width;
+        for (int64_t w = 0; w < width; ++w) fused[w] = x_o[w] + gate * fused[w];  // X'
+        const acc_t* __restrict__ sm = scratch.signed_motion.data() + o * width;
+        for (int64_t i = 0; i < count; ++i) {
+          gemm_t* __restrict__ dst = frame_panel + i * k + o * plane + offset;
+          for (int64_t dw = 0; dw < pw; ++dw) dst[dw] = static_cast<gemm_t>(fused[i * pw + dw]);
+          if (motion_panel) {
+            gemm_t* __restrict__ sdst = motion_panel + i * k + o * plane + offset;
+            for (int64_t dw = 0; dw < pw; ++dw) sdst[dw] = static_cast<gemm_t>(sm[i * pw + dw]);
+          }
+        }
+      }
     }
   }
 }
 
-// Panel rows of patch token m: X' (and S) of its whole tubelet.
 template <typename video_t, typename gemm_t, typename acc_t>
-void smif_tubelet(const video_t* video, const PatchGeometry& g, const VideoStrides& s, const SmifParams<acc_t>& p,
-                  int64_t m, gemm_t* frame_panel_row, gemm_t* motion_panel_row, RowScratch<acc_t>& scratch) {
-  const video_t* origin = video + tubelet_origin_offset(m, g, s);
-  const int64_t step = (m / g.num_spatial) % g.steps;
-  for (int64_t dt = 0; dt < g.tubelet; ++dt) {
-    for (int64_t dh = 0; dh < g.patch_h; ++dh) {
-      const video_t* row_origin = origin + dt * s.t + dh * s.h;
-      const int64_t frame = step * g.tubelet + dt;
-      if (s.w == 1) {
-        smif_patch_row<true>(row_origin, g, s, p, frame, dt, dh, frame_panel_row, motion_panel_row, scratch);
-      } else {
-        smif_patch_row<false>(row_origin, g, s, p, frame, dt, dh, frame_panel_row, motion_panel_row, scratch);
-      }
-    }
+LSVIT_ALWAYS_INLINE void smif_run_any_stride(const video_t* video, const PatchGeometry& g, const VideoStrides& s,
+                                             const SmifParams<acc_t>& p, int64_t m0, int64_t count, int64_t k,
+                                             gemm_t* frame_panel, gemm_t* motion_panel, RowScratch<acc_t>& scratch) {
+  if (s.w == 1) {
+    smif_run<true>(video, g, s, p, m0, count, k, frame_panel, motion_panel, scratch);
+  } else {
+    smif_run<false>(video, g, s, p, m0, count, k, frame_panel, motion_panel, scratch);
   }
+}
+
+// The same code compiled twice: for the build's baseline ISA and, on x86-64 with GCC or Clang, for AVX2 + FMA
+// (8 floats per instruction instead of SSE2's 4), chosen at run time by what the CPU supports. The build flags
+// stay portable (-O3 only) and the library still loads on any x86-64 CPU.
+template <typename video_t, typename gemm_t, typename acc_t>
+void smif_run_baseline(const video_t* video, const PatchGeometry& g, const VideoStrides& s, const SmifParams<acc_t>& p,
+                       int64_t m0, int64_t count, int64_t k, gemm_t* frame_panel, gemm_t* motion_panel,
+                       RowScratch<acc_t>& scratch) {
+  smif_run_any_stride(video, g, s, p, m0, count, k, frame_panel, motion_panel, scratch);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define LSVIT_SMIF_AVX2 1
+template <typename video_t, typename gemm_t, typename acc_t>
+__attribute__((target("avx2,fma"))) void smif_run_avx2(const video_t* video, const PatchGeometry& g,
+                                                       const VideoStrides& s, const SmifParams<acc_t>& p, int64_t m0,
+                                                       int64_t count, int64_t k, gemm_t* frame_panel,
+                                                       gemm_t* motion_panel, RowScratch<acc_t>& scratch) {
+  smif_run_any_stride(video, g, s, p, m0, count, k, frame_panel, motion_panel, scratch);
+}
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+template <typename video_t, typename gemm_t, typename acc_t>
+void smif_tokens(const video_t* video, const PatchGeometry& g, const VideoStrides& s, const SmifParams<acc_t>& p,
+                 int64_t m0, int64_t count, int64_t k, gemm_t* frame_panel, gemm_t* motion_panel,
+                 RowScratch<acc_t>& scratch) {
+#ifdef LSVIT_SMIF_AVX2
+  if (cpu_has_avx2()) return smif_run_avx2(video, g, s, p, m0, count, k, frame_panel, motion_panel, scratch);
+#endif
+  smif_run_baseline(video, g, s, p, m0, count, k, frame_panel, motion_panel, scratch);
 }
 
 // kGemm panels: as many rows as fit 4 MiB per panel pair, at least 256 per thread (patch_embed_cpu.cpp).
@@ -178,8 +222,9 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
     at::Tensor c_block = kCIsOut ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
     gemm_t* c_ptr = c_block.mutable_data_ptr<gemm_t>();
     at::parallel_for(0, rows, 8, [&](int64_t a, int64_t b) {
-      RowScratch<acc_t> scratch(g.channels * g.patch_w);
-      for (int64_t r = a; r < b; ++r) {
+      RowScratch<acc_t> scratch(g.channels * g.width);
+      int64_t r = a;
+      while (r < b) {
         const int64_t row = row0 + r, slot = row % g.tokens_per_step;
         gemm_t* frame_row = frame_ptr + r * k;
         gemm_t* motion_row = with_motion ? motion_ptr + r * k : nullptr;
@@ -188,16 +233,24 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
           std::fill(frame_row, frame_row + k, gemm_t(0));
           if (motion_row) std::fill(motion_row, motion_row + k, gemm_t(0));
           std::fill(c_row, c_row + e, gemm_t(0));
+          ++r;
           continue;
         }
-        const int64_t m = (row / g.tokens_per_step) * g.num_spatial + slot - g.cls_slots;  // token index
-        if (table_ptr) {
-          const gemm_t* src = table_ptr + (table_per_row ? pos_row(m, g, plan.pos_per_token) : 0) * e;
-          std::copy(src, src + e, c_row);
-        } else {
-          std::fill(c_row, c_row + e, gemm_t(0));
+        const int64_t m0 = (row / g.tokens_per_step) * g.num_spatial + slot - g.cls_slots;  // token index
+        // the run: following rows of this chunk in the same row of patches
+        const int64_t count = std::min(b - r, g.grid_w - m0 % g.grid_w);
+        for (int64_t n = 0; n < count; ++n) {
+          gemm_t* c_n = c_row + n * e;
+          if (table_ptr) {
+            const gemm_t* src = table_ptr + (table_per_row ? pos_row(m0 + n, g, plan.pos_per_token) : 0) * e;
+            std::copy(src, src + e, c_n);
+          } else {
+            std::fill(c_n, c_n + e, gemm_t(0));
+          }
         }
-        smif_tubelet<video_t, gemm_t, acc_t>(video_ptr, g, plan.video_strides, p, m, frame_row, motion_row, scratch);
+        smif_tokens<video_t, gemm_t, acc_t>(video_ptr, g, plan.video_strides, p, m0, count, k, frame_row, motion_row,
+                                            scratch);
+        r += count;
       }
     });
     gemm(frame_panel.narrow(0, 0, rows), weight_t, c_block, 1.0f);  // C += [X'] @ W^T

@@ -235,3 +235,19 @@ def test_torch_compile_traces_the_op():
     video = torch.randn(1, 3, 3, 4, 4)
     compiled = torch.compile(lambda v: fused(v, p, None), backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(video), fused(video, p, None))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_runs_the_op_in_the_region_dtype(backend):
+    p = make_problem((1, 3, 3, 8, 8), (4, 4), 1, 16, torch.float32)
+    video = torch.randn(1, 3, 3, 8, 8)
+    params = parameters(p)
+    for t in params:
+        t.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused(video, p, backend)
+    assert out.dtype == torch.bfloat16
+    expected = fused(video, p, backend)
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.1)
+    grads = torch.autograd.grad(out.float().sum(), params)
+    assert all(g.dtype == torch.float32 for g in grads)  # through the casts, to the float32 parameters
