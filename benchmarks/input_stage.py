@@ -75,10 +75,14 @@ def _rows_for(base, extra, frames, batch, device, dtype, compiled: bool, cfg: Ti
             return tokens(((pixels.float() / 255 - mean) / std).to(dtype))  # to_model_input's pass first
 
         model.eval()
+        timed = {
+            "input stage": lambda tokens=tokens: tokens(clip),
+            "input stage uint8": uint8_tokens,
+            "forward": lambda forward=forward: forward(clip),
+        }
         with torch.no_grad():
-            rows.append({"item": "input stage", "path": path, "mode": mode, **_time(lambda: tokens(clip), device, cfg)})
-            rows.append({"item": "input stage uint8", "path": path, "mode": mode, **_time(uint8_tokens, device, cfg)})
-            rows.append({"item": "forward", "path": path, "mode": mode, **_time(lambda: forward(clip), device, cfg)})
+            for item, step in timed.items():
+                rows.append({"item": item, "path": path, "mode": mode, **_time(step, device, cfg)})
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         train_model = torch.compile(model) if compiled else model
@@ -140,7 +144,7 @@ def input_stage_lines(results: dict) -> list[str]:
             cells = [index.get((variant, item, p, m)) for p in ("unfused", "fused") for m in ("eager", "compiled")]
             fused_eager = cells[2]
 
-            def ratio(base):
+            def ratio(base, fused_eager=fused_eager):
                 ok = base and fused_eager and base.get("status") == "ok" and fused_eager.get("status") == "ok"
                 return f"{base['median_ms'] / fused_eager['median_ms']:.2f}x" if ok else "-"
 
