@@ -15,6 +15,8 @@ from lsvit.smif import SMIF
 from lsvit_kernels import patch_embed, smif_embed, smif_patch_embed
 from lsvit_kernels.registry import BackendUnavailableError
 
+from .test_native_cpu import poisoned_allocations
+
 BACKENDS = smif_embed.available_backends("cpu")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -251,3 +253,25 @@ def test_autocast_runs_the_op_in_the_region_dtype(backend):
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.1)
     grads = torch.autograd.grad(out.float().sum(), params)
     assert all(g.dtype == torch.float32 for g in grads)  # through the casts, to the float32 parameters
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the compiled library is not built")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.uint8])
+def test_cpu_kernel_threads_and_row_runs(threads, dtype):
+    """Runs of tokens split at every thread chunk boundary, CLS rows between runs, W stride != 1; fresh memory is
+    NaN-poisoned so an element the kernel leaves unwritten fails."""
+    shape = (2, 5, 3, 6, 35)  # 7 patches per row of patches: runs that chunks of 8 rows cut
+    p = make_problem(shape, (3, 5), 1, 6, torch.float64, pos="token")
+    wide = torch.randint(0, 256, (2, 5, 3, 6, 70), dtype=torch.uint8)
+    video = (wide if dtype == torch.uint8 else wide.double() / 255)[..., ::2]  # W stride 2
+    kwargs = {"mean": MEAN, "std": STD}
+    expected = oracle(video, p, **kwargs) if dtype == torch.uint8 else oracle(normalize(video, MEAN, STD), p)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with poisoned_allocations():
+            got = fused(video, p, "cpu", **kwargs)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
