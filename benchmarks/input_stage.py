@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import traceback
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -54,7 +56,7 @@ def _time(step, device: torch.device, cfg: TimingConfig) -> dict:
         return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(3)}
 
 
-def _rows_for(base, extra, frames, batch, device, dtype, compiled: bool, cfg: TimingConfig) -> list[dict]:
+def _rows_for(base, extra, frames, batch, device, dtype, compiled: bool, cfg: TimingConfig, report) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     size = base["image_size"]
     pixels = torch.randint(0, 256, (batch, frames, 3, size, size), generator=gen, dtype=torch.uint8).to(device)
@@ -82,7 +84,7 @@ def _rows_for(base, extra, frames, batch, device, dtype, compiled: bool, cfg: Ti
         }
         with torch.no_grad():
             for item, step in timed.items():
-                rows.append({"item": item, "path": path, "mode": mode, **_time(step, device, cfg)})
+                rows.append(report({"item": item, "path": path, "mode": mode, **_time(step, device, cfg)}))
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         train_model = torch.compile(model) if compiled else model
@@ -92,14 +94,18 @@ def _rows_for(base, extra, frames, batch, device, dtype, compiled: bool, cfg: Ti
             F.cross_entropy(train_model(clip).float(), labels).backward()
             optimizer.step()
 
-        rows.append({"item": "train step", "path": path, "mode": mode, **_time(train_step, device, cfg)})
+        rows.append(report({"item": "train step", "path": path, "mode": mode, **_time(train_step, device, cfg)}))
     return rows
 
 
 def measure_input_stage(
-    device: torch.device, quick: bool = False, compile_on: bool = True, cfg: Optional[TimingConfig] = None
+    device: torch.device,
+    quick: bool = False,
+    compile_on: bool = True,
+    cfg: Optional[TimingConfig] = None,
+    progress: Optional[Callable[[dict], None]] = None,
 ) -> dict:
-    """Rows of (variant, item, path, mode) medians; see the module docstring."""
+    """Rows of (variant, item, path, mode) medians; see the module docstring. ``progress`` sees each row."""
     base = QUICK_CONFIG if quick else (GPU_CONFIG if device.type == "cuda" else CPU_CONFIG)
     frames = 4 if quick else 16
     batch = 8 if device.type == "cuda" and not quick else 1
@@ -113,9 +119,15 @@ def measure_input_stage(
         "rows": [],
     }
     for variant, extra in VARIANTS:
+
+        def report(row, variant=variant):
+            row = {"variant": variant, **row}
+            if progress is not None:
+                progress(row)
+            return row
+
         for compiled in (False, True) if compile_on else (False,):
-            for row in _rows_for(base, extra, frames, batch, device, dtype, compiled, cfg):
-                result["rows"].append({"variant": variant, **row})
+            result["rows"] += _rows_for(base, extra, frames, batch, device, dtype, compiled, cfg, report)
     return result
 
 
@@ -158,14 +170,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (compiled: the first compiles)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the JSON rows after the table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TimingConfig(warmup=2, repeats=args.repeats, budget_s=60.0, measure_memory=False)
-    result = measure_input_stage(torch.device(args.device), args.quick, not args.no_compile, cfg)
+    cfg = TimingConfig(warmup=args.warmup, repeats=args.repeats, budget_s=60.0, measure_memory=False)
+
+    def progress(row):
+        print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), file=sys.stderr, flush=True)
+
+    result = measure_input_stage(torch.device(args.device), args.quick, not args.no_compile, cfg, progress)
     print("\n".join(input_stage_lines({"input_stage": result})))
     if args.json:
         print(json.dumps(result))

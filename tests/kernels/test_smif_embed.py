@@ -275,3 +275,21 @@ def test_cpu_kernel_threads_and_row_runs(threads, dtype):
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    """Schema, fake (meta) implementation, autograd registration and dispatch of the op and its CPU kernel."""
+    p = make_problem((1, 3, 2, 4, 6), (2, 3), 1, 5, torch.float64, pos="token")
+    smif = p["smif"]
+    video = torch.randn(1, 3, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    weight = p["weight"].unsqueeze(2).contiguous().requires_grad_()
+    motion_weight = p["motion_weight"].unsqueeze(2).contiguous()
+    params = [smif.threshold_logit.detach(), smif.fuse.weight.detach().flatten(1), smif.fuse.bias.detach()]
+    args = (video, weight, motion_weight, p["bias"], p["pos_embed"], p["cls_token"], *params, smif.gate.detach())
+    torch.library.opcheck(torch.ops.lsvit.smif_patch_embed.default, (*args, 1, None, None, 1.0, backend))
+    if backend == "cpu":
+        small = [torch.rand(2, dtype=torch.float64), params[1], params[2], smif.gate.detach()]
+        kernel_args = (video.detach(), weight.detach(), motion_weight, p["bias"], p["pos_embed"], p["cls_token"])
+        kernel_args += (*small, torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 1)
+        torch.library.opcheck(torch.ops.lsvit.native_smif_patch_embed_forward.default, kernel_args)
