@@ -12,7 +12,8 @@ the GEMM's panel. Without ``motion_weight`` the op embeds ``X'`` alone. uint8 in
 gathered value (SMIF thresholds differences, so the normalization cannot be folded into the weight).
 
 Backends: "reference" (the PyTorch passes, backends/smif_reference.py), "cpu" (csrc/cpu/smif_embed_cpu.cpp),
-chosen like the op's (``backend=``, ``use_backend``, ``LSVIT_BACKEND``, else the fastest available). The backward
+"triton" (backends/triton_smif.py; CUDA, and CPU tensors in Triton's interpreter), chosen like the op's
+(``backend=``, ``use_backend``, ``LSVIT_BACKEND``, else the fastest available). The backward
 is shared: the patch-embedding backward on the recomputed ``[X'; S]``, then SMIF's backward in torch ops.
 """
 
@@ -22,11 +23,10 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import geometry, ops, registry
-from .backends import native, smif_reference
+from .backends import native, smif_reference, triton_smif
 
 _lib = torch.library.Library("lsvit", "FRAGMENT")
 # Kernel-level schema implemented by csrc/cpu/smif_embed_cpu.cpp. The small SMIF parameters come prepared in the
@@ -46,36 +46,15 @@ def _fake_native(video, weight, motion_weight, bias, pos_embed, cls_token, *rest
 torch.library.register_fake("lsvit::native_smif_patch_embed_forward", _fake_native, lib=_lib)
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _native_forward(
     video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias, gate,
     radius, mean, std, pixel_scale,
 ):  # fmt: skip
-    acc = _accumulation_dtype(weight.dtype)
-    c = weight.shape[1]
-    if mean is None:
-        scale, shift = [pixel_scale] * c, [0.0] * c
-    else:
-        scale = [pixel_scale / s for s in std]
-        shift = [-m / s for m, s in zip(mean, std, strict=True)]
-    as_acc = lambda t: t.detach().to(acc).contiguous()  # noqa: E731
+    params = smif_reference.kernel_parameters(
+        weight, threshold_logit, fuse_weight, fuse_bias, gate, mean, std, pixel_scale
+    )
     return torch.ops.lsvit.native_smif_patch_embed_forward(
-        video,
-        weight,
-        motion_weight,
-        bias,
-        pos_embed,
-        cls_token,
-        F.softplus(as_acc(threshold_logit)),
-        as_acc(fuse_weight),
-        as_acc(fuse_bias),
-        as_acc(gate),
-        torch.tensor(scale, dtype=acc, device=video.device),
-        torch.tensor(shift, dtype=acc, device=video.device),
-        radius,
+        video, weight, motion_weight, bias, pos_embed, cls_token, *params, radius
     )
 
 
@@ -92,8 +71,9 @@ def _native_unavailable(device_type: str) -> Optional[str]:
 BACKENDS = {
     "reference": (smif_reference.forward, ("cpu", "cuda", "mps", "xpu", "meta"), lambda device_type: None),
     "cpu": (_native_forward, ("cpu",), _native_unavailable),
+    "triton": (triton_smif.forward, triton_smif.DEVICES, triton_smif.unavailable_reason),
 }
-AUTO_ORDER = {"cpu": ("cpu", "reference")}
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
 
 
 def available_backends(device_type: str = "cpu") -> list[str]:
@@ -187,8 +167,9 @@ def _setup_context(ctx, inputs, output):
     ctx.pos_rows = 0 if pos_embed is None else pos_embed.shape[0]
     ctx.has_bias, ctx.has_cls = bias is not None, cls_token is not None
     requested = registry.requested_backend(backend)
-    # the patch-embedding backward runs on the backend of the same name (every SMIF backend has one)
-    ctx.backend = requested if requested in BACKENDS else None
+    # the patch-embedding backward runs on the patch op's backend of the same name where it takes this dtype
+    same_name = requested in BACKENDS and weight.dtype in registry.get_backend(requested).dtypes
+    ctx.backend = requested if same_name else None
 
 
 def _backward(ctx, grad_tokens):
@@ -237,7 +218,7 @@ def smif_patch_embed(
         window: SMIF's odd window ``2r + 1`` (``smif_window``).
         mean, std: per-channel normalization applied to every value SMIF reads: ``(x * s - mean) / std`` with
             ``s = 1/255`` for uint8 and 1 for float video.
-        backend: "reference", "cpu" or None (automatic).
+        backend: "reference", "cpu", "triton" or None (automatic).
 
     Returns:
         ``(B, T', S + N, E)`` tokens in the weight's dtype, as ``patch_embed``.

@@ -61,6 +61,31 @@ def normalized(
     return x.to(dtype)
 
 
+def kernel_parameters(
+    weight: Tensor,
+    threshold_logit: Tensor,
+    fuse_weight: Tensor,
+    fuse_bias: Tensor,
+    gate: Tensor,
+    mean: Optional[Sequence[float]],
+    std: Optional[Sequence[float]],
+    pixel_scale: float,
+) -> tuple[Tensor, ...]:
+    """What the fused kernels read, contiguous in fp32 (fp64 for fp64 weights): softplus(theta), fuse weight
+    (C, 2C), fuse bias, gate, and the input map x = video * scale + shift per channel."""
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    c = weight.shape[1]
+    if mean is None:
+        scale, shift = [pixel_scale] * c, [0.0] * c
+    else:
+        scale = [pixel_scale / s for s in std]
+        shift = [-m / s for m, s in zip(mean, std, strict=True)]
+    small = [t.detach().to(acc).contiguous() for t in (threshold_logit, fuse_weight, fuse_bias, gate)]
+    small[0] = F.softplus(small[0])
+    device = weight.device
+    return (*small, torch.tensor(scale, dtype=acc, device=device), torch.tensor(shift, dtype=acc, device=device))
+
+
 def smif_maps(
     x: Tensor,
     threshold_logit: Tensor,
