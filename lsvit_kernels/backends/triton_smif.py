@@ -262,3 +262,37 @@ def forward(
             BLOCK_K=blocks[2],
         )
     return out
+
+
+def compile_for_gpu(arch: int = 90, dtype: torch.dtype = torch.bfloat16, video_dtype: Optional[torch.dtype] = None):
+    """The forward kernel compiled ahead of time for ``sm_{arch}`` at the benchmark's 3D shape (ViT-B, 2 x 16 x 16
+    tubelets, window 5, CLS, per-token pos), without a GPU; ``TRITON_INTERPRET`` must be unset. For the static
+    check in tests/kernels/test_smif_embed.py: the cubin assembles and the PTX uses no local memory."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.uint8: "*u8"}
+    video_type = names[video_dtype or dtype]
+    pointers = {"video_ptr": video_type, "threshold_ptr": "*fp32", "fuse_weight_ptr": "*fp32"}
+    pointers |= {"fuse_bias_ptr": "*fp32", "gate_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32"}
+    for name in ("weight_ptr", "motion_weight_ptr", "bias_ptr", "pos_ptr", "cls_ptr", "out_ptr"):
+        pointers[name] = names[dtype]
+    constexprs = {"FRAMES": 16, "RADIUS": 2, "CHANNELS": 3, "GRID_H": 14, "GRID_W": 14, "STEPS": 8, "PATCH_T": 2}
+    constexprs |= {"PATCH_H": 16, "PATCH_W": 16, "HAS_MOTION": True, "CLS_SLOTS": 1, "HAS_BIAS": True}
+    constexprs |= {
+        "HAS_POS": True,
+        "POS_PER_TOKEN": True,
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+    }
+    constexprs |= {"INTERPRET_BF16": False, "ACC": tl.float32, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}
+    fn = smif_patch_embed_fwd_kernel
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name], attrs[(i,)] = pointers[name], [["tt.divisibility", 16]]
+        else:
+            signature[name] = "i32"
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4, "num_stages": 2})

@@ -7,6 +7,11 @@ backward is written out (backends/smif_reference.py), so both directions are che
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +24,7 @@ from .test_native_cpu import poisoned_allocations
 
 BACKENDS = smif_embed.available_backends("cpu")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_problem(shape, patch, tubelet, embed_dim, dtype, *, motion=True, cls=True, pos="slot", bias=True, window=5):
@@ -293,3 +299,19 @@ def test_opcheck(backend):
         kernel_args = (video.detach(), weight.detach(), motion_weight, p["bias"], p["pos_embed"], p["cls_token"])
         kernel_args += (*small, torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 1)
         torch.library.opcheck(torch.ops.lsvit.native_smif_patch_embed_forward.default, kernel_args)
+
+
+def test_triton_kernel_compiles_for_sm90_without_local_memory():
+    """Static check without a GPU: the forward kernel compiles for sm_90 (uint8 clip, bf16 weights, the 3D
+    benchmark shape) to a cubin whose PTX uses no local memory (no spills)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # interpreted kernels cannot compile
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    script = (
+        "import torch; from lsvit_kernels.backends import triton_smif; "
+        "k = triton_smif.compile_for_gpu(90, torch.bfloat16, torch.uint8); "
+        "print(len(k.asm['cubin']) > 0, '.local' in k.asm['ptx'])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["True", "False"], done.stdout
