@@ -8,7 +8,7 @@ GEMM) in float32 registers (float64 for float64). No ``(B, T, 2C, H, W)`` tensor
 The reads repeat ``C (2r + 1)`` times per element, from L1/L2 (a tile's pixels and their neighbours: a few KB).
 
 Registered like ``triton_patch_embed``: CUDA tensors, and CPU tensors only under ``TRITON_INTERPRET=1`` (tests).
-Fixed tiles (32 x 32 x 32 in the interpreter, 64 x 64 x 32 on a GPU); no tuning table yet.
+Fixed tiles (32 x 32 x 32 in the interpreter, 64 x 128 x 32 on a GPU); no tuning table yet.
 """
 
 from __future__ import annotations
@@ -223,7 +223,8 @@ def forward(
         weight, threshold_logit, fuse_weight, fuse_bias, gate, mean, std, pixel_scale
     )
     out = torch.empty(grid.output_shape, dtype=weight.dtype, device=video.device)
-    blocks = (32, 32, 32) if video.device.type != "cuda" else (64, 64, 32)
+    # GPU: wide column tiles, since every column tile forms its X' and S tiles again (E / BLOCK_N times)
+    blocks = (32, 32, 32) if video.device.type != "cuda" else (64, 128, 32)
     dummy = weight
     launch_grid = (triton.cdiv(grid.batch * grid.num_patches, blocks[0]), triton.cdiv(grid.embed_dim, blocks[1]))
     pos_per_token = pos_embed is not None and grid.pos_is_per_token(pos_embed.shape[0])
@@ -284,7 +285,7 @@ def compile_for_gpu(arch: int = 90, dtype: torch.dtype = torch.bfloat16, video_d
         "POS_PER_TOKEN": True,
         "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
     }
-    constexprs |= {"INTERPRET_BF16": False, "ACC": tl.float32, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}
+    constexprs |= {"INTERPRET_BF16": False, "ACC": tl.float32, "BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}
     fn = smif_patch_embed_fwd_kernel
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
