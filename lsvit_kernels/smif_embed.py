@@ -82,8 +82,11 @@ def available_backends(device_type: str = "cpu") -> list[str]:
 
 
 def resolve(device_type: str, explicit: Optional[str] = None) -> str:
-    """The backend that computes a call: named (``backend=``, ``use_backend``, ``LSVIT_BACKEND``) or automatic."""
+    """The backend that computes a call: named (``backend=``, ``use_backend``, ``LSVIT_BACKEND``) or automatic;
+    a name of the patch op's that has no SMIF kernel counts as automatic, so one setting serves both ops."""
     name = registry.requested_backend(explicit)
+    if name in set(registry.backend_names()) - set(BACKENDS):
+        name = None  # a patch-op backend without a SMIF kernel ("cuda"): the automatic choice
     if name and name != "auto":
         if name not in BACKENDS:
             raise registry.BackendUnavailableError(

@@ -236,6 +236,8 @@ def test_bad_arguments_name_the_problem():
         smif_patch_embed(video, p["weight"], mean=MEAN, **smif_args(p))
     with pytest.raises(BackendUnavailableError, match="no backend 'nope'"):
         smif_patch_embed(video, p["weight"], backend="nope", **smif_args(p))
+    with lsvit_kernels.use_backend("cuda"):  # the patch op's, without a SMIF kernel: automatic here
+        assert smif_embed.resolve("cpu") == smif_embed.resolve("cpu", "auto")
 
 
 def test_torch_compile_traces_the_op():
