@@ -37,6 +37,21 @@ def neighbour_differences(video: Tensor, radius: int, signed: bool = False) -> T
     return accumulated / neighbour_counts(frames, radius, video).view(1, frames, 1, 1, 1)
 
 
+def motion_differences(video: Tensor, radius: int) -> tuple[Tensor, Tensor]:
+    """(D, S) of ``neighbour_differences`` in one loop over the offsets: each difference is formed once."""
+    frames = video.shape[1]
+    magnitude, signed = torch.zeros_like(video), torch.zeros_like(video)
+    for k in range(1, min(radius, frames - 1) + 1):
+        diff = video[:, k:] - video[:, :-k]  # (B, T - k, C, H, W): X_{t+k} - X_t
+        signed[:, k:] += diff
+        signed[:, :-k] += diff
+        diff = diff.abs_()
+        magnitude[:, k:] += diff
+        magnitude[:, :-k] += diff
+    count = neighbour_counts(frames, radius, video).view(1, frames, 1, 1, 1)
+    return magnitude.div_(count), signed.div_(count)
+
+
 def neighbour_counts(frames: int, radius: int, like: Tensor) -> Tensor:
     """|J_t|: neighbours of each frame inside the clip (at least 1, so a one-frame clip divides by 1), (T,)."""
     t = torch.arange(frames, device=like.device)
@@ -94,14 +109,18 @@ def smif_maps(
     gate: Tensor,
     radius: int,
     signed: bool,
-) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """(X', M, S or None) of normalized frames x (B, T, C, H, W); fuse_weight (C, 2C). lsvit/smif.py's math."""
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """(X', M, W_f [x; M] + b_f, S or None) of normalized frames x (B, T, C, H, W); fuse_weight (C, 2C).
+    lsvit/smif.py's math."""
     shape = (1, 1, -1, 1, 1)
-    motion = F.relu(neighbour_differences(x, radius) - F.softplus(threshold_logit).view(shape))
+    if signed:
+        differences, signed_motion = motion_differences(x, radius)
+    else:
+        differences, signed_motion = neighbour_differences(x, radius), None
+    motion = F.relu(differences - F.softplus(threshold_logit).view(shape))
     stacked = torch.cat([x, motion], dim=2)  # (B, T, 2C, H, W)
-    fused = torch.einsum("oc,btchw->btohw", fuse_weight, stacked) + fuse_bias.view(shape)
-    signed_motion = neighbour_differences(x, radius, signed=True) if signed else None
-    return x + gate.view(shape) * fused, motion, signed_motion
+    pre_gate = torch.einsum("oc,btchw->btohw", fuse_weight, stacked) + fuse_bias.view(shape)
+    return x + gate.view(shape) * pre_gate, motion, pre_gate, signed_motion
 
 
 def forward(
@@ -121,7 +140,7 @@ def forward(
     pixel_scale: float,
 ) -> Tensor:
     x = normalized(video, weight.dtype, mean, std, pixel_scale)
-    fused, _, signed_motion = smif_maps(
+    fused, _, _, signed_motion = smif_maps(
         x, threshold_logit, fuse_weight, fuse_bias, gate, radius, signed=motion_weight is not None
     )
     # the patch embedding on the op's own registry (the fused kernel of the device: triton on CUDA)
@@ -131,16 +150,19 @@ def forward(
     return ops._patch_embed(stacked, torch.cat([weight, motion_weight], dim=1), bias, pos_embed, cls_token, None)
 
 
-def _difference_backward(grad: Tensor, x: Tensor, radius: int, signed: bool) -> Tensor:
-    """Vector-Jacobian product of ``neighbour_differences(x, radius, signed)`` with ``grad``, (B, T, C, H, W)."""
+def _differences_backward(grad_magnitude: Tensor, grad_signed: Optional[Tensor], x: Tensor, radius: int) -> Tensor:
+    """Vector-Jacobian product of (D, S) = ``motion_differences(x, radius)`` with (grad_magnitude, grad_signed or
+    None), (B, T, C, H, W): one loop over the offsets for both."""
     frames = x.shape[1]
-    per_neighbour = grad / neighbour_counts(frames, radius, grad).view(1, frames, 1, 1, 1)
+    count = neighbour_counts(frames, radius, x).view(1, frames, 1, 1, 1)
+    per_magnitude = grad_magnitude / count
+    per_signed = None if grad_signed is None else grad_signed / count
     grad_x = torch.zeros_like(x)
     for k in range(1, min(radius, frames - 1) + 1):
-        # both frames of the pair (t, t + k) see diff = X_{t+k} - X_t (|diff| unsigned)
-        d_diff = per_neighbour[:, k:] + per_neighbour[:, :-k]
-        if not signed:
-            d_diff = d_diff * torch.sign(x[:, k:] - x[:, :-k])  # abs' = sign, 0 at 0 as torch's abs
+        # both frames of the pair (t, t + k) see diff = X_{t+k} - X_t: |diff| in D, diff in S
+        d_diff = (per_magnitude[:, k:] + per_magnitude[:, :-k]) * torch.sign(x[:, k:] - x[:, :-k])  # abs' = sign
+        if per_signed is not None:
+            d_diff += per_signed[:, k:] + per_signed[:, :-k]
         grad_x[:, k:] += d_diff
         grad_x[:, :-k] -= d_diff
     return grad_x
@@ -168,7 +190,9 @@ def backward(
     shape = (1, 1, -1, 1, 1)
     x = normalized(video, acc, *normalization)
     theta, fw, fb, gamma = (p.to(acc) for p in (threshold_logit, fuse_weight, fuse_bias, gate))
-    fused, motion, signed_motion = smif_maps(x, theta, fw, fb, gamma, radius, signed=motion_weight is not None)
+    fused, motion, pre_gate, signed_motion = smif_maps(
+        x, theta, fw, fb, gamma, radius, signed=motion_weight is not None
+    )
 
     need_smif = need_video or need_theta or need_fw or need_fb or need_gate
     if motion_weight is None:
@@ -191,24 +215,23 @@ def backward(
     g_stacked = g_stacked.to(acc)
     g_fused = g_stacked[:, :, :c]  # X' = x + gamma * (W_f [x; M] + b_f)
     reduce_dims = (0, 1, 3, 4)
-    pre_gate = torch.einsum("oc,btchw->btohw", fw, torch.cat([x, motion], dim=2)) + fb.view(shape)
     if need_gate:
         grads[9] = (g_fused * pre_gate).sum(reduce_dims).to(gate.dtype)
     g_pre = g_fused * gamma.view(shape)  # (B, T, C, H, W)
     if need_fb:
         grads[8] = g_pre.sum(reduce_dims).to(fuse_bias.dtype)
     if need_fw:
-        stacked_in = torch.cat([x, motion], dim=2)
-        grads[7] = torch.einsum("btohw,btchw->oc", g_pre, stacked_in).to(fuse_weight.dtype)
+        grad_fw_x = torch.einsum("btohw,btchw->oc", g_pre, x)
+        grad_fw_m = torch.einsum("btohw,btchw->oc", g_pre, motion)
+        grads[7] = torch.cat([grad_fw_x, grad_fw_m], dim=1).to(fuse_weight.dtype)
     g_motion = torch.einsum("oc,btohw->btchw", fw[:, c:], g_pre)
     g_differences = g_motion * (motion > 0)  # relu' (torch's: 0 at 0)
     if need_theta:
         grads[6] = (-g_differences.sum(reduce_dims) * torch.sigmoid(theta)).to(threshold_logit.dtype)
     if need_video:
         g_x = g_fused + torch.einsum("oc,btohw->btchw", fw[:, :c], g_pre)
-        g_x += _difference_backward(g_differences, x, radius, signed=False)
-        if motion_weight is not None:
-            g_x += _difference_backward(g_stacked[:, :, c:], x, radius, signed=True)
+        g_signed = g_stacked[:, :, c:] if motion_weight is not None else None
+        g_x += _differences_backward(g_differences, g_signed, x, radius)
         mean, std, pixel_scale = normalization
         if mean is not None:  # x = (video * pixel_scale - mean) / std
             g_x = g_x * torch.tensor([pixel_scale / s for s in std], dtype=acc, device=g_x.device).view(shape)
