@@ -288,7 +288,6 @@ class LSViTForAction(nn.Module):
     ) -> Tensor:
         """The input stage as one ``smif_patch_embed``: SMIF's X' and S computed in the patch gather."""
         proj, smif = self.patch_embed.proj, self.smif
-        backend = proj.backend if proj.backend in smif_embed.BACKENDS else None
         return smif_embed.smif_patch_embed(
             video,
             proj.weight,
@@ -303,7 +302,7 @@ class LSViTForAction(nn.Module):
             window=2 * smif.radius + 1,
             mean=mean,
             std=std,
-            backend=backend,
+            backend=proj.backend,  # a patch-op backend without a SMIF kernel runs SMIF in torch, then itself
         )
 
     def forward_features(

@@ -82,16 +82,15 @@ def available_backends(device_type: str = "cpu") -> list[str]:
 
 
 def resolve(device_type: str, explicit: Optional[str] = None) -> str:
-    """The backend that computes a call: named (``backend=``, ``use_backend``, ``LSVIT_BACKEND``) or automatic;
-    a name of the patch op's that has no SMIF kernel counts as automatic, so one setting serves both ops."""
+    """The backend that computes a call: named (``backend=``, ``use_backend``, ``LSVIT_BACKEND``) or automatic.
+    A backend of the patch op without a SMIF kernel gives "reference", whose patch embedding then runs on it, so
+    one setting serves both ops."""
     name = registry.requested_backend(explicit)
     if name in set(registry.backend_names()) - set(BACKENDS):
-        name = None  # a patch-op backend without a SMIF kernel ("cuda"): the automatic choice
+        return "reference"  # a patch-op backend without a SMIF kernel ("cuda"): SMIF in torch, the patch op there
     if name and name != "auto":
         if name not in BACKENDS:
-            raise registry.BackendUnavailableError(
-                f"smif_patch_embed has no backend {name!r}; choose one of {sorted(BACKENDS)}"
-            )
+            registry.get_backend(name)  # raises ValueError naming the known backends
         _, devices, why = BACKENDS[name]
         reason = why(device_type) if device_type in devices else f"it runs on {'/'.join(devices)} tensors"
         if reason is not None:
@@ -127,10 +126,12 @@ def _smif_patch_embed(
     if grid.batch == 0:
         return weight.new_empty(grid.output_shape)
     name = resolve(video.device.type, backend)
-    out = BACKENDS[name][0](
-        video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias, gate,
-        radius, mean, std, pixel_scale,
-    )  # fmt: skip
+    args = (video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias, gate)
+    if name == "reference":  # its patch embedding runs on the named patch-op backend (and marks it), else auto
+        requested = registry.requested_backend(backend)
+        with registry.use_backend(requested if requested in registry.backend_names() else None):
+            return smif_reference.forward(*args, radius, mean, std, pixel_scale)
+    out = BACKENDS[name][0](*args, radius, mean, std, pixel_scale)
     registry.mark_ran(name)
     return out
 
@@ -170,9 +171,9 @@ def _setup_context(ctx, inputs, output):
     ctx.pos_rows = 0 if pos_embed is None else pos_embed.shape[0]
     ctx.has_bias, ctx.has_cls = bias is not None, cls_token is not None
     requested = registry.requested_backend(backend)
-    # the patch-embedding backward runs on the patch op's backend of the same name where it takes this dtype
-    same_name = requested in BACKENDS and weight.dtype in registry.get_backend(requested).dtypes
-    ctx.backend = requested if same_name else None
+    # the patch-embedding backward runs on the patch op's backend of that name where it takes this dtype
+    named = requested in registry.backend_names() and weight.dtype in registry.get_backend(requested).dtypes
+    ctx.backend = requested if named else None
 
 
 def _backward(ctx, grad_tokens):
