@@ -74,8 +74,10 @@ def test_bad_video_shapes(tiny):
         model(clip(h=20))
     with pytest.raises(ValueError, match=r"\(B, T, C, H, W\)"):
         model(torch.randn(2, 3, 24, 24))
-    with pytest.raises(TypeError, match="normalized float tensor; got torch.uint8"):
+    with pytest.raises(ValueError, match="a uint8 video needs mean= and std="):
         model(torch.zeros(1, 2, 3, 24, 24, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8 pixels or a normalized float tensor; got torch.int64"):
+        model(torch.zeros(1, 2, 3, 24, 24, dtype=torch.int64))
     with pytest.raises(ValueError, match="C=1 channels but the model expects C=3"):
         model(clip(c=1))
 
