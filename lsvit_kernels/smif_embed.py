@@ -13,8 +13,12 @@ gathered value (SMIF thresholds differences, so the normalization cannot be fold
 
 Backends: "reference" (the PyTorch passes, backends/smif_reference.py), "cpu" (csrc/cpu/smif_embed_cpu.cpp),
 "triton" (backends/triton_smif.py; CUDA, and CPU tensors in Triton's interpreter), chosen like the op's
-(``backend=``, ``use_backend``, ``LSVIT_BACKEND``, else the fastest available). The backward
-is shared: the patch-embedding backward on the recomputed ``[X'; S]``, then SMIF's backward in torch ops.
+(``backend=``, ``use_backend``, ``LSVIT_BACKEND``, else the fastest available). The call runs as the
+patch-embedding op's does (ops.py): ``smif_patch_embed`` validates once (geometry) and names the backend once, in
+the caller's thread; the name is an argument of ``lsvit::smif_patch_embed``, whose per-device kernels run it, and
+of its backward ``lsvit::smif_patch_embed_backward``, so the backward runs where the forward ran (eager or
+compiled). The backward is shared by all backends: the patch-embedding backward on the recomputed ``[X'; S]``
+(on the patch op's backend of the same name), then SMIF's backward in torch ops.
 """
 
 from __future__ import annotations
@@ -103,6 +107,47 @@ def resolve(device_type: str, explicit: Optional[str] = None) -> str:
     return "reference"
 
 
+def _patch_backend(backend: Optional[str], dtype: Optional[torch.dtype] = None) -> Optional[str]:
+    """The patch op's backend for the projection of ``[X'; S]`` of a call that names ``backend``: the patch op's
+    backend of that name (that takes ``dtype``, when given), else None (the patch op's automatic choice)."""
+    if backend not in registry.backend_names():
+        return None
+    return backend if dtype is None or dtype in registry.get_backend(backend).dtypes else None
+
+
+def _run_forward(
+    device_type, video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias,
+    gate, radius, mean, std, pixel_scale, backend,
+):  # fmt: skip
+    grid = ops._grid_of(video, weight, cls_token)
+    if grid.batch == 0:
+        return weight.new_empty(grid.output_shape)
+    name = resolve(device_type, backend)
+    args = (video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias, gate)
+    if name == "reference":  # its patch embedding runs on the named patch-op backend (and marks it), else auto
+        return BACKENDS[name][0](*args, radius, mean, std, pixel_scale, _patch_backend(backend))
+    out = BACKENDS[name][0](*args, radius, mean, std, pixel_scale)
+    registry.mark_ran(name)
+    return out
+
+
+def _run_backward(
+    device_type, grad_tokens, video, weight, motion_weight, threshold_logit, fuse_weight, fuse_bias, gate, radius,
+    mean, std, pixel_scale, pos_rows, has_bias, has_cls, needs, backend,
+):  # fmt: skip
+    saved = (video, weight, motion_weight, threshold_logit, fuse_weight, fuse_bias, gate)
+    needs = [bool(n) for n in needs]
+    grads = smif_reference.backward(
+        grad_tokens.contiguous(), saved, radius, (mean, std, pixel_scale), pos_rows, has_bias, has_cls, needs,
+        _patch_backend(backend, weight.dtype),
+    )  # fmt: skip
+    placeholder = weight.new_empty(0)
+    return [g if g is not None else placeholder.clone() for g in grads]
+
+
+# The op and its backward, declared as ops.py declares the patch-embedding op: the decorated functions are the
+# default kernels (any device without a kernel of its own runs them), ``ops._register_kernels`` adds one kernel
+# per device type, and the backward op receives the forward's ``backend``, named once by the caller's thread.
 @torch.library.custom_op("lsvit::smif_patch_embed", mutates_args=())
 def _smif_patch_embed(
     video: Tensor,
@@ -122,23 +167,57 @@ def _smif_patch_embed(
     backend: Optional[str],
 ) -> Tensor:
     """Tokens (B, T', S + N, E) of a logical (B, T, C, H, W) clip; arguments normalized by ``smif_patch_embed``."""
-    grid = ops._grid_of(video, weight, pos_embed, cls_token)
-    if grid.batch == 0:
-        return weight.new_empty(grid.output_shape)
-    name = resolve(video.device.type, backend)
-    args = (video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias, gate)
-    if name == "reference":  # its patch embedding runs on the named patch-op backend (and marks it), else auto
-        requested = registry.requested_backend(backend)
-        with registry.use_backend(requested if requested in registry.backend_names() else None):
-            return smif_reference.forward(*args, radius, mean, std, pixel_scale)
-    out = BACKENDS[name][0](*args, radius, mean, std, pixel_scale)
-    registry.mark_ran(name)
-    return out
+    return _run_forward(
+        video.device.type, video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight,
+        fuse_bias, gate, radius, mean, std, pixel_scale, backend,
+    )  # fmt: skip
+
+
+@torch.library.custom_op("lsvit::smif_patch_embed_backward", mutates_args=())
+def _smif_patch_embed_backward(
+    grad_tokens: Tensor,
+    video: Tensor,
+    weight: Tensor,
+    motion_weight: Optional[Tensor],
+    threshold_logit: Tensor,
+    fuse_weight: Tensor,
+    fuse_bias: Tensor,
+    gate: Tensor,
+    radius: int,
+    mean: Optional[Sequence[float]],
+    std: Optional[Sequence[float]],
+    pixel_scale: float,
+    pos_rows: int,
+    has_bias: bool,
+    has_cls: bool,
+    needs: Sequence[bool],
+    backend: Optional[str],
+) -> list[Tensor]:
+    """Grads of (video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias,
+    gate); an empty tensor where not asked for."""
+    return _run_backward(
+        video.device.type, grad_tokens, video, weight, motion_weight, threshold_logit, fuse_weight, fuse_bias, gate,
+        radius, mean, std, pixel_scale, pos_rows, has_bias, has_cls, needs, backend,
+    )  # fmt: skip
+
+
+ops._register_kernels(_smif_patch_embed, _smif_patch_embed_backward, _run_forward, _run_backward)
 
 
 @_smif_patch_embed.register_fake
 def _fake_tokens(video, weight, motion_weight, bias, pos_embed, cls_token, *rest):
     return ops._fake_tokens(video, weight, bias, pos_embed, cls_token)
+
+
+@_smif_patch_embed_backward.register_fake
+def _fake_grads(grad_tokens, video, weight, motion_weight, threshold_logit, fuse_weight, fuse_bias, gate, *rest):
+    pos_rows, has_bias, has_cls, needs, _ = rest[-5:]
+    e, c = weight.shape[0], weight.shape[1]
+    made = [needs[0], needs[1], needs[2] and motion_weight is not None, needs[3] and has_bias]
+    made += [needs[4] and pos_rows > 0, needs[5] and has_cls, *needs[6:10]]
+    shapes = [video.shape, weight.shape, weight.shape, (e,), (pos_rows, e), (e,), (c,), (c, 2 * c), (c,), (c,)]
+    dtypes = [video.dtype] + [weight.dtype] * 5 + [t.dtype for t in (threshold_logit, fuse_weight, fuse_bias, gate)]
+    return [weight.new_empty(s if m else (0,), dtype=d if m else weight.dtype) for s, d, m in zip(shapes, dtypes, made)]
 
 
 def _autocast_kernel(device_type: str):
@@ -167,24 +246,21 @@ def _setup_context(ctx, inputs, output):
     (video, weight, motion_weight, bias, pos_embed, cls_token, theta, fuse_w, fuse_b, gate) = inputs[:10]
     radius, mean, std, pixel_scale, backend = inputs[10:]
     ctx.save_for_backward(video, weight, motion_weight, theta, fuse_w, fuse_b, gate)
-    ctx.radius, ctx.normalization = radius, (mean, std, pixel_scale)
+    ctx.options = (radius, mean, std, pixel_scale)
     ctx.pos_rows = 0 if pos_embed is None else pos_embed.shape[0]
     ctx.has_bias, ctx.has_cls = bias is not None, cls_token is not None
-    requested = registry.requested_backend(backend)
-    # the patch-embedding backward runs on the patch op's backend of that name where it takes this dtype
-    named = requested in registry.backend_names() and weight.dtype in registry.get_backend(requested).dtypes
-    ctx.backend = requested if named else None
+    ctx.backend = backend  # named by the caller before the op ran: the backward runs on the same backend
 
 
 def _backward(ctx, grad_tokens):
     needs = list(ctx.needs_input_grad[:10])
     if not any(needs):
         return (None,) * 15
-    grads = smif_reference.backward(
-        grad_tokens.contiguous(), ctx.saved_tensors, ctx.radius, ctx.normalization, ctx.pos_rows, ctx.has_bias,
-        ctx.has_cls, needs, ctx.backend,
+    grads = _smif_patch_embed_backward(
+        grad_tokens.contiguous(), *ctx.saved_tensors, *ctx.options, ctx.pos_rows, ctx.has_bias, ctx.has_cls, needs,
+        ctx.backend,
     )  # fmt: skip
-    return tuple(grads) + (None,) * 5
+    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 5
 
 
 _smif_patch_embed.register_autograd(_backward, setup_context=_setup_context)
@@ -234,21 +310,7 @@ def smif_patch_embed(
         video = video.permute(0, 2, 1, 3, 4)  # a view: the op reads any strides
     if not isinstance(window, int) or window < 1 or window % 2 == 0:
         raise ValueError(f"window={window!r} must be an odd integer >= 1 (SMIF's 2r + 1 frames)")
-    geometry.normalize_weight_shape(weight.shape)
-    weight5 = weight.unsqueeze(2) if weight.dim() == 4 else weight
-    if weight.dtype not in ops._FLOAT_DTYPES:
-        raise TypeError(f"weight must be float32, float16, bfloat16 or float64; got {weight.dtype}: cast it")
-    if video.device != weight.device:
-        raise ValueError(f"video is on {video.device} but weight is on {weight.device}; move both to one device")
-    if video.dtype == torch.uint8:
-        pixel_scale = 1.0 / 255.0
-    elif video.dtype == weight.dtype:
-        pixel_scale = 1.0
-    else:
-        raise TypeError(
-            f"video has dtype {video.dtype} but weight has {weight.dtype}; cast the video to {weight.dtype} "
-            f"(or pass uint8 pixels with mean/std)"
-        )
+    pixel_scale, weight5, pos_embed, cls_token = geometry.checked_operands(video, weight, bias, pos_embed, cls_token)
     c = weight5.shape[1]
     if motion_weight is not None:
         motion5 = motion_weight.unsqueeze(2) if motion_weight.dim() == 4 else motion_weight
@@ -256,43 +318,26 @@ def smif_patch_embed(
             raise ValueError(
                 f"motion_weight must have the weight's shape {list(weight.shape)}; got {list(motion_weight.shape)}"
             )
-        ops._check_tensor("motion_weight", motion_weight, weight)
+        geometry.check_companion("motion_weight", motion_weight, weight)
         motion_weight = motion5.contiguous()
-    for name, tensor in (("bias", bias), ("pos_embed", pos_embed), ("cls_token", cls_token)):
-        ops._check_tensor(name, tensor, weight)
     fuse_weight = fuse_weight.reshape(fuse_weight.shape[0], -1) if fuse_weight.dim() == 4 else fuse_weight
-    expected = {"threshold_logit": (c,), "fuse_weight": (c, 2 * c), "fuse_bias": (c,), "gate": (c,)}
     smif_params = {"threshold_logit": threshold_logit, "fuse_weight": fuse_weight, "fuse_bias": fuse_bias}
     smif_params["gate"] = gate
+    expected = {"threshold_logit": (c,), "fuse_weight": (c, 2 * c), "fuse_bias": (c,), "gate": (c,)}
     for name, tensor in smif_params.items():
         if tuple(tensor.shape) != expected[name]:
             raise ValueError(
                 f"{name} must have shape {list(expected[name])} for C={c} channels; got {list(tensor.shape)}"
             )
-        if tensor.device != weight.device:
-            raise ValueError(f"{name} is on {tensor.device} but weight is on {weight.device}; move both to one device")
+        geometry.check_companion(name, tensor, weight, same_dtype=False)  # cast to the weight's dtype below
     theta, fuse_w, fuse_b, gate = (t.to(weight.dtype).contiguous() for t in smif_params.values())
-    if pos_embed is not None:
-        if pos_embed.dim() == 3 and pos_embed.shape[0] == 1:
-            pos_embed = pos_embed[0]
-        if pos_embed.dim() != 2 or pos_embed.shape[1] != weight.shape[0]:
-            raise ValueError(
-                f"pos_embed must be (rows, E={weight.shape[0]}) or (1, rows, E); got {list(pos_embed.shape)}"
-            )
-    if cls_token is not None:
-        cls_token = cls_token.reshape(-1)
-    geometry.patch_grid(
-        video.shape,
-        weight5.shape,
-        has_cls=cls_token is not None,
-        pos_rows=None if pos_embed is None else pos_embed.shape[0],
-        bias_shape=None if bias is None else bias.shape,
-        cls_numel=None if cls_token is None else cls_token.numel(),
-    )
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std to normalize the video, or neither")
     if mean is not None:
         mean, std = list(ops.channel_values("mean", mean, c)), list(ops.channel_values("std", std, c))
+    name = registry.requested_backend(backend)  # named once, here: the op's kernels and its backward get it
+    if name is not None:
+        resolve(video.device.type, name)  # an unknown or unavailable name fails here, before any work
     return _smif_patch_embed(
         video,
         weight5.contiguous(),
@@ -308,5 +353,5 @@ def smif_patch_embed(
         mean,
         std,
         pixel_scale,
-        backend,
+        name,
     )

@@ -138,16 +138,18 @@ def forward(
     mean: Optional[Sequence[float]],
     std: Optional[Sequence[float]],
     pixel_scale: float,
+    patch_backend: Optional[str] = None,
 ) -> Tensor:
+    """The tokens, pass after pass; the patch embedding on the patch op's ``patch_backend`` (None: automatic)."""
     x = normalized(video, weight.dtype, mean, std, pixel_scale)
     fused, _, _, signed_motion = smif_maps(
         x, threshold_logit, fuse_weight, fuse_bias, gate, radius, signed=motion_weight is not None
     )
-    # the patch embedding on the op's own registry (the fused kernel of the device: triton on CUDA)
     if motion_weight is None:
-        return ops._patch_embed(fused, weight, bias, pos_embed, cls_token, None)
+        return ops._patch_embed(fused, weight, bias, pos_embed, cls_token, patch_backend)
     stacked = torch.cat([fused, signed_motion], dim=2)  # (B, T, 2C, H, W)
-    return ops._patch_embed(stacked, torch.cat([weight, motion_weight], dim=1), bias, pos_embed, cls_token, None)
+    full_weight = torch.cat([weight, motion_weight], dim=1)
+    return ops._patch_embed(stacked, full_weight, bias, pos_embed, cls_token, patch_backend)
 
 
 def _differences_backward(grad_magnitude: Tensor, grad_signed: Optional[Tensor], x: Tensor, radius: int) -> Tensor:
@@ -206,8 +208,10 @@ def backward(
     )
     grads: list[Optional[Tensor]] = [None] * 10
     if need_w or need_wm:
-        grads[1] = g_weight[:, :c]
-        grads[2] = g_weight[:, c:] if motion_weight is not None else None
+        if motion_weight is None:
+            grads[1] = g_weight
+        else:  # two tensors of their own (the op's outputs may not alias each other)
+            grads[1], grads[2] = g_weight[:, :c].clone(), g_weight[:, c:].clone()
     grads[3], grads[4], grads[5] = (g if m else None for g, m in zip((g_bias, g_pos, g_cls), mask[2:]))
     if not need_smif:
         return grads

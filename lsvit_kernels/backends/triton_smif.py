@@ -216,7 +216,7 @@ def forward(
     std,
     pixel_scale: float,
 ) -> Tensor:
-    grid = geometry.patch_grid(video.shape, weight.shape, has_cls=cls_token is not None)
+    grid = geometry.grid_of(video.shape, weight.shape, cls_token is not None)
     if grid.num_patches * grid.batch >= 2**31:
         raise ValueError(f"{grid.num_patches * grid.batch} patch tokens: the Triton kernel indexes tokens in int32")
     params = smif_reference.kernel_parameters(

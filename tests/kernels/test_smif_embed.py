@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import torch
 
 import lsvit_kernels
 from lsvit.smif import SMIF
-from lsvit_kernels import patch_embed, smif_embed, smif_patch_embed
+from lsvit_kernels import patch_embed, registry, smif_embed, smif_patch_embed
 
 from .test_native_cpu import poisoned_allocations
 
@@ -244,6 +245,80 @@ def test_torch_compile_traces_the_op():
     video = torch.randn(1, 3, 3, 4, 4)
     compiled = torch.compile(lambda v: fused(v, p, None), backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(video), fused(video, p, None))
+
+
+def _spy_on_smif(monkeypatch):
+    """Record (thread name, backend, "forward"/"backward") for every SMIF forward of the "cpu" and "reference"
+    backends, and every patch-embedding backward (the projection's part of the shared SMIF backward)."""
+    calls = []
+    for name in ("cpu", "reference"):
+        forward, devices, why = smif_embed.BACKENDS[name]
+
+        def spy_forward(*args, _real=forward, _name=name):
+            calls.append((threading.current_thread().name, _name, "forward"))
+            return _real(*args)
+
+        monkeypatch.setitem(smif_embed.BACKENDS, name, (spy_forward, devices, why))
+        patch_backend = registry.get_backend(name)
+
+        def spy_backward(*args, _real=patch_backend.backward, _name=name):
+            calls.append((threading.current_thread().name, _name, "backward"))
+            return _real(*args)
+
+        monkeypatch.setattr(patch_backend, "backward", spy_backward)
+    return calls
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the compiled library is not built")
+def test_compiled_backward_runs_on_the_forward_backend_in_every_thread(monkeypatch):
+    """Compiled once, called from threads that each choose a backend with use_backend: every backward runs on the
+    backend its own forward ran on, and each forward on the one its thread chose (None: the automatic cpu)."""
+    calls = _spy_on_smif(monkeypatch)
+    p = make_problem((1, 3, 3, 4, 6), (2, 3), 1, 4, torch.float32)
+    params = parameters(p)
+    video = torch.randn(1, 3, 3, 4, 6)
+    compiled = torch.compile(lambda v: fused(v, p, None), backend="aot_eager")
+    chosen, errors = {}, []
+
+    def worker(backend):
+        try:
+            for _ in range(3):
+                with lsvit_kernels.use_backend(backend):
+                    grads = torch.autograd.grad(compiled(video).sum(), params)
+                assert all(torch.isfinite(g).all() for g in grads)
+            chosen[threading.current_thread().name] = backend or "cpu"
+        except Exception as err:  # reported by the main thread
+            errors.append(err)
+
+    for t in params:
+        t.requires_grad_()
+    first = threading.Thread(target=worker, args=("cpu",), name="first")  # compiles first, with the cpu backend
+    first.start()
+    first.join()
+    threads = [threading.Thread(target=worker, args=(b,), name=f"worker{i}") for i, b in enumerate(CHOICES)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(chosen) == len(threads) + 1
+    for thread, backend in chosen.items():
+        ran = [(name, kind) for where, name, kind in calls if where == thread]
+        assert ran == [(backend, "forward"), (backend, "backward")] * 3, (backend, ran)
+
+
+CHOICES = ("reference", None, "cpu", "reference")
+
+
+def test_eager_backward_runs_on_the_forward_backend_after_the_block(monkeypatch):
+    calls = _spy_on_smif(monkeypatch)
+    p = make_problem((1, 3, 3, 4, 6), (2, 3), 1, 4, torch.float32)
+    weight = p["weight"].requires_grad_()
+    with lsvit_kernels.use_backend("reference"):
+        out = fused(torch.randn(1, 3, 3, 4, 6), p, None)
+    out.sum().backward()  # outside the block: still the forward's backend
+    assert [(name, kind) for _, name, kind in calls] == [("reference", "forward"), ("reference", "backward")]
+    assert weight.grad is not None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
