@@ -8,6 +8,8 @@
   mean/std, normalized inside the op (the unfused path must first normalize it into a float copy, as
   ``lsvit.data.to_model_input`` does: its uint8 row includes that pass);
 - ``forward``: the whole model (eval, no grad);
+- ``input stage train``: ``model.tokens(clip)`` forward and backward (train mode, gradients to every parameter of
+  the stage, none to the clip, as in training): the only part of a training step that differs between the paths;
 - ``train step``: forward, cross-entropy, backward, AdamW step;
 
 eager and compiled (``torch.compile(model.tokens)`` / ``torch.compile(model)``, default inductor backend; the
@@ -86,6 +88,14 @@ def _rows_for(base, extra, frames, batch, device, dtype, compiled: bool, cfg: Ti
             for item, step in timed.items():
                 rows.append(report({"item": item, "path": path, "mode": mode, **_time(step, device, cfg)}))
         model.train()
+
+        def stage_train_step(tokens=tokens, model=model):
+            model.zero_grad(set_to_none=True)
+            tokens(clip).float().sum().backward()
+
+        rows.append(
+            report({"item": "input stage train", "path": path, "mode": mode, **_time(stage_train_step, device, cfg)})
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         train_model = torch.compile(model) if compiled else model
 

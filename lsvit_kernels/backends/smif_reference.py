@@ -4,10 +4,11 @@ Forward is LSViT's input stage in plain PyTorch, pass after pass: normalize, SMI
 ``S``), ``cat([X', S])`` into a (B, T, 2C, H, W) tensor, then the patch-embedding op with ``[W, W_m]``.
 The fused backends exist to avoid those passes; this is their oracle.
 
-Backward (all backends): the grads of the tokens with respect to ``[X'; S]`` and the projection's parameters come
-from the patch-embedding backward of the op's registry on the recomputed ``[X'; S]``; SMIF's own backward is
-written out below in vectorized torch ops (no autograd graph kept from the forward, so the forward can run in a
-fused kernel that never materializes ``X'`` or ``S``).
+Backward (all backends): SMIF's maps are recomputed in torch ops (no autograd graph kept from the forward, so the
+forward can run in a fused kernel that never materializes ``X'`` or ``S``); the grads of the tokens with respect
+to ``X'`` and the projection's parameters come from the patch-embedding backward of the op's registry on ``X'``
+with ``W``, those of ``W_m`` from the one on ``S`` with ``W_m`` (its input gradient only when the video needs
+one); SMIF's own backward is written out below, its channel mixes and reductions as ``bmm`` on the maps' views.
 """
 
 from __future__ import annotations
