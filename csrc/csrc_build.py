@@ -61,6 +61,7 @@ def _sources(root: Path, with_cuda: bool) -> list[str]:
         cpu / "gemm_cpu.cpp",
         cpu / "bf16_gemm.cpp",
     ]
+    files += [cpu / "smif_embed_cpu.cpp"]  # LSViT's input stage; binds its own kernel (TORCH_LIBRARY_IMPL)
     if with_cuda:
         files.append(csrc / "cuda" / "patch_embed_cuda.cu")
     return [str(f.relative_to(root)) for f in files]

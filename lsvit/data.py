@@ -12,8 +12,9 @@ taken from each (a random offset per segment for training, the segment centre fo
 are decoded (lsvit.decode: torchcodec, or PyAV seeking to the nearest keyframe), resized while decoding so the
 shorter side is ``resize_size``, then cropped to ``image_size`` (random crop and optional horizontal flip for
 training, centre crop for evaluation). Clips stay uint8, ``(T, C, H, W)``, batches ``(B, T, C, H, W)``: the
-loader ships a quarter of the float32 bytes, and :func:`to_model_input` normalizes with the ImageNet mean and std
-on the device, right before the model.
+loader ships a quarter of the float32 bytes, and the model takes them as they are with the mean and std
+(``model(clip, mean=..., std=...)``: its input op normalizes each value it reads); :func:`to_model_input`
+normalizes on the device where a float clip is needed (mixup blends normalized clips).
 
 A video that cannot be used never stops a run or shifts labels. ``__getitem__`` returns the failure instead of a
 clip and :func:`collate_clips` drops it from the batch, keeping every remaining clip next to its own label, and

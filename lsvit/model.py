@@ -1,9 +1,11 @@
 """LSViT (Chen et al., Frontiers in Neurorobotics 2024): a ViT with short- and long-term temporal differences.
 
-    clip (B, T, C, H, W)
+    clip (B, T, C, H, W), normalized float or uint8 + mean/std
       -> SMIF: short-term motion magnitude fused into every frame             (B, T, C, H, W)
          and its signed direction as C more channels                          (B, T, 2C, H, W)
       -> PatchEmbedding: fused op, CLS slot + positional embedding written    (B, T', 1 + N, E)
+         (SMIF and PatchEmbedding run as one op, lsvit_kernels.smif_patch_embed: the (B, T, 2C, H, W)
+         clip is never built)
          2D: T' = T, per-frame P x P patches; 3D: T' = T / t, t x P x P tubelets
       -> view as per-step sequences                                           (B T', 1 + N, E)
       -> depth x Block: LMI across steps, then attention within each step and MLP
@@ -17,6 +19,7 @@ Parameter names follow timm's ViT (``patch_embed.proj.weight``, ``cls_token``, `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -24,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import lsvit_kernels
-from lsvit_kernels import FusedPatchConv2d, FusedPatchConv3d
+from lsvit_kernels import FusedPatchConv2d, FusedPatchConv3d, smif_embed
+from lsvit_kernels.backends.smif_reference import normalized
 from lsvit_kernels.geometry import check_divisible
 
 from .config import ModelConfig
@@ -33,6 +37,12 @@ from .pos_embed import ResampledPosCache, ResampledTimeCache
 from .smif import SMIF
 
 LAYER_NORM_EPS = 1e-6  # timm's ViT value
+
+
+def _exporting() -> bool:
+    """True while torch.export, the ONNX exporters or TorchScript tracing capture the model: they get the input
+    stage in standard operators and the patch op, which they know how to export (lsvit_kernels.onnx)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 class DropPath(nn.Module):
@@ -148,7 +158,8 @@ class Block(nn.Module):
 
 
 class LSViTForAction(nn.Module):
-    """LSViT action classifier: ``(B, T, C, H, W)`` normalized float clips -> ``(B, num_classes)`` logits.
+    """LSViT action classifier: ``(B, T, C, H, W)`` normalized float clips (or uint8 clips with their mean and
+    std) -> ``(B, num_classes)`` logits.
 
     Args:
         config: the architecture (copied: later edits to the caller's config do not desync the model).
@@ -173,6 +184,9 @@ class LSViTForAction(nn.Module):
         e, grid = config.embed_dim, config.grid_size
 
         self.smif = SMIF(config.in_channels, config.smif_window)
+        # SMIF and the patch embedding as one op (lsvit_kernels.smif_patch_embed); False runs SMIF's PyTorch passes,
+        # cat and the patch op (same parameters, same tokens up to rounding): for comparisons and benchmarks
+        self.fused_input_stage = True
         self.patch_embed = PatchEmbedding(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, e))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, e))
@@ -235,13 +249,26 @@ class LSViTForAction(nn.Module):
         temporal = self._time_cache(self.temporal_pos_embed, steps)  # (steps, E)
         return (temporal.unsqueeze(1) + spatial.unsqueeze(0)).reshape(-1, spatial.shape[-1])
 
-    def tokens(self, video: Tensor) -> Tensor:
-        """SMIF + one fused patch embedding of frames and signed motion: (B, T, C, H, W) -> (B, T', 1 + N, E)."""
+    def tokens(
+        self, video: Tensor, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None
+    ) -> Tensor:
+        """SMIF + one fused patch embedding of frames and signed motion: (B, T, C, H, W) -> (B, T', 1 + N, E).
+
+        ``video`` is a normalized float clip, or uint8 pixels with the ``mean`` / ``std`` (in [0, 1] units, as
+        ``lsvit.data.normalize_clip``) to normalize them with: the op normalizes each value it reads, so no float
+        copy of the clip is made. With ``fused_input_stage`` (the default) the whole stage is one
+        ``lsvit_kernels.smif_patch_embed`` call; otherwise SMIF's PyTorch passes, ``cat`` and the patch op.
+        """
         if video.dim() != 5:
             raise ValueError(f"video must be (B, T, C, H, W); got shape {list(video.shape)}")
-        if not video.is_floating_point():
-            # SMIF differences of raw uint8 pixels would wrap around: normalize first
-            raise TypeError(f"video must be a normalized float tensor; got {video.dtype}: convert and normalize it")
+        if video.dtype == torch.uint8:
+            if mean is None or std is None:
+                raise ValueError(
+                    "a uint8 video needs mean= and std= (the normalization the model was trained with, e.g. the "
+                    "run's data record); or pass a normalized float video"
+                )
+        elif not video.is_floating_point():
+            raise TypeError(f"video must be uint8 pixels or a normalized float tensor; got {video.dtype}")
         if video.shape[2] != self.config.in_channels:
             raise ValueError(
                 f"video has C={video.shape[2]} channels but the model expects C={self.config.in_channels} "
@@ -249,12 +276,40 @@ class LSViTForAction(nn.Module):
             )
         steps = self.config.num_steps(video.shape[1])  # checks divisibility by the tubelet in 3D
         pos = self.position_embedding(video.shape[3], video.shape[4], steps)
+        if self.fused_input_stage and not _exporting():
+            return self._fused_tokens(video, pos, mean, std)
+        if video.dtype == torch.uint8:
+            video = normalized(video, self.cls_token.dtype, list(mean), list(std), 1.0 / 255.0)
         motion = self.smif.signed_motion(video) if self.config.motion_channels else None
         return self.patch_embed(self.smif(video), pos, self.cls_token, motion)
 
-    def forward_features(self, video: Tensor) -> Tensor:
-        """Pooled CLS feature (B, E)."""
-        tokens = self.tokens(video)  # (B, T', 1 + N, E)
+    def _fused_tokens(
+        self, video: Tensor, pos: Tensor, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]
+    ) -> Tensor:
+        """The input stage as one ``smif_patch_embed``: SMIF's X' and S computed in the patch gather."""
+        proj, smif = self.patch_embed.proj, self.smif
+        return smif_embed.smif_patch_embed(
+            video,
+            proj.weight,
+            self.patch_embed.motion_weight,
+            proj.bias,
+            pos,
+            cls_token=self.cls_token,
+            threshold_logit=smif.threshold_logit,
+            fuse_weight=smif.fuse.weight,
+            fuse_bias=smif.fuse.bias,
+            gate=smif.gate,
+            window=2 * smif.radius + 1,
+            mean=mean,
+            std=std,
+            backend=proj.backend,  # a patch-op backend without a SMIF kernel runs SMIF in torch, then itself
+        )
+
+    def forward_features(
+        self, video: Tensor, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None
+    ) -> Tensor:
+        """Pooled CLS feature (B, E); ``mean`` / ``std`` for uint8 video as in :meth:`tokens`."""
+        tokens = self.tokens(video, mean, std)  # (B, T', 1 + N, E)
         b, steps, length, e = tokens.shape
         p = self.config.patch_size
         grid = (video.shape[3] // p, video.shape[4] // p)
@@ -264,5 +319,8 @@ class LSViTForAction(nn.Module):
         x = self.norm(x)
         return x[:, 0].view(b, steps, e).mean(dim=1)  # CLS of every step, averaged over time
 
-    def forward(self, video: Tensor) -> Tensor:
-        return self.head(self.head_drop(self.forward_features(video)))
+    def forward(
+        self, video: Tensor, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None
+    ) -> Tensor:
+        """Logits (B, num_classes) of normalized float clips, or of uint8 clips with their ``mean`` / ``std``."""
+        return self.head(self.head_drop(self.forward_features(video, mean, std)))

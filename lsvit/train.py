@@ -201,7 +201,11 @@ class Trainer:
             meter.skipped += len(batch["skipped"])
             empty = batch["video"] is None
             video, labels = self._placeholder_batch() if empty else (batch["video"], batch["label"])
-            video = to_model_input(video, self.device, self.data.record["mean"], self.data.record["std"])
+            mean, std = self.data.record["mean"], self.data.record["std"]
+            if self.mixup is None:  # uint8 to the model, normalized inside its input op
+                video, normalization = video.to(self.device, non_blocking=True), {"mean": mean, "std": std}
+            else:  # mixup blends normalized clips
+                video, normalization = to_model_input(video, self.device, mean, std), {}
             labels = labels.to(self.device, non_blocking=True)
             # Micro-batches [g * accum, min((g + 1) * accum, total)) make optimizer step g of the epoch.
             group_end = min((batch_index // args.accum_steps + 1) * args.accum_steps, total_batches)
@@ -213,7 +217,7 @@ class Trainer:
                 video, targets = self.mixup(video, labels)
             with sync:
                 with self.autocast():
-                    logits = self.ddp_model(video)
+                    logits = self.ddp_model(video, **normalization)
                     if targets is not None:
                         loss = soft_cross_entropy(logits.float(), targets)
                     else:

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lsvit.data import to_model_input
 from lsvit.distributed import all_reduce_sum, any_rank
 from lsvit.interrupt import Interrupted
 from lsvit.optim import topk_correct
@@ -43,7 +42,8 @@ def evaluate(trainer, model: nn.Module) -> dict[str, Any]:
                 probs = view_probabilities(model, video, video.shape[0], trainer.device, mean, std)
                 logits = probs.clamp_min(1e-12).log()
             else:
-                logits = model(to_model_input(video, trainer.device, mean, std)).float()
+                # uint8 clips: the model's input op normalizes what it reads
+                logits = model(video.to(trainer.device, non_blocking=True), mean=mean, std=std).float()
         smoothing = trainer.args.label_smoothing
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing))
         nll_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
@@ -78,7 +78,7 @@ def _lockstep(trainer, loader):
 def _placeholder_forwards(trainer, model: nn.Module) -> None:
     """As many forwards as a real batch takes (one per view), on a zero clip whose output is discarded."""
     video, _ = trainer._placeholder_batch()
-    clip = to_model_input(video, trainer.device, trainer.data.record["mean"], trainer.data.record["std"])
+    clip, mean, std = video.to(trainer.device), trainer.data.record["mean"], trainer.data.record["std"]
     with trainer.autocast():
         for _ in range(getattr(trainer.data.val_set, "views", 1)):
-            model(clip)
+            model(clip, mean=mean, std=std)

@@ -9,7 +9,7 @@ single-view evaluation); 3 = resize the shorter side to ``image_size`` and take 
 along the longer side (start, centre, end; mmaction2's ThreeCrop), so together they cover the whole frame.
 
 The frames of all clips are decoded in one pass (lsvit.decode: only those frames, resized while decoding) and the
-views stay uint8; :func:`view_probabilities` normalizes them on the device, as training does.
+views stay uint8; :func:`view_probabilities` hands them to the model as uint8 with mean and std, as training does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lsvit.data import ClipTransform, VideoRecord, guarded_item, resize_uint8, to_model_input
+from lsvit.data import ClipTransform, VideoRecord, guarded_item, resize_uint8
 from lsvit.decode import VideoError, read_clip, resolve_decoder
 
 CROP_CHOICES = (1, 3)
@@ -115,11 +115,11 @@ def view_probabilities(
     std: Sequence[float],
 ) -> Tensor:
     """uint8 ``(B, V, T, C, S, S)`` -> ``(B, classes)`` softmax averaged over the V views; ``chunk`` clips per
-    forward, each normalized on ``device`` with ``mean`` / ``std``."""
+    forward, each normalized with ``mean`` / ``std`` by the model's input op (the uint8 clip goes to ``device``)."""
     b, v = videos.shape[:2]
     flat = videos.flatten(0, 1)
     probs = [
-        model(to_model_input(flat[i : i + chunk], device, mean, std)).float().softmax(dim=1)
+        model(flat[i : i + chunk].to(device, non_blocking=True), mean=mean, std=std).float().softmax(dim=1)
         for i in range(0, len(flat), chunk)
     ]
     return torch.cat(probs).view(b, v, -1).mean(dim=1)

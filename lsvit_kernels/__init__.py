@@ -2,8 +2,9 @@
 
 Public API: ``patch_embed`` (the op), ``FusedPatchConv2d`` / ``FusedPatchConv3d`` (the ``nn.Conv2d`` /
 ``nn.Conv3d`` drop-in modules; ``tokens()`` for the op's full form), ``replace_patch_embeddings`` (swap them into
-any model), the geometry helpers, backend controls (``use_backend``, ``available_backends``, ``last_backend``) and
-``onnx`` (export). ``PatchEmbed2d`` / ``PatchEmbed3d`` are deprecated names kept for older code.
+any model), ``smif_patch_embed`` (LSViT's input stage: SMIF motion computed in the patch gather), the geometry
+helpers, backend controls (``use_backend``, ``available_backends``, ``last_backend``) and ``onnx`` (export).
+``PatchEmbed2d`` / ``PatchEmbed3d`` are deprecated names kept for older code.
 """
 
 from . import (
@@ -15,6 +16,7 @@ from .modules import FusedPatchConv2d, FusedPatchConv3d, PatchEmbed2d, PatchEmbe
 from .ops import fold_normalization, patch_embed
 from .registry import BackendUnavailableError, available_backends, backend_names, last_backend, use_backend
 from .replace import ReplacementReport, replace_patch_embeddings, restore_patch_embeddings
+from .smif_embed import smif_patch_embed
 
 __version__ = "0.1.0"
 
@@ -34,6 +36,7 @@ __all__ = [
     "patch_grid",
     "replace_patch_embeddings",
     "restore_patch_embeddings",
+    "smif_patch_embed",
     "token_counts",
     "use_backend",
 ]

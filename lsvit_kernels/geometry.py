@@ -245,11 +245,50 @@ def check_operands(
             f"(or pass uint8 pixels with mean/std)"
         )
     for name, t in (("bias", bias), ("pos_embed", pos_embed), ("cls_token", cls_token)):
-        if t is not None and t.device != weight.device:
-            raise ValueError(f"{name} is on {t.device} but weight is on {weight.device}; move both to one device")
-        if t is not None and t.dtype != weight.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but weight has {weight.dtype}; cast {name} to {weight.dtype}")
+        check_companion(name, t, weight)
     return 1.0 / 255.0 if video.dtype == torch.uint8 else 1.0
+
+
+def check_companion(name: str, tensor: Optional[torch.Tensor], weight: torch.Tensor, same_dtype: bool = True) -> None:
+    """``tensor`` (None passes) must be on the weight's device and, with ``same_dtype``, in the weight's dtype."""
+    if tensor is None:
+        return
+    if tensor.device != weight.device:
+        raise ValueError(f"{name} is on {tensor.device} but weight is on {weight.device}; move both to one device")
+    if same_dtype and tensor.dtype != weight.dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype} but weight has {weight.dtype}; cast {name} to {weight.dtype}")
+
+
+def checked_operands(
+    video: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    pos_embed: Optional[torch.Tensor] = None,
+    cls_token: Optional[torch.Tensor] = None,
+) -> tuple[float, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Every check of a patch embedding of a logical ``(B, T, C, H, W)`` video, before any work.
+
+    Returns ``(pixel_scale, weight5, pos_embed, cls_token)``: the weight in ``(E, C, t, ph, pw)`` layout (a view),
+    ``pos_embed`` as ``(rows, E)`` (a leading dimension of 1 removed) and ``cls_token`` as ``(E,)``.
+    """
+    normalize_weight_shape(weight.shape)
+    weight5 = weight.unsqueeze(2) if weight.dim() == 4 else weight
+    pixel_scale = check_operands(video, weight, bias, pos_embed, cls_token)
+    if pos_embed is not None:
+        if pos_embed.dim() == 3 and pos_embed.shape[0] == 1:
+            pos_embed = pos_embed[0]
+        check_pos_embed_shape(pos_embed.shape, weight.shape[0])
+    if cls_token is not None:
+        cls_token = cls_token.reshape(-1)
+    patch_grid(
+        video.shape,
+        weight5.shape,
+        has_cls=cls_token is not None,
+        pos_rows=None if pos_embed is None else pos_embed.shape[0],
+        bias_shape=None if bias is None else bias.shape,
+        cls_numel=None if cls_token is None else cls_token.numel(),
+    )
+    return pixel_scale, weight5, pos_embed, cls_token
 
 
 INDEX_MAX = 2**63 - 1  # the largest element index a tensor (and every kernel, which indexes in int64) can hold

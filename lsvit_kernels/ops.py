@@ -369,24 +369,7 @@ def patch_embed(
         video = video.unsqueeze(1)
     elif layout == "BCTHW":
         video = video.permute(0, 2, 1, 3, 4)  # a view: the op reads any strides
-    weight5 = weight.unsqueeze(2) if weight.dim() == 4 else weight
-    geometry.normalize_weight_shape(weight.shape)
-
-    pixel_scale = geometry.check_operands(video, weight, bias, pos_embed, cls_token)
-    if pos_embed is not None:
-        if pos_embed.dim() == 3 and pos_embed.shape[0] == 1:
-            pos_embed = pos_embed[0]
-        geometry.check_pos_embed_shape(pos_embed.shape, weight.shape[0])
-    if cls_token is not None:
-        cls_token = cls_token.reshape(-1)
-    geometry.patch_grid(
-        video.shape,
-        weight5.shape,
-        has_cls=cls_token is not None,
-        pos_rows=None if pos_embed is None else pos_embed.shape[0],
-        bias_shape=None if bias is None else bias.shape,
-        cls_numel=None if cls_token is None else cls_token.numel(),
-    )
+    pixel_scale, weight5, pos_embed, cls_token = geometry.checked_operands(video, weight, bias, pos_embed, cls_token)
     if mean is not None or std is not None:
         if mean is None or std is None:
             raise ValueError("give both mean and std to fold normalization into the weight, or neither")

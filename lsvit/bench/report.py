@@ -310,7 +310,7 @@ def model_lines(results: dict) -> list[str]:
     )
 
 
-SECTIONS = ("machine", "summary", "details", "patch-counts", "model")
+SECTIONS = ("machine", "summary", "details", "patch-counts", "model", "input-stage")
 
 
 def render_markdown(results: dict, sections: Sequence[str] = SECTIONS) -> str:
@@ -334,6 +334,11 @@ def render_markdown(results: dict, sections: Sequence[str] = SECTIONS) -> str:
         lines += ["## Patch counts", ""] + patch_count_lines(results) + [""]
     if "model" in sections:
         lines += ["## LSViT model: 2D vs 3D", ""] + model_lines(results) + [""]
+    if "input-stage" in sections:
+        from .input_stage import input_stage_lines
+
+        lines += ["## LSViT input stage: SMIF + patch embedding, unfused vs fused", ""]
+        lines += input_stage_lines(results) + [""]
     if "machine" in sections and results.get("elapsed_s") is not None:
         lines += [f"Suite wall time: {results['elapsed_s']:.0f} s.", ""]
     return "\n".join(lines).rstrip("\n") + "\n"

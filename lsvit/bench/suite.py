@@ -33,6 +33,7 @@ from .harness import (
     roofline_ms,
     run_contestant,
 )
+from .input_stage import measure_input_stage
 from .machine import machine_info
 from .model_latency import measure_model
 from .patch_counts import patch_count_rows
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="run torch.compile even with --quick")
     run.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     run.add_argument("--no-model", action="store_true", help="skip the LSViT model latency section")
+    run.add_argument(
+        "--no-input-stage", action="store_true", help="skip LSViT's input stage: unfused vs fused, eager vs compiled"
+    )
     run.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
@@ -249,6 +253,9 @@ def run_suite(
 
     results["patch_counts"] = patch_count_rows()
     results["model"] = None if args.no_model else measure_model(device, quick=args.quick)
+    results["input_stage"] = (
+        None if args.no_input_stage else measure_input_stage(device, quick=args.quick, compile_on=compile_on)
+    )
     results["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["elapsed_s"] = time.perf_counter() - started
     return results

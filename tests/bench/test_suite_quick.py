@@ -142,3 +142,15 @@ def test_bad_arguments_print_one_line_and_exit_2(argv, message, capsys, tmp_path
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and "\n" not in err and "Traceback" not in err
+
+
+def test_input_stage_section(quick_run):
+    """Unfused and fused input stage, forward and training step, each timed (eager in --quick) and reported."""
+    _, results, markdown = quick_run
+    rows = results["input_stage"]["rows"]
+    assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+    items = {(r["variant"], r["item"], r["path"]) for r in rows}
+    for variant in ("2D", "3D t=2"):
+        for item in ("input stage", "input stage uint8", "forward", "train step"):
+            assert {(variant, item, "unfused"), (variant, item, "fused")} <= items
+    assert "## LSViT input stage" in markdown

@@ -74,8 +74,10 @@ def test_bad_video_shapes(tiny):
         model(clip(h=20))
     with pytest.raises(ValueError, match=r"\(B, T, C, H, W\)"):
         model(torch.randn(2, 3, 24, 24))
-    with pytest.raises(TypeError, match="normalized float tensor; got torch.uint8"):
+    with pytest.raises(ValueError, match="a uint8 video needs mean= and std="):
         model(torch.zeros(1, 2, 3, 24, 24, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8 pixels or a normalized float tensor; got torch.int64"):
+        model(torch.zeros(1, 2, 3, 24, 24, dtype=torch.int64))
     with pytest.raises(ValueError, match="C=1 channels but the model expects C=3"):
         model(clip(c=1))
 
@@ -157,7 +159,8 @@ def test_config_backend_is_used(tiny):
     try:
         model = LSViTForAction(tiny(kernel_backend="spy_for_tests"))
         model(clip()).sum().backward()
-        assert calls == ["forward", "backward"]
+        # the fused input stage's backward runs the projection's backward per input: X' with W, S with W_m
+        assert calls == ["forward", "backward", "backward"]
         assert model.patch_embed_backend == lsvit_kernels.last_backend() == "spy_for_tests"
     finally:
         registry._BACKENDS.pop("spy_for_tests")

@@ -132,6 +132,7 @@ def _spy_patch_embed(monkeypatch):
 def test_temporal_embedding_goes_through_the_op_per_token(tiny, monkeypatch, use_3d, frames, steps):
     """One fused call with a (T' (1 + N), E) table: spatial row + temporal row of the step (resampled to T')."""
     model = _with_random_temporal(LSViTForAction(tiny(use_3d_patch_embed=use_3d, tubelet_size=2)).eval())
+    model.fused_input_stage = False  # the spy sits on the patch op; the fused stage equals this one (fused tests)
     trained_steps = 2 if use_3d else 4
     assert model.temporal_pos_embed.shape == (trained_steps, 16)
     seen = _spy_patch_embed(monkeypatch)
