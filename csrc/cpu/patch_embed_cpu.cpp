@@ -4,10 +4,10 @@
 //   1. write bias + pos_embed into the block's output rows (the GEMM's C; the epilogue done up front),
 //   2. gather the block's tubelets from the strided video into a (rows, K) panel, casting as it goes,
 //   3. C += panel @ W^T with one GEMM call (gemm_cpu.h: oneDNN where it runs, else ATen's BLAS).
-// Two schedules (Schedule below): kBlocks, ~256-token blocks in parallel over blocks, one panel per thread
-// (256 x 1536 x 4 = 1.5 MiB on the benchmark shape, cache-resident for the GEMM), single-threaded GEMMs;
-// kGemm, blocks of output rows one after another (a 4 MiB panel), steps 1-2 parallel over rows, one
-// multi-threaded GEMM. Per block: 2 rows K E FLOPs; video bytes read once.
+// Two schedules (Schedule below): kBlocks, ~256-token blocks, one panel per worker (256 x 1536 x 4 = 1.5 MiB on
+// the benchmark shape, cache-resident for the GEMM), single-threaded GEMMs; kGemm, blocks of output rows one
+// after another (a 4 MiB panel), steps 1-2 over rows, one multi-threaded GEMM. Both keep their loops on the
+// calling thread (serial_for below). Per block: 2 rows K E FLOPs; video bytes read once.
 // Accumulation is fp32 for every dtype: bf16 runs a bf16 panel and a bf16 GEMM (oneDNN: fp32 accumulation,
 // C added in fp32, one rounding); fp16 an fp32 panel, an fp32 weight copy and an fp32 C rounded once.
 // bf16 on CPUs with avx512_bf16 (calls of at least 512 tokens, gemm_cpu.h) takes neither schedule: the bf16
@@ -46,10 +46,11 @@
 namespace lsvit::cpu {
 namespace {
 
-// How blocks are spread over threads. kBlocks: each worker runs whole blocks with single-threaded GEMMs (one
-// parallel region per call); kGemm: blocks one after another, init/gather/scatter parallel over rows, one
-// multi-threaded GEMM per block. kGemm is the default with more than one thread: measured faster here for
-// every dtype (docs/native.md), and oneDNN's GEMM inside an OpenMP worker ran ~2.5x slower than on its own.
+// How blocks are spread over threads. kBlocks: each worker runs whole blocks with single-threaded GEMMs (the
+// workers one after another on the calling thread, serial_for); kGemm: blocks one after another, init/gather/
+// scatter over rows on the calling thread, one multi-threaded GEMM per block. kGemm is the default with more than one
+// thread: measured faster here for every dtype (docs/native.md), and oneDNN's GEMM inside an OpenMP worker ran ~2.5x
+// slower than on its own.
 //
 // Tuning knobs, for csrc/bench_cpu.py and the tests: the schedule (auto, blocks, gemm) and the rows per block
 // (0 = measured default). They start from LSVIT_CPU_SCHEDULE / LSVIT_CPU_BLOCK_ROWS, read once when the library
