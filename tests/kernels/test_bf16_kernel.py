@@ -155,19 +155,21 @@ def test_weight_gradient_of_uint8_video(bf16_kernel):
 
 
 def test_auto_picks_the_kernel_from_512_tokens_and_other_engines_still_run():
-    """ "auto" (the default) runs the kernel, forward and grad_weight, for bf16 calls of at least 512 patch tokens
-    on 1 and 2 threads (smaller calls measured faster on oneDNN: docs/native.md); "bf16kernel" runs it at any
-    size and thread count; "onednn" and "aten" never."""
+    """ "auto" (the default) runs the kernel for bf16 calls of at least 512 patch tokens on 1 and 2 threads, its
+    grad_weight on 2 threads from 2048 tokens (smaller calls measured faster on oneDNN: docs/native.md);
+    "bf16kernel" runs it at any size and thread count; "onednn" and "aten" never."""
     for threads in (1, 2):
         with engine("auto", threads):
             assert torch.ops.lsvit_cpu.gemm_engine(torch.bfloat16) == "bf16kernel"
             assert torch.ops.lsvit_cpu.gemm_engine(torch.float32) in ("onednn", "aten")
             assert not torch.ops.lsvit_cpu.uses_bf16_kernel(511)
-            assert not torch.ops.lsvit_cpu.uses_bf16_kernel(511, True)
             assert torch.ops.lsvit_cpu.uses_bf16_kernel(512)
-            assert torch.ops.lsvit_cpu.uses_bf16_kernel(512, True)
+            weight_grad_min = 512 if threads == 1 else 2048
+            assert not torch.ops.lsvit_cpu.uses_bf16_kernel(weight_grad_min - 1, True)
+            assert torch.ops.lsvit_cpu.uses_bf16_kernel(weight_grad_min, True)
             assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 512) == "bf16kernel"
-            assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 512, True) == "bf16kernel"
+            assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, weight_grad_min - 1, True) == "onednn"
+            assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, weight_grad_min, True) == "bf16kernel"
             assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 511) == "onednn"
             assert torch.ops.lsvit_cpu.fused_engine(torch.float32, 512) == "onednn"
     with engine("bf16kernel", 2):
