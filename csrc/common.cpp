@@ -66,7 +66,9 @@ at::Tensor sum_leading_cpu(const at::Tensor& slices, at::ScalarType acc_dtype) {
     TORCH_INTERNAL_ASSERT(c10::CppTypeToScalarType<acc_t>::value == acc_dtype);
     const scalar_t* in = src.const_data_ptr<scalar_t>();
     acc_t* out = acc.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, inner, 4096, [&](int64_t j0, int64_t j1) {
+    // One range (serial, as every region of this library except the bf16 micro-kernel's): measured as a
+    // thread-team region it was not faster on the shared 2-core machine (docs/native.md, "Threads").
+    at::parallel_for(0, inner, std::max<int64_t>(inner, 1), [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; ++j) out[j] = n > 0 ? static_cast<acc_t>(in[j]) : acc_t(0);
       for (int64_t i = 1; i < n; ++i) {
         const scalar_t* row = in + i * inner;

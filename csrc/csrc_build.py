@@ -21,7 +21,11 @@ from pathlib import Path
 
 EXT_NAME = "lsvit_kernels._C"
 DEFAULT_ARCHES = "8.0;9.0+PTX"  # A100 and H100/H200; the PTX lets newer GPUs JIT-compile the sm_90 code
-CXX_FLAGS = ["-O3"]  # torch adds its own -std (C++20 for torch 2.14)
+# -fopenmp: at::parallel_for is a header template whose OpenMP region exists only in a translation unit compiled
+# with it; without it every region of the library ran on the calling thread. Linking with it records libgomp.so.1,
+# which resolves to the copy libtorch_cpu has already loaded (same soname; docs/native.md, "Threads").
+CXX_FLAGS = ["-O3", "-fopenmp"]  # torch adds its own -std (C++20 for torch 2.14)
+LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--threads", "2", "-lineinfo"]
 _CUDA_ONLY_LIBRARIES = ("cudart", "c10_cuda", "torch_cuda")
 
@@ -103,11 +107,16 @@ def extension_spec(root: Path, log: Callable[[str], None]):
             include_dirs=include_dirs,
             define_macros=macros,
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+            extra_link_args=LINK_FLAGS,
         )
         log(f"building {EXT_NAME}: CPU + CUDA kernels (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={arches})")
     else:
         ext = cpp_extension.CppExtension(
-            EXT_NAME, _sources(root, with_cuda=False), include_dirs=include_dirs, extra_compile_args={"cxx": CXX_FLAGS}
+            EXT_NAME,
+            _sources(root, with_cuda=False),
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": CXX_FLAGS},
+            extra_link_args=LINK_FLAGS,
         )
         log(f"building {EXT_NAME}: CPU kernel only (CUDA part skipped: {cuda_skip_reason})")
     ninja = cpp_extension.is_ninja_available()

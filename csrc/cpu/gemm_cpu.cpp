@@ -70,8 +70,13 @@ GemmEngine gemm_engine(at::ScalarType dtype) {
 bool use_bf16_kernel(int64_t tokens, bool weight_grad) {
   if (gemm_engine(at::kBFloat16) != GemmEngine::kBf16Kernel) return false;
   if (preference.load(std::memory_order_relaxed) == Preference::kBf16Kernel) return true;
-  (void)weight_grad;  // the same rule for both today (gemm_cpu.h)
-  return tokens >= kBf16KernelMinTokens && at::get_num_threads() == 1;
+#ifdef _OPENMP
+  const bool threaded_weight_grad = weight_grad && at::get_num_threads() > 1;
+  return tokens >= (threaded_weight_grad ? kBf16KernelMinTokensThreadedWeightGrad : kBf16KernelMinTokens);
+#else
+  (void)weight_grad;
+  return tokens >= kBf16KernelMinTokens && at::get_num_threads() == 1;  // its workers would run one after another
+#endif
 }
 
 void gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, float beta) {

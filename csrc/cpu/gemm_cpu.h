@@ -32,10 +32,14 @@ GemmEngine gemm_engine(at::ScalarType dtype);
 // Whether a bf16 call over this many patch tokens runs the bf16 micro-kernel, for its forward or its
 // grad_weight: its engine is kBf16Kernel and either it was asked for by name ("bf16kernel") or, under "auto",
 // the call has at least kBf16KernelMinTokens tokens (below, the per-call weight packing outweighs what the
-// kernel saves: oneDNN measured as fast or faster) and torch runs one thread. With more threads oneDNN's
-// threaded GEMM wins: the library is built without -fopenmp, so at::parallel_for runs the kernel's workers on
-// one thread (docs/native.md, "bf16 micro-kernel").
+// kernel saves: oneDNN measured as fast or faster), on any thread count (at 2 threads it measured faster than
+// oneDNN's threaded GEMM too: docs/native.md, "Threads"); grad_weight on more than one thread from
+// kBf16KernelMinTokensThreadedWeightGrad tokens (its per-worker fp32 accumulators and their sum cost a fixed
+// ~E K x 8 bytes per worker: at 2 threads oneDNN's single bf16 block measured faster up to 1568 tokens, the
+// kernel 1.5x faster at 3136). A build without OpenMP (-fopenmp, csrc_build.py) runs at::parallel_for's workers
+// one after another, so there the rule adds: torch runs one thread.
 constexpr int64_t kBf16KernelMinTokens = 512;
+constexpr int64_t kBf16KernelMinTokensThreadedWeightGrad = 2048;
 bool use_bf16_kernel(int64_t tokens, bool weight_grad);
 
 // Process-wide preference: "auto" (default: the fastest engine that runs, as measured in docs/native.md),

@@ -4,10 +4,10 @@
 //   1. write bias + pos_embed into the block's output rows (the GEMM's C; the epilogue done up front),
 //   2. gather the block's tubelets from the strided video into a (rows, K) panel, casting as it goes,
 //   3. C += panel @ W^T with one GEMM call (gemm_cpu.h: oneDNN where it runs, else ATen's BLAS).
-// Two schedules (Schedule below): kBlocks, ~256-token blocks in parallel over blocks, one panel per thread
-// (256 x 1536 x 4 = 1.5 MiB on the benchmark shape, cache-resident for the GEMM), single-threaded GEMMs;
-// kGemm, blocks of output rows one after another (a 4 MiB panel), steps 1-2 parallel over rows, one
-// multi-threaded GEMM. Per block: 2 rows K E FLOPs; video bytes read once.
+// Two schedules (Schedule below): kBlocks, ~256-token blocks, one panel per worker (256 x 1536 x 4 = 1.5 MiB on
+// the benchmark shape, cache-resident for the GEMM), single-threaded GEMMs; kGemm, blocks of output rows one
+// after another (a 4 MiB panel), steps 1-2 over rows, one multi-threaded GEMM. Both keep their loops on the
+// calling thread (serial_for below). Per block: 2 rows K E FLOPs; video bytes read once.
 // Accumulation is fp32 for every dtype: bf16 runs a bf16 panel and a bf16 GEMM (oneDNN: fp32 accumulation,
 // C added in fp32, one rounding); fp16 an fp32 panel, an fp32 weight copy and an fp32 C rounded once.
 // bf16 on CPUs with avx512_bf16 (calls of at least 512 tokens, gemm_cpu.h) takes neither schedule: the bf16
@@ -46,10 +46,11 @@
 namespace lsvit::cpu {
 namespace {
 
-// How blocks are spread over threads. kBlocks: each worker runs whole blocks with single-threaded GEMMs (one
-// parallel region per call); kGemm: blocks one after another, init/gather/scatter parallel over rows, one
-// multi-threaded GEMM per block. kGemm is the default with more than one thread: measured faster here for
-// every dtype (docs/native.md), and oneDNN's GEMM inside an OpenMP worker ran ~2.5x slower than on its own.
+// How blocks are spread over threads. kBlocks: each worker runs whole blocks with single-threaded GEMMs (the
+// workers one after another on the calling thread, serial_for); kGemm: blocks one after another, init/gather/
+// scatter over rows on the calling thread, one multi-threaded GEMM per block. kGemm is the default with more than one
+// thread: measured faster here for every dtype (docs/native.md), and oneDNN's GEMM inside an OpenMP worker ran ~2.5x
+// slower than on its own.
 //
 // Tuning knobs, for csrc/bench_cpu.py and the tests: the schedule (auto, blocks, gemm) and the rows per block
 // (0 = measured default). They start from LSVIT_CPU_SCHEDULE / LSVIT_CPU_BLOCK_ROWS, read once when the library
@@ -90,6 +91,16 @@ int64_t block_rows_env() { return forced_block_rows.load(std::memory_order_relax
 int64_t block_rows_target() {
   const int64_t rows = block_rows_env();
   return rows > 0 ? rows : int64_t{256};
+}
+
+// The library is compiled with OpenMP (csrc_build.py), so at::parallel_for forks a thread team. Only the bf16
+// micro-kernel's regions use it; the other loops over rows and blocks run as one range on the calling thread
+// (ATen ops inside them single-threaded, as in a worker), exactly as in a build without OpenMP: as thread-team
+// regions the kGemm schedule's per-block steps made the fp32 forward 2x slower on the loaded 2-core machine
+// (docs/native.md, "Threads"). A grain size covering the whole range keeps at::parallel_for's serial branch.
+template <typename F>
+void serial_for(int64_t begin, int64_t end, const F& f) {
+  at::parallel_for(begin, end, std::max<int64_t>(end - begin, 1), f);
 }
 
 // kGemm block rows: threads x LSVIT_CPU_BLOCK_ROWS when set, else as many rows as fit a 4 MiB panel (at least
@@ -203,7 +214,7 @@ at::Tensor c_row_table(const scalar_t* bias, const c10::optional<at::Tensor>& po
   at::Tensor table = at::empty({rows, e}, c_options);
   c_t* dst = table.mutable_data_ptr<c_t>();
   const scalar_t* pos_ptr = has_pos ? pos->const_data_ptr<scalar_t>() : nullptr;
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+  serial_for(0, rows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t j = 0; j < e; ++j) {
         acc_t v = bias ? static_cast<acc_t>(bias[j]) : acc_t(0);
@@ -425,14 +436,14 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
       const int64_t row0 = rp.begin(i), rows = rp.begin(i + 1) - row0;
       at::Tensor c_block = kCIsOut ? out2d.narrow(0, row0, rows) : c_buffer.narrow(0, 0, rows);
       gemm_t* c_ptr = c_block.mutable_data_ptr<gemm_t>();
-      at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
+      serial_for(0, rows, [&](int64_t a, int64_t b) {
         prepare_rows<video_t, gemm_t>(plan, video_ptr, table_ptr, per_pos_row, row0 + a, row0 + b,
                                       panel_ptr + a * g.patch_dim, c_ptr + a * g.embed_dim);
       });
       gemm(panel.narrow(0, 0, rows), weight_t, c_block, 1.0f);  // multi-threaded GEMM
       if constexpr (!kCIsOut) {
         scalar_t* dst = out_ptr + row0 * g.embed_dim;
-        at::parallel_for(0, rows * g.embed_dim, 4096, [&](int64_t j0, int64_t j1) {
+        serial_for(0, rows * g.embed_dim, [&](int64_t j0, int64_t j1) {
           for (int64_t j = j0; j < j1; ++j) dst[j] = static_cast<scalar_t>(c_ptr[j]);
         });
       }
@@ -445,7 +456,7 @@ void forward_impl(const CallPlan& plan, const at::Tensor& video, const at::Tenso
     // The workers call ATen ops (the GEMM, adds): they run in the caller's thread-local state, as the calling
     // thread does (below autograd: an op with an out= argument refuses tensors that require grad otherwise).
     const at::ThreadLocalState state;
-    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    serial_for(0, workers, [&](int64_t, int64_t) {
       at::ThreadLocalStateGuard caller_state(state);  // the caller's dispatch state (autograd off)
       at::Tensor panel = at::empty({blocks.max_rows, g.patch_dim}, gemm_options);
       at::Tensor c_buffer = kCIsOut ? at::Tensor() : at::empty({blocks.max_rows, g.embed_dim}, gemm_options);
@@ -532,9 +543,12 @@ constexpr int64_t kBf16KernelWeightGradPairs = 128;
 // accumulation over all tokens, one rounding at the end. The reduction runs over token pairs (m, m + 1): the
 // gather writes the two tubelets of a pair interleaved, column by column, straight into the packed-B layout
 // (block of kNr columns, pair, column, 2), and the pair's two grad_tokens rows are interleaved into strips of
-// kMr rows (strip, pair, row, 2), so that a micro-tile's A operand is one contiguous run. Each worker owns a range
-// of column blocks of grad_weight and walks every token: no sum across workers (deterministic) and one parallel
-// region. An odd last token is paired with zeros. Returns the (E, K) gradient in bf16.
+// kMr rows (strip, pair, row, 2), so that a micro-tile's A operand is one contiguous run. Threads split the
+// tokens: worker w takes a contiguous range of chunks (every column block) into its own fp32 (E, K)
+// accumulator; a second region sums the accumulators row by row in worker order and rounds once, so the result
+// depends on the thread count only, not on scheduling. (Splitting the columns instead, each worker walking every
+// token, repeated the grad_tokens interleave per worker and was slower than oneDNN at 2 threads.) An odd last
+// token is paired with zeros. Returns the (E, K) gradient in bf16.
 template <typename video_t>
 at::Tensor weight_grad_bf16_kernel(const CallPlan& plan, const video_t* video, const at::Tensor& grad2d) {
   const auto& g = plan.geometry;
@@ -547,28 +561,28 @@ at::Tensor weight_grad_bf16_kernel(const CallPlan& plan, const video_t* video, c
   const int64_t chunk_pairs = block_rows_env() > 0 ? (block_rows_env() + 1) / 2 : kBf16KernelWeightGradPairs;
   const int64_t chunks = (total_pairs + chunk_pairs - 1) / chunk_pairs;
   const int64_t col_blocks = bf16_gemm::n_blocks(k_dim);
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), col_blocks));
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks));
   const auto* grad_ptr = reinterpret_cast<const uint16_t*>(grad2d.const_data_ptr<at::BFloat16>());
   at::BFloat16* result_ptr = result.mutable_data_ptr<at::BFloat16>();
+  at::Tensor acc = at::empty({workers, e_dim, k_dim}, grad2d.options().dtype(at::kFloat));  // one per worker
+  float* acc_base = acc.mutable_data_ptr<float>();
+  const auto runs = column_runs(k_off, 0, k_dim, bf16_gemm::kNr);  // never crossing a block
   constexpr int64_t kNr = bf16_gemm::kNr;
 
   at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    at::Tensor g_pairs =
+        at::empty({(e_dim + bf16_gemm::kMr - 1) / bf16_gemm::kMr, chunk_pairs, bf16_gemm::kMr, 2}, bf16_options);
+    at::Tensor panel = at::zeros({col_blocks, chunk_pairs, kNr, 2}, bf16_options);  // columns past K stay 0
+    auto* gp = reinterpret_cast<uint16_t*>(g_pairs.mutable_data_ptr<at::BFloat16>());
+    auto* bp = reinterpret_cast<uint16_t*>(panel.mutable_data_ptr<at::BFloat16>());
+    std::vector<float*> out_rows(e_dim);
+    std::vector<const float*> no_init(e_dim, nullptr);
+    std::vector<const video_t*> origins(2 * chunk_pairs);  // the chunk's tubelets (null: past the last token)
     for (int64_t w = w0; w < w1; ++w) {
-      const int64_t nb0 = col_blocks * w / workers, nb1 = col_blocks * (w + 1) / workers;
-      const int64_t col0 = nb0 * kNr, col1 = std::min(nb1 * kNr, k_dim);
-      const auto runs = column_runs(k_off, col0, col1, kNr);  // never crossing a block
-      at::Tensor acc = at::empty({e_dim, col1 - col0}, grad2d.options().dtype(at::kFloat));
-      at::Tensor g_pairs =
-          at::empty({(e_dim + bf16_gemm::kMr - 1) / bf16_gemm::kMr, chunk_pairs, bf16_gemm::kMr, 2}, bf16_options);
-      at::Tensor panel = at::zeros({nb1 - nb0, chunk_pairs, kNr, 2}, bf16_options);  // columns past K stay 0
-      auto* gp = reinterpret_cast<uint16_t*>(g_pairs.mutable_data_ptr<at::BFloat16>());
-      auto* bp = reinterpret_cast<uint16_t*>(panel.mutable_data_ptr<at::BFloat16>());
-      float* acc_ptr = acc.mutable_data_ptr<float>();
-      std::vector<float*> out_rows(e_dim);
-      std::vector<const float*> init_rows(e_dim, nullptr);
-      std::vector<const video_t*> origins(2 * chunk_pairs);  // the chunk's tubelets (null: past the last token)
-      for (int64_t e = 0; e < e_dim; ++e) out_rows[e] = acc_ptr + e * (col1 - col0) - col0;
-      for (int64_t c = 0; c < chunks; ++c) {
+      for (int64_t e = 0; e < e_dim; ++e) out_rows[e] = acc_base + (w * e_dim + e) * k_dim;
+      const std::vector<const float*> accumulate(out_rows.begin(), out_rows.end());
+      const int64_t c_begin = chunks * w / workers, c_end = chunks * (w + 1) / workers;
+      for (int64_t c = c_begin; c < c_end; ++c) {
         const int64_t p0 = c * chunk_pairs, pairs = std::min(chunk_pairs, total_pairs - p0);
         for (int64_t p = 0; p < pairs; ++p) {
           const int64_t m0 = 2 * (p0 + p), m1 = m0 + 1;
@@ -584,7 +598,7 @@ at::Tensor weight_grad_bf16_kernel(const CallPlan& plan, const video_t* video, c
         // run by run (96 rows of 6 planes, 32 panel blocks apart) took 5x as long (0.8 vs 4.2 ms CPU for the 3D
         // benchmark video at E = 16, where the gather is all the work).
         for (const auto& [k, len] : runs) {
-          uint16_t* dst = bp + ((k / kNr - nb0) * pairs * kNr + k % kNr) * 2;
+          uint16_t* dst = bp + ((k / kNr) * pairs * kNr + k % kNr) * 2;
           for (int64_t p = 0; p < pairs; ++p, dst += kNr * 2) {
             const video_t* v0 = origins[2 * p] + k_off[k];
             const video_t* v1 = origins[2 * p + 1] ? origins[2 * p + 1] + k_off[k] : nullptr;
@@ -599,13 +613,21 @@ at::Tensor weight_grad_bf16_kernel(const CallPlan& plan, const video_t* video, c
             }
           }
         }
-        bf16_gemm::gemm_pairs_f32(gp, e_dim, pairs, bp, k_dim, nb0, nb1, init_rows.data(), out_rows.data());
-        if (c == 0) init_rows = std::vector<const float*>(out_rows.begin(), out_rows.end());
+        bf16_gemm::gemm_pairs_f32(gp, e_dim, pairs, bp, k_dim, 0, col_blocks,
+                                  c == c_begin ? no_init.data() : accumulate.data(), out_rows.data());
       }
-      for (int64_t e = 0; e < e_dim; ++e) {  // the one rounding
-        bf16_gemm::round_to_bf16(acc_ptr + e * (col1 - col0), col1 - col0,
-                                 reinterpret_cast<uint16_t*>(result_ptr + e * k_dim + col0));
+    }
+  });
+  // The workers' sums, added in worker order, and the one rounding.
+  at::parallel_for(0, e_dim, 16, [&](int64_t e0, int64_t e1) {
+    std::vector<float> row(k_dim);
+    for (int64_t e = e0; e < e1; ++e) {
+      std::copy_n(acc_base + e * k_dim, k_dim, row.data());
+      for (int64_t w = 1; w < workers; ++w) {
+        const float* part = acc_base + (w * e_dim + e) * k_dim;
+        for (int64_t j = 0; j < k_dim; ++j) row[j] += part[j];
       }
+      bf16_gemm::round_to_bf16(row.data(), k_dim, reinterpret_cast<uint16_t*>(result_ptr + e * k_dim));
     }
   });
   return result;
@@ -656,7 +678,7 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
       at::Tensor p = panel.narrow(0, 0, rows);
       if (need_weight) {
         gemm_t* p_ptr = p.mutable_data_ptr<gemm_t>();
-        at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
+        serial_for(0, rows, [&](int64_t a, int64_t b) {
           prepare_rows<video_t, gemm_t>(plan, video_ptr, nullptr, false, row0 + a, row0 + b, p_ptr + a * g.patch_dim,
                                         nullptr);
         });
@@ -665,7 +687,7 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
       if (need_video) {
         gemm(g_gemm, weight_gemm, p, 0.0f);  // (rows, K) = (rows, E) @ (E, K)
         const gemm_t* src = p.const_data_ptr<gemm_t>();
-        at::parallel_for(0, rows, 16, [&](int64_t a, int64_t b) {
+        serial_for(0, rows, [&](int64_t a, int64_t b) {
           for (int64_t r = row0 + a; r < row0 + b; ++r) {
             const int64_t slot = r % g.tokens_per_step;
             if (slot < g.cls_slots) continue;
@@ -706,7 +728,7 @@ void backward_impl(const CallPlan& plan, const at::Tensor& grad_tokens, const at
   // The workers call ATen ops (the GEMM, adds): they run in the caller's thread-local state, as the calling
   // thread does (below autograd: an op with an out= argument refuses tensors that require grad otherwise).
   const at::ThreadLocalState state;
-  at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
+  serial_for(0, workers, [&](int64_t wbegin, int64_t wend) {
     at::ThreadLocalStateGuard caller_state(state);  // the caller's dispatch state (autograd off)
     for (int64_t w = wbegin; w < wend; ++w) work(w);
   });

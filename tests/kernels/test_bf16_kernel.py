@@ -119,6 +119,28 @@ def test_every_gradient(bf16_kernel, case, block_rows):
         torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=scaled_tolerance(want, 1e-2))
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("block_rows", [0, 3, 5])
+def test_weight_gradient_token_split_over_threads(threads, block_rows):
+    """With more threads grad_weight splits the token pairs: each worker sums a range of chunks into its own fp32
+    accumulator, summed in worker order. 15 tokens make 8 pairs, in 1 chunk (block_rows 0: fewer chunks than
+    threads), 4 chunks of 2 pairs (3) or 3 chunks of 3, 3 and 2 pairs (5): splits of 1 + 3 / 1 + 1 + 2 or 1 + 2 /
+    1 + 1 + 1 chunks, the last pair holding one token. One rounding of the exact sum, and the same bits on every
+    call."""
+    inp = make_inputs(ODD_TOKENS, dtype=torch.bfloat16, cls=True, pos="slot", layout="BCTHW")
+    inp.weight.requires_grad_()
+    with engine("bf16kernel", threads), cpu_tuning(block_rows=block_rows):
+        out = run_cpu(inp)
+        grad_out = torch.randn_like(out)
+        with poisoned_allocations():
+            (first,) = torch.autograd.grad(out, [inp.weight], grad_out, retain_graph=True)
+        (second,) = torch.autograd.grad(out, [inp.weight], grad_out)
+    ref_inp = as_float64_leaves(inp)
+    (want,) = torch.autograd.grad(reference_float64(ref_inp), [ref_inp.weight], grad_out.double())
+    _assert_one_rounding(first, want)
+    assert torch.equal(first, second)
+
+
 def test_weight_gradient_of_uint8_video(bf16_kernel):
     """The kernel-level op (raw pixels, no 1/255 scale) against the oracle on the same pixels."""
     inp = make_inputs(ODD_TOKENS, dtype=torch.bfloat16, video_dtype=torch.uint8, cls=False, pos="none")
@@ -133,30 +155,32 @@ def test_weight_gradient_of_uint8_video(bf16_kernel):
 
 
 def test_auto_picks_the_kernel_from_512_tokens_and_other_engines_still_run():
-    """ "auto" (the default) runs the kernel for bf16 calls of at least 512 patch tokens, its grad_weight on one
-    thread only (smaller calls, and grad_weight on more threads, measured faster on oneDNN: docs/native.md);
+    """ "auto" (the default) runs the kernel for bf16 calls of at least 512 patch tokens on 1 and 2 threads, its
+    grad_weight on 2 threads from 2048 tokens (smaller calls measured faster on oneDNN: docs/native.md);
     "bf16kernel" runs it at any size and thread count; "onednn" and "aten" never."""
-    with engine("auto", 1):
-        assert torch.ops.lsvit_cpu.gemm_engine(torch.bfloat16) == "bf16kernel"
-        assert torch.ops.lsvit_cpu.gemm_engine(torch.float32) in ("onednn", "aten")
-        assert not torch.ops.lsvit_cpu.uses_bf16_kernel(511)
-        assert torch.ops.lsvit_cpu.uses_bf16_kernel(512)
-        assert torch.ops.lsvit_cpu.uses_bf16_kernel(512, True)
-        assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 512) == "bf16kernel"
-        assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 511) == "onednn"
-        assert torch.ops.lsvit_cpu.fused_engine(torch.float32, 512) == "onednn"
-    with engine("auto", 2):
-        assert not torch.ops.lsvit_cpu.uses_bf16_kernel(10**6)
-        assert not torch.ops.lsvit_cpu.uses_bf16_kernel(10**6, True)
-        assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 10**6) == "onednn"
+    for threads in (1, 2):
+        with engine("auto", threads):
+            assert torch.ops.lsvit_cpu.gemm_engine(torch.bfloat16) == "bf16kernel"
+            assert torch.ops.lsvit_cpu.gemm_engine(torch.float32) in ("onednn", "aten")
+            assert not torch.ops.lsvit_cpu.uses_bf16_kernel(511)
+            assert torch.ops.lsvit_cpu.uses_bf16_kernel(512)
+            weight_grad_min = 512 if threads == 1 else 2048
+            assert not torch.ops.lsvit_cpu.uses_bf16_kernel(weight_grad_min - 1, True)
+            assert torch.ops.lsvit_cpu.uses_bf16_kernel(weight_grad_min, True)
+            assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 512) == "bf16kernel"
+            assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, weight_grad_min - 1, True) == "onednn"
+            assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, weight_grad_min, True) == "bf16kernel"
+            assert torch.ops.lsvit_cpu.fused_engine(torch.bfloat16, 511) == "onednn"
+            assert torch.ops.lsvit_cpu.fused_engine(torch.float32, 512) == "onednn"
     with engine("bf16kernel", 2):
         assert torch.ops.lsvit_cpu.uses_bf16_kernel(1, True)
     big = Case(1, 2, 3, 96, 88, 20, 1, 4, 4)  # 2 x 24 x 22 = 1056 tokens
     assert big.batch * big.steps * big.num_spatial >= 512
     inp = make_inputs(big, dtype=torch.bfloat16, cls=True, pos="slot")
     ref = reference_float64(inp)
-    with engine("auto", 1):
-        _assert_one_rounding(run_cpu(inp), ref)
+    for threads in (1, 2):
+        with engine("auto", threads):
+            _assert_one_rounding(run_cpu(inp), ref)
     for name in ("onednn", "aten"):
         with engine(name, 1):
             assert torch.ops.lsvit_cpu.gemm_engine(torch.bfloat16) != "bf16kernel"
