@@ -21,11 +21,12 @@ from pathlib import Path
 
 EXT_NAME = "lsvit_kernels._C"
 DEFAULT_ARCHES = "8.0;9.0+PTX"  # A100 and H100/H200; the PTX lets newer GPUs JIT-compile the sm_90 code
-# -fopenmp: at::parallel_for is a header template whose OpenMP region exists only in a translation unit compiled
-# with it; without it every region of the library ran on the calling thread. Linking with it records libgomp.so.1,
-# which resolves to the copy libtorch_cpu has already loaded (same soname; docs/native.md, "Threads").
-CXX_FLAGS = ["-O3", "-fopenmp"]  # torch adds its own -std (C++20 for torch 2.14)
-LINK_FLAGS = ["-fopenmp"]
+# -fopenmp, where the compiler supports it: at::parallel_for is a header template whose OpenMP region exists
+# only in a translation unit compiled with it; without it every region of the library runs on the calling
+# thread. Linking with it records libgomp.so.1, which resolves to the copy libtorch_cpu has already loaded (same
+# soname; docs/native.md, "Threads").
+CXX_FLAGS = ["-O3"]  # torch adds its own -std (C++20 for torch 2.14)
+OPENMP_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--threads", "2", "-lineinfo"]
 _CUDA_ONLY_LIBRARIES = ("cudart", "c10_cuda", "torch_cuda")
 
@@ -80,6 +81,35 @@ def _drop_cuda(ext, root: Path) -> None:
         ext.extra_compile_args = {"cxx": ext.extra_compile_args.get("cxx", [])}
 
 
+def openmp_flags(log: Callable[[str], None]) -> list[str]:
+    """``-fopenmp`` when the C++ compiler builds and links an OpenMP program with it, else nothing: the library
+    then builds all the same, and its parallel regions run on the calling thread."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "c++"
+    program = (
+        "#include <omp.h>\nint main() {\n  int n = 0;\n#pragma omp parallel\n  n = omp_get_num_threads();\n"
+        "  return n < 1;\n}\n"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "probe.cpp"
+        source.write_text(program)
+        try:
+            done = subprocess.run(
+                [compiler, *OPENMP_FLAGS, str(source), "-o", str(Path(folder) / "probe")],
+                capture_output=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            done = None
+    if done is not None and done.returncode == 0:
+        return list(OPENMP_FLAGS)
+    log(f"{compiler} cannot build OpenMP code: the library's parallel regions will run on one thread")
+    return []
+
+
 def extension_spec(root: Path, log: Callable[[str], None]):
     """(ext_modules, cmdclass) for setup(): the compiled library and the build command that compiles it."""
     import torch
@@ -91,6 +121,7 @@ def extension_spec(root: Path, log: Callable[[str], None]):
         raise RuntimeError(f"LSVIT_FORCE_CUDA=1 but the CUDA part cannot be built: {cuda_skip_reason}")
     with_cuda = cuda_skip_reason is None
     include_dirs = [str(root / "csrc")]
+    openmp = openmp_flags(log)
     macros = [("LSVIT_WITH_CUDA", None)] if with_cuda else []
 
     if with_cuda:
@@ -106,8 +137,8 @@ def extension_spec(root: Path, log: Callable[[str], None]):
             _sources(root, with_cuda=True),
             include_dirs=include_dirs,
             define_macros=macros,
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
-            extra_link_args=LINK_FLAGS,
+            extra_compile_args={"cxx": CXX_FLAGS + openmp, "nvcc": NVCC_FLAGS},
+            extra_link_args=openmp,
         )
         log(f"building {EXT_NAME}: CPU + CUDA kernels (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={arches})")
     else:
@@ -115,8 +146,8 @@ def extension_spec(root: Path, log: Callable[[str], None]):
             EXT_NAME,
             _sources(root, with_cuda=False),
             include_dirs=include_dirs,
-            extra_compile_args={"cxx": CXX_FLAGS},
-            extra_link_args=LINK_FLAGS,
+            extra_compile_args={"cxx": CXX_FLAGS + openmp},
+            extra_link_args=openmp,
         )
         log(f"building {EXT_NAME}: CPU kernel only (CUDA part skipped: {cuda_skip_reason})")
     ninja = cpp_extension.is_ninja_available()
