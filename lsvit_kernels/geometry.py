@@ -1,7 +1,7 @@
 """Patch geometry: grids, token counts, and the op's argument checks (shapes, dtypes, devices) with their messages.
 
 This is the only place that knows how a video is cut into patches, and the only place that validates the op's
-arguments: ``patch_embed`` calls ``patch_grid`` and ``check_operands`` once, at the public boundary; kernels and
+arguments: ``patch_embed`` calls ``checked_operands`` once, at the public boundary; kernels and
 fake implementations take the already checked arguments' grid from ``grid_of`` and keep only short invariant
 checks of their own.
 
@@ -220,35 +220,6 @@ def check_pos_embed_shape(pos_shape: Sequence[int], embed_dim: int) -> None:
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def check_operands(
-    video: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    pos_embed: Optional[torch.Tensor] = None,
-    cls_token: Optional[torch.Tensor] = None,
-) -> float:
-    """Check the op's dtypes and devices; return the pixel scale (1/255 for uint8 video, else 1).
-
-    The weight must be float32/float16/bfloat16/float64, the video the weight's dtype or uint8, and every tensor
-    on the weight's device, bias, pos_embed and cls_token in the weight's dtype.
-    """
-    if weight.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"weight must be float32, float16, bfloat16 or float64; got {weight.dtype}: cast it with "
-            f"weight.float() (or .half(), .bfloat16(), .double())"
-        )
-    if video.device != weight.device:
-        raise ValueError(f"video is on {video.device} but weight is on {weight.device}; move both to one device")
-    if video.dtype not in (torch.uint8, weight.dtype):
-        raise TypeError(
-            f"video has dtype {video.dtype} but weight has {weight.dtype}; cast the video to {weight.dtype} "
-            f"(or pass uint8 pixels with mean/std)"
-        )
-    for name, t in (("bias", bias), ("pos_embed", pos_embed), ("cls_token", cls_token)):
-        check_companion(name, t, weight)
-    return 1.0 / 255.0 if video.dtype == torch.uint8 else 1.0
-
-
 def check_companion(name: str, tensor: Optional[torch.Tensor], weight: torch.Tensor, same_dtype: bool = True) -> None:
     """``tensor`` (None passes) must be on the weight's device and, with ``same_dtype``, in the weight's dtype."""
     if tensor is None:
@@ -268,12 +239,29 @@ def checked_operands(
 ) -> tuple[float, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Every check of a patch embedding of a logical ``(B, T, C, H, W)`` video, before any work.
 
-    Returns ``(pixel_scale, weight5, pos_embed, cls_token)``: the weight in ``(E, C, t, ph, pw)`` layout (a view),
-    ``pos_embed`` as ``(rows, E)`` (a leading dimension of 1 removed) and ``cls_token`` as ``(E,)``.
+    The weight must be float32/float16/bfloat16/float64, the video the weight's dtype or uint8, every tensor on
+    the weight's device, bias, pos_embed and cls_token in the weight's dtype, and the shapes fit ``patch_grid``.
+    Returns ``(pixel_scale, weight5, pos_embed, cls_token)``: the pixel scale (1/255 for uint8 video, else 1), the
+    weight in ``(E, C, t, ph, pw)`` layout (a view), ``pos_embed`` as ``(rows, E)`` (a leading dimension of 1
+    removed) and ``cls_token`` as ``(E,)``.
     """
     normalize_weight_shape(weight.shape)
     weight5 = weight.unsqueeze(2) if weight.dim() == 4 else weight
-    pixel_scale = check_operands(video, weight, bias, pos_embed, cls_token)
+    if weight.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"weight must be float32, float16, bfloat16 or float64; got {weight.dtype}: cast it with "
+            f"weight.float() (or .half(), .bfloat16(), .double())"
+        )
+    if video.device != weight.device:
+        raise ValueError(f"video is on {video.device} but weight is on {weight.device}; move both to one device")
+    if video.dtype not in (torch.uint8, weight.dtype):
+        raise TypeError(
+            f"video has dtype {video.dtype} but weight has {weight.dtype}; cast the video to {weight.dtype} "
+            f"(or pass uint8 pixels with mean/std)"
+        )
+    for name, t in (("bias", bias), ("pos_embed", pos_embed), ("cls_token", cls_token)):
+        check_companion(name, t, weight)
+    pixel_scale = 1.0 / 255.0 if video.dtype == torch.uint8 else 1.0
     if pos_embed is not None:
         if pos_embed.dim() == 3 and pos_embed.shape[0] == 1:
             pos_embed = pos_embed[0]

@@ -50,15 +50,9 @@ def _fake_native(video, weight, motion_weight, bias, pos_embed, cls_token, *rest
 torch.library.register_fake("lsvit::native_smif_patch_embed_forward", _fake_native, lib=_lib)
 
 
-def _native_forward(
-    video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias, gate,
-    radius, mean, std, pixel_scale,
-):  # fmt: skip
-    params = smif_reference.kernel_parameters(
-        weight, threshold_logit, fuse_weight, fuse_bias, gate, mean, std, pixel_scale
-    )
+def _native_forward(call: smif_reference.SmifCall) -> Tensor:
     return torch.ops.lsvit.native_smif_patch_embed_forward(
-        video, weight, motion_weight, bias, pos_embed, cls_token, *params, radius
+        *call[:6], *smif_reference.kernel_parameters(call), call.radius
     )
 
 
@@ -123,10 +117,13 @@ def _run_forward(
     if grid.batch == 0:
         return weight.new_empty(grid.output_shape)
     name = resolve(device_type, backend)
-    args = (video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias, gate)
+    call = smif_reference.SmifCall(
+        video, weight, motion_weight, bias, pos_embed, cls_token, threshold_logit, fuse_weight, fuse_bias, gate,
+        radius, mean, std, pixel_scale,
+    )  # fmt: skip
     if name == "reference":  # its patch embedding runs on the named patch-op backend (and marks it), else auto
-        return BACKENDS[name][0](*args, radius, mean, std, pixel_scale, _patch_backend(backend))
-    out = BACKENDS[name][0](*args, radius, mean, std, pixel_scale)
+        return BACKENDS[name][0](call, _patch_backend(backend))
+    out = BACKENDS[name][0](call)
     registry.mark_ran(name)
     return out
 

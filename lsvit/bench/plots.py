@@ -151,22 +151,13 @@ def patch_count_plot(results: dict, path: Path) -> bool:
             left.plot(frames, [r["tokens_per_clip"] for r in sel], styles[size], marker="o", color=color, label=label)
             if size != sizes[-1]:
                 continue
-            right.plot(
-                frames,
-                [r["attn_pairs_per_step_sum"] for r in sel],
-                "-",
-                marker="o",
-                color=color,
-                label=f"{sel[0]['kind']}, per step",
-            )
-            right.plot(
-                frames,
-                [r["attn_pairs_full_clip"] for r in sel],
-                ":",
-                marker="x",
-                color=color,
-                label=f"{sel[0]['kind']}, full clip",
-            )
+            for key, style, marker, scope in (
+                ("attn_pairs_per_step_sum", "-", "o", "per step"),
+                ("attn_pairs_full_clip", ":", "x", "full clip"),
+            ):
+                right.plot(
+                    frames, [r[key] for r in sel], style, marker=marker, color=color, label=f"{sel[0]['kind']}, {scope}"
+                )
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

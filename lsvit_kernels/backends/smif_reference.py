@@ -14,7 +14,7 @@ one); SMIF's own backward is written out below, its channel mixes and reductions
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -77,28 +77,21 @@ def normalized(
     return x.to(dtype)
 
 
-def kernel_parameters(
-    weight: Tensor,
-    threshold_logit: Tensor,
-    fuse_weight: Tensor,
-    fuse_bias: Tensor,
-    gate: Tensor,
-    mean: Optional[Sequence[float]],
-    std: Optional[Sequence[float]],
-    pixel_scale: float,
-) -> tuple[Tensor, ...]:
+def kernel_parameters(call: SmifCall) -> tuple[Tensor, ...]:
     """What the fused kernels read, contiguous in fp32 (fp64 for fp64 weights): softplus(theta), fuse weight
     (C, 2C), fuse bias, gate, and the input map x = video * scale + shift per channel."""
-    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    c = weight.shape[1]
+    acc = torch.float64 if call.weight.dtype == torch.float64 else torch.float32
+    c, mean, std, pixel_scale = call.weight.shape[1], call.mean, call.std, call.pixel_scale
     if mean is None:
         scale, shift = [pixel_scale] * c, [0.0] * c
     else:
         scale = [pixel_scale / s for s in std]
         shift = [-m / s for m, s in zip(mean, std, strict=True)]
-    small = [t.detach().to(acc).contiguous() for t in (threshold_logit, fuse_weight, fuse_bias, gate)]
+    small = [
+        t.detach().to(acc).contiguous() for t in (call.threshold_logit, call.fuse_weight, call.fuse_bias, call.gate)
+    ]
     small[0] = F.softplus(small[0])
-    device = weight.device
+    device = call.weight.device
     return (*small, torch.tensor(scale, dtype=acc, device=device), torch.tensor(shift, dtype=acc, device=device))
 
 
@@ -141,33 +134,38 @@ def smif_maps(
     return x + gate.view(shape) * pre_gate, motion, pre_gate, signed_motion
 
 
-def forward(
-    video: Tensor,
-    weight: Tensor,
-    motion_weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    pos_embed: Optional[Tensor],
-    cls_token: Optional[Tensor],
-    threshold_logit: Tensor,
-    fuse_weight: Tensor,
-    fuse_bias: Tensor,
-    gate: Tensor,
-    radius: int,
-    mean: Optional[Sequence[float]],
-    std: Optional[Sequence[float]],
-    pixel_scale: float,
-    patch_backend: Optional[str] = None,
-) -> Tensor:
+class SmifCall(NamedTuple):
+    """One call's operands as ``lsvit::smif_patch_embed`` receives them (all but the backend): what every backend's
+    ``forward`` takes."""
+
+    video: Tensor
+    weight: Tensor
+    motion_weight: Optional[Tensor]
+    bias: Optional[Tensor]
+    pos_embed: Optional[Tensor]
+    cls_token: Optional[Tensor]
+    threshold_logit: Tensor
+    fuse_weight: Tensor
+    fuse_bias: Tensor
+    gate: Tensor
+    radius: int
+    mean: Optional[Sequence[float]]
+    std: Optional[Sequence[float]]
+    pixel_scale: float
+
+
+def forward(call: SmifCall, patch_backend: Optional[str] = None) -> Tensor:
     """The tokens, pass after pass; the patch embedding on the patch op's ``patch_backend`` (None: automatic)."""
-    x = normalized(video, weight.dtype, mean, std, pixel_scale)
+    c = call
+    x = normalized(c.video, c.weight.dtype, c.mean, c.std, c.pixel_scale)
     fused, _, _, signed_motion = smif_maps(
-        x, threshold_logit, fuse_weight, fuse_bias, gate, radius, signed=motion_weight is not None
+        x, c.threshold_logit, c.fuse_weight, c.fuse_bias, c.gate, c.radius, signed=c.motion_weight is not None
     )
-    if motion_weight is None:
-        return ops._patch_embed(fused, weight, bias, pos_embed, cls_token, patch_backend)
+    if c.motion_weight is None:
+        return ops._patch_embed(fused, c.weight, c.bias, c.pos_embed, c.cls_token, patch_backend)
     stacked = torch.cat([fused, signed_motion], dim=2)  # (B, T, 2C, H, W)
-    full_weight = torch.cat([weight, motion_weight], dim=1)
-    return ops._patch_embed(stacked, full_weight, bias, pos_embed, cls_token, patch_backend)
+    full_weight = torch.cat([c.weight, c.motion_weight], dim=1)
+    return ops._patch_embed(stacked, full_weight, c.bias, c.pos_embed, c.cls_token, patch_backend)
 
 
 def _differences_backward(grad_magnitude: Tensor, grad_signed: Optional[Tensor], x: Tensor, radius: int) -> Tensor:

@@ -107,6 +107,50 @@ def token_row(token, NUM_SPATIAL: tl.constexpr, CLS_SLOTS: tl.constexpr, WIDE: t
 
 
 @triton.jit
+def store_tokens(
+    acc, token, m_mask, offs_n, n_mask, out_ptr, bias_ptr, pos_ptr, cls_ptr, embed_dim,
+    NUM_SPATIAL: tl.constexpr, STEPS: tl.constexpr, CLS_SLOTS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_POS: tl.constexpr, POS_PER_TOKEN: tl.constexpr, WIDE: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+):  # fmt: skip
+    """A forward's epilogue on a (BLOCK_M tokens, BLOCK_N) accumulator, in its own dtype: bias and positional rows
+    added, the tile stored in the token buffer, and the CLS slot (plus its positional row) written just before
+    each of the tile's tokens that opens a time step."""
+    row = token_row(token, NUM_SPATIAL, CLS_SLOTS, WIDE)  # rows of the token buffer
+    step = (token // NUM_SPATIAL) % STEPS
+    tile_mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(acc.dtype)[None, :]
+    if HAS_POS:
+        pos_row = CLS_SLOTS + token % NUM_SPATIAL
+        if POS_PER_TOKEN:
+            pos_row += step * (NUM_SPATIAL + CLS_SLOTS)
+        pos = tl.load(pos_ptr + (widen(pos_row, WIDE)[:, None] * embed_dim + offs_n[None, :]), mask=tile_mask)
+        acc += pos.to(acc.dtype)
+    out_dtype = out_ptr.dtype.element_ty
+    tl.store(
+        out_ptr + (row[:, None] * embed_dim + offs_n[None, :]),
+        rounded_to(acc, out_dtype, INTERPRET_BF16),
+        mask=tile_mask,
+    )
+    if CLS_SLOTS:
+        opens_step = m_mask & (token % NUM_SPATIAL == 0)
+        cls_mask = opens_step[:, None] & n_mask[None, :]
+        cls = tl.load(cls_ptr + offs_n, mask=n_mask, other=0.0).to(acc.dtype)
+        cls_rows = tl.zeros_like(acc) + cls[None, :]
+        if HAS_POS:
+            cls_pos_row = tl.zeros_like(step)
+            if POS_PER_TOKEN:
+                cls_pos_row = step * (NUM_SPATIAL + CLS_SLOTS)
+            cls_pos_offs = widen(cls_pos_row, WIDE)[:, None] * embed_dim + offs_n[None, :]
+            cls_rows += tl.load(pos_ptr + cls_pos_offs, mask=cls_mask).to(acc.dtype)
+        tl.store(
+            out_ptr + ((row - 1)[:, None] * embed_dim + offs_n[None, :]),
+            rounded_to(cls_rows, out_dtype, INTERPRET_BF16),
+            mask=cls_mask,
+        )
+
+
+@triton.jit
 def grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     """(pid_m, pid_n) in grouped order: GROUP_M row tiles sweep all column tiles together, so the row tiles
     (gathered video) and the column operand (weight) stay in L2 while they are reused."""
@@ -252,42 +296,10 @@ def patch_embed_fwd_kernel(
         acc = tl.trans(acc_t)
 
     # epilogue, while the accumulator is still float32
-    row = token_row(token, NUM_SPATIAL, CLS_SLOTS, WIDE)  # (BLOCK_M,) rows of the token buffer
-    step = (token // NUM_SPATIAL) % STEPS
-    tile_mask = m_mask[:, None] & n_mask[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_POS:
-        pos_row = CLS_SLOTS + token % NUM_SPATIAL
-        if POS_PER_TOKEN:
-            pos_row += step * (NUM_SPATIAL + CLS_SLOTS)
-        pos = tl.load(pos_ptr + (widen(pos_row, WIDE)[:, None] * embed_dim + offs_n[None, :]), mask=tile_mask)
-        acc += pos.to(tl.float32)
-    out_dtype = out_ptr.dtype.element_ty
-    tl.store(
-        out_ptr + (row[:, None] * embed_dim + offs_n[None, :]),
-        rounded_to(acc, out_dtype, INTERPRET_BF16),
-        mask=tile_mask,
-    )
-
-    if CLS_SLOTS:
-        # the tile's tokens that open a time step write the CLS slot just before them
-        opens_step = m_mask & (token % NUM_SPATIAL == 0)
-        cls_mask = opens_step[:, None] & n_mask[None, :]
-        cls = tl.load(cls_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        cls_rows = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32) + cls[None, :]
-        if HAS_POS:
-            cls_pos_row = tl.zeros_like(step)
-            if POS_PER_TOKEN:
-                cls_pos_row = step * (NUM_SPATIAL + CLS_SLOTS)
-            cls_pos_offs = widen(cls_pos_row, WIDE)[:, None] * embed_dim + offs_n[None, :]
-            cls_pos = tl.load(pos_ptr + cls_pos_offs, mask=cls_mask)
-            cls_rows += cls_pos.to(tl.float32)
-        tl.store(
-            out_ptr + ((row - 1)[:, None] * embed_dim + offs_n[None, :]),
-            rounded_to(cls_rows, out_dtype, INTERPRET_BF16),
-            mask=cls_mask,
-        )
+    store_tokens(
+        acc, token, m_mask, offs_n, n_mask, out_ptr, bias_ptr, pos_ptr, cls_ptr, embed_dim,
+        NUM_SPATIAL, STEPS, CLS_SLOTS, HAS_BIAS, HAS_POS, POS_PER_TOKEN, WIDE, INTERPRET_BF16,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .triton_kernels import rounded_to, tubelet_offset
+    from .triton_kernels import store_tokens, tubelet_offset
 except Exception:  # triton_patch_embed.unavailable_reason says why
     triton = None
 
@@ -163,65 +163,20 @@ if triton is not None:
                     motion_tile.to(compute_dtype), w_m_tile.to(compute_dtype), acc, input_precision=DOT_PRECISION
                 )
 
-        # epilogue in float32, as the patch-embedding forward
-        row = (token // NUM_SPATIAL).to(tl.int64) * (NUM_SPATIAL + CLS_SLOTS) + CLS_SLOTS + token % NUM_SPATIAL
-        tile_mask = m_mask[:, None] & n_mask[None, :]
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(ACC)[None, :]
-        if HAS_POS:
-            pos_row = CLS_SLOTS + token % NUM_SPATIAL
-            if POS_PER_TOKEN:
-                pos_row += step * (NUM_SPATIAL + CLS_SLOTS)
-            pos = tl.load(pos_ptr + (pos_row.to(tl.int64)[:, None] * embed_dim + offs_n[None, :]), mask=tile_mask)
-            acc += pos.to(ACC)
-        out_dtype = out_ptr.dtype.element_ty
-        tl.store(
-            out_ptr + (row[:, None] * embed_dim + offs_n[None, :]),
-            rounded_to(acc, out_dtype, INTERPRET_BF16),
-            mask=tile_mask,
-        )
-        if CLS_SLOTS:
-            opens_step = m_mask & (token % NUM_SPATIAL == 0)
-            cls_mask = opens_step[:, None] & n_mask[None, :]
-            cls_rows = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-            cls_rows += tl.load(cls_ptr + offs_n, mask=n_mask, other=0.0).to(ACC)[None, :]
-            if HAS_POS:
-                cls_pos_row = tl.zeros_like(step)
-                if POS_PER_TOKEN:
-                    cls_pos_row = step * (NUM_SPATIAL + CLS_SLOTS)
-                cls_pos = tl.load(
-                    pos_ptr + (cls_pos_row.to(tl.int64)[:, None] * embed_dim + offs_n[None, :]), mask=cls_mask
-                )
-                cls_rows += cls_pos.to(ACC)
-            tl.store(
-                out_ptr + ((row - 1)[:, None] * embed_dim + offs_n[None, :]),
-                rounded_to(cls_rows, out_dtype, INTERPRET_BF16),
-                mask=cls_mask,
-            )
+        # the patch-embedding forward's epilogue (int64 rows)
+        store_tokens(
+            acc, token, m_mask, offs_n, n_mask, out_ptr, bias_ptr, pos_ptr, cls_ptr, embed_dim,
+            NUM_SPATIAL, STEPS, CLS_SLOTS, HAS_BIAS, HAS_POS, POS_PER_TOKEN, True, INTERPRET_BF16,
+        )  # fmt: skip
 
 
-def forward(
-    video: Tensor,
-    weight: Tensor,
-    motion_weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    pos_embed: Optional[Tensor],
-    cls_token: Optional[Tensor],
-    threshold_logit: Tensor,
-    fuse_weight: Tensor,
-    fuse_bias: Tensor,
-    gate: Tensor,
-    radius: int,
-    mean,
-    std,
-    pixel_scale: float,
-) -> Tensor:
+def forward(call: smif_reference.SmifCall) -> Tensor:
+    video, weight, motion_weight, bias, pos_embed, cls_token = call[:6]
+    radius = call.radius
     grid = geometry.grid_of(video.shape, weight.shape, cls_token is not None)
     if grid.num_patches * grid.batch >= 2**31:
         raise ValueError(f"{grid.num_patches * grid.batch} patch tokens: the Triton kernel indexes tokens in int32")
-    params = smif_reference.kernel_parameters(
-        weight, threshold_logit, fuse_weight, fuse_bias, gate, mean, std, pixel_scale
-    )
+    params = smif_reference.kernel_parameters(call)
     out = torch.empty(grid.output_shape, dtype=weight.dtype, device=video.device)
     # GPU: wide column tiles, since every column tile forms its X' and S tiles again (E / BLOCK_N times)
     blocks = (32, 32, 32) if video.device.type != "cuda" else (64, 128, 32)
