@@ -13,6 +13,7 @@ import lsvit_kernels as lk
 from lsvit_kernels import registry
 
 from .strategies import make_problem
+from .threads import run_per_thread
 
 
 def _call(**kw):
@@ -133,28 +134,7 @@ def test_compiled_backward_runs_on_the_forward_backend_in_every_thread(monkeypat
     backend its own forward ran on, and each forward on the one its thread chose (None: the automatic cpu)."""
     calls = _spy_on(monkeypatch, ("cpu", "reference"))
     compiled = torch.compile(lk.patch_embed, backend="aot_eager")
-    chosen = {}
-    errors = []
-
-    def worker(backend):
-        try:
-            for _ in range(3):
-                _embed_and_backprop(compiled, backend)
-            chosen[threading.current_thread().name] = backend or "cpu"
-        except Exception as err:  # reported by the main thread
-            errors.append(err)
-
-    main = threading.Thread(target=worker, args=("cpu",), name="first")  # compiles first, with the cpu backend
-    main.start()
-    main.join()
-    choices = ("reference", None, "cpu", "reference")
-    threads = [threading.Thread(target=worker, args=(b,), name=f"worker{i}") for i, b in enumerate(choices)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    assert len(chosen) == len(threads) + 1
+    chosen = run_per_thread(lambda backend: _embed_and_backprop(compiled, backend))  # "first" compiles, with cpu
     for thread, backend in chosen.items():
         ran = [(name, kind) for where, name, kind in calls if where == thread]
         assert ran == [(backend, "forward"), (backend, "backward")] * 3, (backend, ran)

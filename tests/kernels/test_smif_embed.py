@@ -21,6 +21,7 @@ from lsvit.smif import SMIF
 from lsvit_kernels import patch_embed, registry, smif_embed, smif_patch_embed
 
 from .test_native_cpu import poisoned_allocations
+from .threads import run_per_thread
 
 BACKENDS = smif_embed.available_backends("cpu")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -297,37 +298,19 @@ def test_compiled_backward_runs_on_the_forward_backend_in_every_thread(monkeypat
     params = parameters(p)
     video = torch.randn(1, 3, 3, 4, 6)
     compiled = torch.compile(lambda v: fused(v, p, None), backend="aot_eager")
-    chosen, errors = {}, []
-
-    def worker(backend):
-        try:
-            for _ in range(3):
-                with lsvit_kernels.use_backend(backend):
-                    grads = torch.autograd.grad(compiled(video).sum(), params)
-                assert all(torch.isfinite(g).all() for g in grads)
-            chosen[threading.current_thread().name] = backend or "cpu"
-        except Exception as err:  # reported by the main thread
-            errors.append(err)
-
     for t in params:
         t.requires_grad_()
-    first = threading.Thread(target=worker, args=("cpu",), name="first")  # compiles first, with the cpu backend
-    first.start()
-    first.join()
-    threads = [threading.Thread(target=worker, args=(b,), name=f"worker{i}") for i, b in enumerate(CHOICES)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    assert len(chosen) == len(threads) + 1
+
+    def step(backend):
+        with lsvit_kernels.use_backend(backend):
+            grads = torch.autograd.grad(compiled(video).sum(), params)
+        assert all(torch.isfinite(g).all() for g in grads)
+
+    chosen = run_per_thread(step)  # "first" compiles, with the cpu backend
     for thread, backend in chosen.items():
         ran = [(name, kind) for where, name, kind in calls if where == thread]
         assert {name for name, _ in ran} == {backend}, (backend, ran)
         assert [kind for _, kind in ran] == ["forward", "backward", "backward"] * 3, ran  # X' with W, S with W_m
-
-
-CHOICES = ("reference", None, "cpu", "reference")
 
 
 def test_eager_backward_runs_on_the_forward_backend_after_the_block(monkeypatch):
